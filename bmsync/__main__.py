@@ -1,0 +1,5 @@
+import sys
+
+from bmsync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,691 @@
+"""The agent: the passive node's end of a sync session.
+
+``bmsync agent`` speaks the protocol on stdin/stdout (the forced command of
+the active node's key). It takes its root, its sync set and its state
+directory from its own configuration, never from the sender, and confines
+every write to them:
+
+- every path is checked (relative, normalised, no NUL, no ``..``) by the
+  frame codec, then against this node's sync set: paths it excludes are
+  never written nor deleted, so the node keeps its own identity;
+- every directory is walked from the root one component at a time with
+  ``O_NOFOLLOW``, so a symlink planted in a parent cannot lead a write
+  outside the root;
+- file content lands in a temporary file in the target's directory
+  (``O_EXCL``, mode 0600), is checked against the sender's digest, gets its
+  owner, mode, xattrs and mtime, is fsynced, and is renamed over the target
+  when the batch commits; the directory is fsynced after. A reader sees the
+  old file or the new one, never a mix.
+
+Directory operations, symlinks, moves and deletes apply as they arrive (they
+are atomic one by one); file renames and directory metadata wait for the
+batch's ``Commit``, so a batch's files appear together and directory mtimes
+are set after their children changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from bmsync import __version__
+from bmsync.config import Config
+from bmsync.config import load as load_config
+from bmsync.core.excludes import SyncSet
+from bmsync.core.frames import (
+    PROTOCOL_VERSION,
+    Applied,
+    Bye,
+    Commit,
+    ErrorFrame,
+    Failure,
+    Frame,
+    FrameDecoder,
+    Hello,
+    ManifestPart,
+    ManifestRequest,
+    Purpose,
+    Put,
+    PutChunk,
+    Refuse,
+    Role,
+    Welcome,
+    encode,
+)
+from bmsync.core.manifest import Entry, Kind, new_hasher
+from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
+from bmsync.core.paths import basename, parent, show
+from bmsync.errors import BmsyncError, PeerRefused, ProtocolError
+from bmsync.fsutil import (
+    O_DIR,
+    O_READ,
+    entry_of,
+    hash_fd,
+    kind_of,
+    open_dir,
+    open_root,
+    read_xattrs,
+    write_xattrs,
+)
+from bmsync.scan import read_file_entry, scan_tree
+from bmsync.state import SenderLock, ensure_state_dir
+
+log = structlog.get_logger("bmsync.agent")
+
+TMP_PREFIX = b".bmsync-tmp."
+# Entries per ManifestPart: keeps each frame far below MAX_FRAME_BYTES even
+# with large xattrs (the frame encoder still checks).
+MANIFEST_PART_BYTES = 1024 * 1024
+# A batch may stage this many files; more is a sender bug or an attack on
+# the agent's file descriptors and disk.
+MAX_STAGED = 20_000
+
+
+class OpFailed(Exception):
+    """One operation could not be applied; the session goes on."""
+
+
+@dataclass
+class _Staged:
+    path: bytes
+    dir_fd: int
+    tmp: bytes
+    fd: int | None
+    size: int = 0
+    hasher: Any = field(default_factory=new_hasher)
+    entry: Entry | None = None  # set once the content is complete and verified
+    failed: bool = False  # the rest of its chunks are read and dropped
+
+
+@dataclass
+class _Batch:
+    staged: dict[bytes, _Staged] = field(default_factory=dict)
+    dir_meta: list[SetMeta] = field(default_factory=list)
+    touched: list[bytes] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+
+
+class Agent:
+    """Frames in, frames out. ``handle`` never raises for a failed file
+    operation (that becomes a ``Failure`` in ``Applied``); it raises
+    ``ProtocolError`` for a frame that breaks the protocol."""
+
+    def __init__(self, node: str, root: Path, syncset: SyncSet, state_dir: Path) -> None:
+        self.node = node
+        self.root = root
+        self.syncset = syncset
+        self.state_dir = state_dir
+        self.epoch = 0  # fencing token; enforced from the split-brain guard on
+        self._lock = SenderLock(state_dir)
+        self._purpose: Purpose | None = None
+        self._batch = _Batch()
+        self._root_fd: int | None = None
+        self._handlers: dict[type[Any], Callable[[Any], list[Frame]]] = {
+            Hello: self._hello,
+            ManifestRequest: self._manifest,
+            PutChunk: self._put_chunk,
+            Put: self._put,
+            Mkdir: self._write_op(self._mkdir),
+            Symlink: self._write_op(self._symlink),
+            Rename: self._write_op(self._rename),
+            Delete: self._write_op(self._delete),
+            SetMeta: self._write_op(self._setmeta),
+            Commit: self._commit,
+            Bye: self._bye,
+        }
+        self.finished = False
+
+    # -- session ---------------------------------------------------------
+
+    def handle(self, frame: Frame) -> list[Frame]:
+        handler = self._handlers.get(type(frame))
+        if handler is None:
+            raise ProtocolError(f"the agent does not accept {type(frame).__name__} frames")
+        if self._purpose is None and not isinstance(frame, Hello):
+            raise ProtocolError(f"{type(frame).__name__} before Hello")
+        return handler(frame)
+
+    def close(self) -> None:
+        """End of session (clean or not): drop uncommitted staged files."""
+        for staged in self._batch.staged.values():
+            self._discard(staged)
+        self._batch = _Batch()
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
+        self._lock.release()
+
+    def _refuse(self, reason: str) -> list[Frame]:
+        log.warning("session_refused", reason=reason)
+        self.finished = True
+        return [Refuse(reason=reason, node=self.node, role=Role.PASSIVE, epoch=self.epoch)]
+
+    def _hello(self, hello: Hello) -> list[Frame]:
+        if self._purpose is not None:
+            raise ProtocolError("second Hello in one session")
+        if hello.version != PROTOCOL_VERSION:
+            return self._refuse(
+                f"protocol version {hello.version} (bmsync {hello.software}) is not "
+                f"{PROTOCOL_VERSION} (bmsync {__version__} on {self.node}); "
+                "install the same bmsync version on both nodes"
+            )
+        if hello.node == self.node:
+            return self._refuse(
+                f"the sender calls itself {hello.node!r}, which is this node's own id; "
+                "check peer.host and each node's 'node:'"
+            )
+        if hello.purpose == Purpose.WRITE:
+            try:
+                self._lock.acquire(f"{hello.node} epoch {hello.epoch}")
+            except PeerRefused as exc:
+                return self._refuse(str(exc))
+        self._root_fd = open_root(self.root)
+        self._purpose = hello.purpose
+        log.info("session_started", peer=hello.node, purpose=str(hello.purpose))
+        return [Welcome(PROTOCOL_VERSION, self.node, Role.PASSIVE, self.epoch)]
+
+    def _bye(self, _: Bye) -> list[Frame]:
+        self.finished = True
+        return []
+
+    def _manifest(self, _: ManifestRequest) -> list[Frame]:
+        scan = scan_tree(self.root, self.syncset)
+        for path, reason in scan.problems:
+            log.warning("scan_problem", path=show(path), reason=reason)
+        parts: list[Frame] = []
+        chunk: list[tuple[bytes, Entry]] = []
+        size = 0
+        for path, entry in scan.entries.items():
+            chunk.append((path, entry))
+            size += (
+                len(path) + len(entry.target) + 64 + sum(len(k) + len(v) for k, v in entry.xattrs)
+            )
+            if size >= MANIFEST_PART_BYTES:
+                parts.append(ManifestPart(chunk, last=False))
+                chunk, size = [], 0
+        parts.append(ManifestPart(chunk, last=True))
+        return parts
+
+    # -- confinement -----------------------------------------------------
+
+    def _require_write(self) -> None:
+        if self._purpose != Purpose.WRITE:
+            raise ProtocolError("this session is read-only (Hello purpose 'read')")
+
+    def _check_covered(self, path: bytes, is_dir: bool) -> None:
+        if not self.syncset.covers(path, is_dir):
+            raise OpFailed(
+                "outside this node's sync set (not under a synced path, or excluded "
+                "here); left untouched"
+            )
+
+    def _open_parent(self, path: bytes) -> int:
+        """The parent directory of ``path``, creating missing directories
+        above the sync paths (``usr/share/...``) but nothing inside them."""
+        assert self._root_fd is not None
+        fd = os.dup(self._root_fd)
+        done = b""
+        try:
+            for part in parent(path).split(b"/") if parent(path) else ():
+                done = done + b"/" + part if done else part
+                try:
+                    child = os.open(part, O_DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    if not self.syncset.is_implied(done):
+                        raise OpFailed(f"parent directory {show(done)} is missing") from None
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                    child = os.open(part, O_DIR, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise OpFailed(
+                    f"{show(done)} is a symlink or not a directory; refusing to write through it"
+                ) from exc
+            raise
+        except OpFailed:
+            os.close(fd)
+            raise
+        return fd
+
+    # -- operations ------------------------------------------------------
+
+    def _write_op(self, apply: Callable[[Any], None]) -> Callable[[Any], list[Frame]]:
+        def run(op: Any) -> list[Frame]:
+            self._require_write()
+            path = op.dst if isinstance(op, Rename) else op.path
+            try:
+                apply(op)
+            except (OpFailed, OSError) as exc:
+                self._fail(path, _reason(exc))
+            return []
+
+        return run
+
+    def _fail(self, path: bytes, reason: str) -> None:
+        log.warning("op_failed", path=show(path), reason=reason)
+        self._batch.failures.append(Failure(path, reason))
+
+    def _mkdir(self, op: Mkdir) -> None:
+        if op.entry.kind != Kind.DIR:
+            raise ProtocolError(f"Mkdir {show(op.path)} with a {op.entry.kind.name} entry")
+        self._check_covered(op.path, True)
+        dir_fd = self._open_parent(op.path)
+        name = basename(op.path)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=dir_fd)
+            fd = os.open(name, O_DIR, dir_fd=dir_fd)
+            try:
+                _set_meta_fd(fd, op.entry, times=False)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(dir_fd)
+        self._batch.touched.append(op.path)
+
+    def _symlink(self, op: Symlink) -> None:
+        if op.entry.kind != Kind.SYMLINK:
+            raise ProtocolError(f"Symlink {show(op.path)} with a {op.entry.kind.name} entry")
+        self._check_covered(op.path, False)
+        dir_fd = self._open_parent(op.path)
+        tmp = _tmp_name()
+        try:
+            os.symlink(op.entry.target, tmp, dir_fd=dir_fd)
+            try:
+                os.chown(tmp, op.entry.uid, op.entry.gid, dir_fd=dir_fd, follow_symlinks=False)
+                os.utime(
+                    tmp,
+                    ns=(op.entry.mtime_ns, op.entry.mtime_ns),
+                    dir_fd=dir_fd,
+                    follow_symlinks=False,
+                )
+                os.rename(tmp, basename(op.path), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            except BaseException:
+                _unlink_quietly(dir_fd, tmp)
+                raise
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._batch.touched.append(op.path)
+
+    def _rename(self, op: Rename) -> None:
+        if op.entry.kind != Kind.FILE:
+            raise ProtocolError(f"Rename to {show(op.dst)} with a {op.entry.kind.name} entry")
+        self._check_covered(op.src, False)
+        self._check_covered(op.dst, False)
+        src_dir = self._open_parent(op.src)
+        try:
+            dst_dir = self._open_parent(op.dst)
+            try:
+                fd = os.open(basename(op.src), O_READ, dir_fd=src_dir)
+                try:
+                    if kind_of(os.fstat(fd).st_mode) != Kind.FILE:
+                        raise OpFailed(f"move source {show(op.src)} is not a regular file")
+                    digest, _ = hash_fd(fd)
+                    if digest != op.entry.digest:
+                        raise OpFailed(f"move source {show(op.src)} changed on this node; resend")
+                    _set_meta_fd(fd, op.entry, times=True)
+                finally:
+                    os.close(fd)
+                os.rename(
+                    basename(op.src), basename(op.dst), src_dir_fd=src_dir, dst_dir_fd=dst_dir
+                )
+                os.fsync(dst_dir)
+                os.fsync(src_dir)
+            finally:
+                os.close(dst_dir)
+        finally:
+            os.close(src_dir)
+        self._batch.touched.extend((op.src, op.dst))
+
+    def _delete(self, op: Delete) -> None:
+        self._check_covered(op.path, op.kind == Kind.DIR)
+        dir_fd = self._open_parent(op.path)
+        name = basename(op.path)
+        try:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            found = kind_of(st.st_mode)
+            if found != op.kind:
+                raise OpFailed(
+                    f"is a {found.name.lower() if found else 'special file'} here, "
+                    f"not a {op.kind.name.lower()}; not deleted"
+                )
+            if op.kind == Kind.DIR:
+                try:
+                    os.rmdir(name, dir_fd=dir_fd)
+                except OSError as exc:
+                    if exc.errno == errno.ENOTEMPTY:
+                        raise OpFailed(
+                            "directory not empty: it holds paths this node does not sync; kept"
+                        ) from exc
+                    raise
+            else:
+                os.unlink(name, dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self._batch.touched.append(op.path)
+
+    def _setmeta(self, op: SetMeta) -> None:
+        self._check_covered(op.path, op.entry.kind == Kind.DIR)
+        if op.entry.kind == Kind.DIR:
+            self._batch.dir_meta.append(op)  # after the batch's children change
+            return
+        self._apply_meta(op)
+        self._batch.touched.append(op.path)
+
+    def _apply_meta(self, op: SetMeta) -> None:
+        dir_fd = self._open_parent(op.path)
+        name = basename(op.path)
+        entry = op.entry
+        try:
+            if entry.kind == Kind.SYMLINK:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                if kind_of(st.st_mode) != Kind.SYMLINK:
+                    raise OpFailed("is not a symlink here")
+                os.chown(name, entry.uid, entry.gid, dir_fd=dir_fd, follow_symlinks=False)
+                os.utime(
+                    name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd, follow_symlinks=False
+                )
+            else:
+                flags = O_DIR if entry.kind == Kind.DIR else O_READ
+                try:
+                    fd = os.open(name, flags, dir_fd=dir_fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise OpFailed(f"is not a {entry.kind.name.lower()} here") from exc
+                    raise
+                try:
+                    if kind_of(os.fstat(fd).st_mode) != entry.kind:
+                        raise OpFailed(f"is not a {entry.kind.name.lower()} here")
+                    _set_meta_fd(fd, entry, times=True)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(dir_fd)
+
+    # -- file content ----------------------------------------------------
+
+    def _put_chunk(self, chunk: PutChunk) -> list[Frame]:
+        self._require_write()
+        self._receive(chunk.path, chunk.offset, chunk.data, None)
+        return []
+
+    def _put(self, put: Put) -> list[Frame]:
+        self._require_write()
+        if put.entry.kind != Kind.FILE:
+            raise ProtocolError(f"Put {show(put.path)} with a {put.entry.kind.name} entry")
+        self._receive(put.path, put.offset, put.data, put.entry)
+        return []
+
+    def _receive(self, path: bytes, offset: int, data: bytes, entry: Entry | None) -> None:
+        batch = self._batch
+        staged = batch.staged.get(path)
+        if offset == 0:
+            if staged is not None:
+                self._discard(staged)
+                del batch.staged[path]
+            if len(batch.staged) >= MAX_STAGED:
+                raise ProtocolError(f"more than {MAX_STAGED} files in one batch")
+            try:
+                self._check_covered(path, False)
+                staged = self._stage(path)
+            except (OpFailed, OSError) as exc:
+                self._fail(path, _reason(exc))
+                staged = _Staged(path, -1, b"", None, failed=True)
+            batch.staged[path] = staged
+        elif staged is None or staged.entry is not None:
+            raise ProtocolError(f"chunk at offset {offset} of {show(path)} without its start")
+        if staged.size != offset:
+            raise ProtocolError(f"chunk of {show(path)} at offset {offset}, expected {staged.size}")
+        staged.size += len(data)
+        if staged.failed:
+            return
+        assert staged.fd is not None
+        try:
+            staged.hasher.update(data)
+            _write_all(staged.fd, data)
+            if entry is not None:
+                self._finish(staged, entry)
+        except (OSError, OpFailed) as exc:
+            self._fail(path, _reason(exc))
+            self._discard(staged)
+            staged.failed = True
+
+    def _stage(self, path: bytes) -> _Staged:
+        dir_fd = self._open_parent(path)
+        tmp = _tmp_name()
+        try:
+            fd = os.open(
+                tmp,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=dir_fd,
+            )
+        except BaseException:
+            os.close(dir_fd)
+            raise
+        return _Staged(path, dir_fd, tmp, fd)
+
+    def _finish(self, staged: _Staged, entry: Entry) -> None:
+        assert staged.fd is not None
+        digest = staged.hasher.digest()
+        if staged.size != entry.size or digest != entry.digest:
+            raise OpFailed(
+                f"received {staged.size} bytes with digest {digest.hex()}, the sender "
+                f"announced {entry.size} bytes with {entry.digest.hex()}; not applied"
+            )
+        _set_meta_fd(staged.fd, entry, times=True)
+        os.fsync(staged.fd)
+        os.close(staged.fd)
+        staged.fd = None
+        staged.entry = entry
+
+    def _discard(self, staged: _Staged) -> None:
+        if staged.fd is not None:
+            os.close(staged.fd)
+            staged.fd = None
+        if staged.dir_fd >= 0:
+            _unlink_quietly(staged.dir_fd, staged.tmp)
+            os.close(staged.dir_fd)
+            staged.dir_fd = -1
+
+    # -- commit ----------------------------------------------------------
+
+    def _commit(self, commit: Commit) -> list[Frame]:
+        self._require_write()
+        batch, self._batch = self._batch, _Batch()
+        renamed_in: list[int] = []
+        for staged in batch.staged.values():
+            if staged.entry is None:
+                if not staged.failed:
+                    batch.failures.append(
+                        Failure(staged.path, "file content incomplete at commit; not applied")
+                    )
+                self._discard(staged)
+                continue
+            try:
+                os.rename(
+                    staged.tmp,
+                    basename(staged.path),
+                    src_dir_fd=staged.dir_fd,
+                    dst_dir_fd=staged.dir_fd,
+                )
+            except OSError as exc:
+                batch.failures.append(Failure(staged.path, _reason(exc)))
+                self._discard(staged)
+                continue
+            batch.touched.append(staged.path)
+            renamed_in.append(staged.dir_fd)
+        for dir_fd in renamed_in:
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        for op in batch.dir_meta:
+            try:
+                self._apply_meta(op)
+                batch.touched.append(op.path)
+            except (OpFailed, OSError) as exc:
+                batch.failures.append(Failure(op.path, _reason(exc)))
+        results = [(p, self._entry_now(p)) for p in dict.fromkeys(batch.touched)]
+        log.info(
+            "batch_applied",
+            batch=commit.batch,
+            paths=len(results),
+            failures=len(batch.failures),
+        )
+        return [Applied(commit.batch, results, batch.failures)]
+
+    def _entry_now(self, path: bytes) -> Entry | None:
+        """What ``path`` holds now, or ``None`` (absent, unreadable)."""
+        assert self._root_fd is not None
+        try:
+            dir_fd = open_dir(self._root_fd, parent(path))
+        except OSError:
+            return None
+        name = basename(path)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            kind = kind_of(st.st_mode)
+            if kind == Kind.FILE:
+                return read_file_entry(dir_fd, name)
+            if kind == Kind.SYMLINK:
+                return entry_of(st, kind, target=os.readlink(name, dir_fd=dir_fd))
+            if kind == Kind.DIR:
+                fd = os.open(name, O_DIR, dir_fd=dir_fd)
+                try:
+                    return entry_of(os.fstat(fd), kind, xattrs=read_xattrs(fd))
+                finally:
+                    os.close(fd)
+            return None
+        except OSError:
+            return None
+        finally:
+            os.close(dir_fd)
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _tmp_name() -> bytes:
+    return TMP_PREFIX + secrets.token_hex(8).encode()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _unlink_quietly(dir_fd: int, name: bytes) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _set_meta_fd(fd: int, entry: Entry, times: bool) -> None:
+    """Owner before mode (chown clears set-id bits), ACL xattrs after mode
+    (chmod rewrites the ACL mask), mtime last (everything else touches ctime
+    only, but keep the order obvious)."""
+    os.fchown(fd, entry.uid, entry.gid)
+    os.fchmod(fd, entry.mode)
+    try:
+        write_xattrs(fd, entry.xattrs)
+    except OSError as exc:
+        raise OpFailed(f"cannot set extended attributes: {exc.strerror}") from exc
+    if times:
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+
+# -- running over a byte stream ---------------------------------------------
+
+
+class AgentConnection:
+    """Bytes in, bytes out, for any transport: ``receive_data`` returns what
+    to send back. A protocol error becomes an ErrorFrame and ends the
+    session (``finished``); nothing of the offending frame was applied."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self._decoder = FrameDecoder()
+        self.exit_code = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.agent.finished
+
+    def receive_data(self, data: bytes) -> bytes:
+        out: list[bytes] = []
+        try:
+            if not data:
+                if self._decoder.pending:
+                    raise ProtocolError(
+                        f"input ended inside a frame ({self._decoder.pending} bytes)"
+                    )
+                self.agent.finished = True
+                return b""
+            self._decoder.feed(data)
+            while not self.agent.finished and (frame := self._decoder.next_frame()) is not None:
+                out.extend(encode(reply) for reply in self.agent.handle(frame))
+        except ProtocolError as exc:
+            log.error("protocol_error", error=str(exc))
+            out.append(encode(ErrorFrame(str(exc))))
+            self.agent.finished = True
+            self.exit_code = ProtocolError.exit_code
+        return b"".join(out)
+
+
+def serve(agent: Agent, read: Callable[[], bytes], write: Callable[[bytes], None]) -> int:
+    """Run a session over blocking ``read``/``write`` (``read`` returns b""
+    at end of input); returns the process exit code."""
+    connection = AgentConnection(agent)
+    try:
+        while not connection.finished:
+            reply = connection.receive_data(read())
+            if reply:
+                write(reply)
+        return connection.exit_code
+    finally:
+        agent.close()
+
+
+def make_agent(config: Config) -> Agent:
+    """An agent from this node's own configuration."""
+    ensure_state_dir(config.state_dir)
+    return Agent(config.node, config.sync.root, config.syncset(), config.state_dir)
+
+
+def run_stdio(config_path: Path) -> int:
+    """``bmsync agent``: a session on stdin/stdout. A configuration error is
+    sent to the sender as an ErrorFrame (and printed on stderr), so the
+    active node's operator sees why the agent could not start."""
+    try:
+        agent = make_agent(load_config(config_path))
+    except BmsyncError as exc:
+        log.error("agent_cannot_start", error=str(exc))
+        _write_all(1, encode(ErrorFrame(str(exc))))
+        return exc.exit_code
+
+    def read() -> bytes:
+        return os.read(0, 1024 * 1024)
+
+    def write(data: bytes) -> None:
+        _write_all(1, data)
+
+    return serve(agent, read, write)

@@ -1,0 +1,304 @@
+"""The configuration file: YAML in, frozen typed objects out.
+
+Decoding walks yaml's node tree (not the plain dict) so every error names
+the file, the line and the key: ``bmsync.yaml line 7: sync.paths_: unknown
+key; did you mean 'paths'?``. Unknown keys, wrong types, relative paths and
+missing files are all errors; nothing is guessed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from bmsync.core.excludes import PatternError, Rule, SyncSet
+from bmsync.errors import ConfigError
+from bmsync.presets import BUILTIN_EXCLUDES, PRESETS, PresetPath
+
+DEFAULT_PATH = Path("/etc/bmsync/bmsync.yaml")
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    host: str
+    port: int
+    user: str
+    identity: Path
+    known_hosts: Path
+    agent_command: str
+    connect_timeout_s: float
+    keepalive_interval_s: float
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    preset: str
+    paths: tuple[str, ...]
+    exclude: tuple[str, ...]
+    root: Path
+    batch_window_ms: int
+    max_delay_ms: int
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path
+    node: str
+    state_dir: Path
+    peer: PeerConfig | None
+    sync: SyncConfig
+
+    def sync_paths(self) -> list[PresetPath]:
+        preset = PRESETS[self.sync.preset]
+        added = [PresetPath(p, "added in sync.paths") for p in self.sync.paths]
+        return [*preset.paths, *added]
+
+    def exclude_rules(self) -> list[Rule]:
+        """Preset rules, then the user's (which may re-include with ``!``),
+        then bmsync's own, which nothing overrides."""
+        preset = PRESETS[self.sync.preset]
+        user = [Rule(p, "added in sync.exclude") for p in self.sync.exclude]
+        return [*preset.excludes, *user, *BUILTIN_EXCLUDES]
+
+    def syncset(self) -> SyncSet:
+        return SyncSet.build([p.path for p in self.sync_paths()], self.exclude_rules())
+
+    def require_peer(self) -> PeerConfig:
+        if self.peer is None:
+            raise ConfigError(
+                f"{self.source}: no 'peer:' section; this command talks to the peer, "
+                "so say where it is (host, identity, known_hosts)"
+            )
+        return self.peer
+
+
+class _Required:
+    pass
+
+
+REQUIRED = _Required()
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    source: Path
+
+    def error(self, node: yaml.Node, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source} line {node.start_mark.line + 1}: {key}: {message}")
+
+
+Converter = Callable[[yaml.Node, str, _Ctx], Any]
+
+
+def _scalar(node: yaml.Node, key: str, ctx: _Ctx) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise ctx.error(node, key, f"expected a single value, got a {_shape(node)}")
+    return yaml.SafeLoader("").construct_object(node)
+
+
+def _shape(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "list"
+    return "value"
+
+
+def _typed(kind: type[T], words: str) -> Callable[[yaml.Node, str, _Ctx], T]:
+    def convert(node: yaml.Node, key: str, ctx: _Ctx) -> T:
+        value = _scalar(node, key, ctx)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ctx.error(node, key, f"expected {words}, got {value!r}")
+        return value
+
+    return convert
+
+
+_str = _typed(str, "a string")
+_int = _typed(int, "an integer")
+_float = _typed(float, "a number")
+
+
+def _ranged(convert: Converter, low: float, high: float) -> Converter:
+    def check(node: yaml.Node, key: str, ctx: _Ctx) -> Any:
+        value = convert(node, key, ctx)
+        if not low <= value <= high:
+            raise ctx.error(node, key, f"{value} is out of range ({low} to {high})")
+        return value
+
+    return check
+
+
+def _nonempty(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    value = _str(node, key, ctx)
+    if not value.strip():
+        raise ctx.error(node, key, "must not be empty")
+    return value
+
+
+def _node_id(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    value = _str(node, key, ctx)
+    if not _NODE_ID.fullmatch(value):
+        raise ctx.error(
+            node, key, f"{value!r} is not a node id (letters, digits, '.', '_', '-'; 63 at most)"
+        )
+    return value
+
+
+def _abs_path(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
+    value = _str(node, key, ctx)
+    if not value.startswith("/"):
+        raise ctx.error(node, key, f"{value!r} is a relative path; give an absolute one")
+    if "\0" in value:
+        raise ctx.error(node, key, "path contains a NUL character")
+    return Path(value)
+
+
+def _existing_file(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
+    path = _abs_path(node, key, ctx)
+    if not path.is_file():
+        raise ctx.error(node, key, f"file {path} does not exist")
+    return path
+
+
+def _existing_dir(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
+    path = _abs_path(node, key, ctx)
+    if not path.is_dir():
+        raise ctx.error(node, key, f"directory {path} does not exist")
+    return path
+
+
+def _choice(*choices: str) -> Converter:
+    def convert(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+        value = _str(node, key, ctx)
+        if value not in choices:
+            raise ctx.error(node, key, f"{value!r} is not one of: {', '.join(choices)}")
+        return value
+
+    return convert
+
+
+def _list_of(item: Converter) -> Converter:
+    def convert(node: yaml.Node, key: str, ctx: _Ctx) -> tuple[Any, ...]:
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return ()
+        if not isinstance(node, yaml.SequenceNode):
+            raise ctx.error(node, key, f"expected a list, got a {_shape(node)}")
+        return tuple(item(child, f"{key}[{i}]", ctx) for i, child in enumerate(node.value))
+
+    return convert
+
+
+def _sync_path(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    path = str(_abs_path(node, key, ctx))
+    if any(part in (".", "..") for part in path.split("/")):
+        raise ctx.error(node, key, f"{path!r} contains '.' or '..'")
+    return path
+
+
+def _pattern(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    value = _nonempty(node, key, ctx)
+    try:
+        Rule(value)
+    except PatternError as exc:
+        raise ctx.error(node, key, str(exc)) from exc
+    return value
+
+
+Schema = dict[str, tuple[Converter, Any]]
+
+PEER_SCHEMA: Schema = {
+    "host": (_nonempty, REQUIRED),
+    "port": (_ranged(_int, 1, 65535), 22),
+    "user": (_nonempty, "root"),
+    "identity": (_existing_file, Path("/etc/bmsync/id_ed25519")),
+    "known_hosts": (_existing_file, Path("/etc/bmsync/known_hosts")),
+    "agent_command": (_nonempty, "bmsync agent"),
+    "connect_timeout_s": (_ranged(_float, 0.1, 600), 10.0),
+    "keepalive_interval_s": (_ranged(_float, 1, 3600), 15.0),
+}
+SYNC_SCHEMA: Schema = {
+    "preset": (_choice(*PRESETS), "bluemind"),
+    "paths": (_list_of(_sync_path), ()),
+    "exclude": (_list_of(_pattern), ()),
+    "root": (_existing_dir, Path("/")),
+    "batch_window_ms": (_ranged(_int, 0, 60_000), 10),
+    "max_delay_ms": (_ranged(_int, 1, 600_000), 1000),
+}
+
+
+def _section(node: yaml.Node, prefix: str, schema: Schema, ctx: _Ctx) -> dict[str, Any]:
+    if not isinstance(node, yaml.MappingNode):
+        raise ctx.error(node, prefix or "top level", f"expected a mapping, got a {_shape(node)}")
+    seen: dict[str, yaml.Node] = {}
+    for key_node, value_node in node.value:
+        key = _scalar(key_node, prefix or "top level", ctx)
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if not isinstance(key, str) or key not in schema:
+            hint = difflib.get_close_matches(str(key), schema, n=1)
+            suffix = (
+                f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {', '.join(schema)}"
+            )
+            raise ctx.error(key_node, where, f"unknown key{suffix}")
+        if key in seen:
+            raise ctx.error(key_node, where, "given twice")
+        seen[key] = value_node
+    out: dict[str, Any] = {}
+    for key, (convert, default) in schema.items():
+        where = f"{prefix}.{key}" if prefix else key
+        if key in seen:
+            out[key] = convert(seen[key], where, ctx)
+        elif default is REQUIRED:
+            raise ctx.error(node, where, "missing; this key is required")
+        elif convert in (_existing_file, _existing_dir) and not Path(default).exists():
+            raise ctx.error(node, where, f"not set, and the default {default} does not exist")
+        else:
+            out[key] = default
+    return out
+
+
+TOP_SCHEMA: Schema = {
+    "node": (_node_id, REQUIRED),
+    "state_dir": (_abs_path, Path("/var/lib/bmsync")),
+    "peer": (lambda n, k, c: PeerConfig(**_section(n, k, PEER_SCHEMA, c)), None),
+    "sync": (lambda n, k, c: SyncConfig(**_section(n, k, SYNC_SCHEMA, c)), None),
+}
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: no such file; write one (see README) or pass -c FILE") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    return parse(text, path)
+
+
+def parse(text: str, source: Path) -> Config:
+    ctx = _Ctx(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{source}{line}: not valid YAML: {exc.problem or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if root is None:
+        raise ConfigError(f"{source}: the file is empty; at least 'node:' is required")
+    fields = _section(root, "", TOP_SCHEMA, ctx)
+    if fields["sync"] is None:
+        empty = yaml.MappingNode("tag:yaml.org,2002:map", [], root.start_mark, root.end_mark)
+        fields["sync"] = SyncConfig(**_section(empty, "sync", SYNC_SCHEMA, ctx))
+    return Config(source=source, **fields)

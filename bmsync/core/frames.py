@@ -1,0 +1,209 @@
+"""Protocol frames and their codec (sans I/O).
+
+On the wire a frame is a 4-byte big-endian length followed by that many
+bytes of msgpack: a map whose ``type`` key names the frame. Every frame is a
+frozen ``msgspec.Struct``; decoding validates types, and the frames that
+carry paths validate them too, so a decoded frame is well formed.
+
+A session, sender (active node) to agent (passive node)::
+
+    -> Hello                      <- Welcome | Refuse
+    -> ManifestRequest            <- ManifestPart ... (last=True)
+    -> Mkdir | PutChunk* Put | Symlink | Rename | Delete | SetMeta ...
+    -> Commit(batch)              <- Applied(batch, results, failures)
+    -> Bye
+    any frame that breaks the protocol <- ErrorFrame, then the agent hangs up
+
+The sender does not wait between frames: ops and commits are pipelined and
+the ``Applied`` answers come back in order.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+
+import msgspec
+
+from bmsync.core.manifest import Entry
+from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
+from bmsync.core.paths import check_relpath
+from bmsync.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+# A frame holds at most one data chunk plus its metadata; 8 MiB bounds what a
+# hostile or broken peer can make the other side buffer.
+MAX_FRAME_BYTES = 8 * 1024 * 1024
+# Files travel in chunks of this size, so memory stays flat for any file.
+CHUNK_BYTES = 1024 * 1024
+_LENGTH = struct.Struct(">I")
+
+
+class Role(enum.StrEnum):
+    ACTIVE = "active"
+    PASSIVE = "passive"
+
+
+class Purpose(enum.StrEnum):
+    WRITE = "write"  # resync: takes the agent's lock
+    READ = "read"  # verify, dry runs: manifest only, never writes
+
+
+class Hello(msgspec.Struct, frozen=True, tag="hello"):
+    version: int
+    node: str
+    role: Role
+    epoch: int
+    purpose: Purpose
+    software: str
+
+
+class Welcome(msgspec.Struct, frozen=True, tag="welcome"):
+    version: int
+    node: str
+    role: Role
+    epoch: int
+
+
+class Refuse(msgspec.Struct, frozen=True, tag="refuse"):
+    reason: str
+    node: str
+    role: Role
+    epoch: int
+
+
+class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):
+    pass
+
+
+class ManifestPart(msgspec.Struct, frozen=True, tag="manifest"):
+    entries: list[tuple[bytes, Entry]]
+    last: bool
+
+    def __post_init__(self) -> None:
+        for path, _ in self.entries:
+            check_relpath(path)
+
+
+class PutChunk(msgspec.Struct, frozen=True, tag="chunk"):
+    """Content of a file at ``offset``; more chunks or the ``Put`` follow."""
+
+    path: bytes
+    offset: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        check_relpath(self.path)
+        if self.offset < 0:
+            raise ProtocolError(f"negative offset {self.offset}")
+
+
+class Put(msgspec.Struct, frozen=True, tag="put"):
+    """The last chunk of a file and what the whole must be (``entry``)."""
+
+    path: bytes
+    offset: int
+    data: bytes
+    entry: Entry
+
+    def __post_init__(self) -> None:
+        check_relpath(self.path)
+        if self.offset < 0:
+            raise ProtocolError(f"negative offset {self.offset}")
+
+
+class Commit(msgspec.Struct, frozen=True, tag="commit"):
+    batch: int
+
+
+class Failure(msgspec.Struct, frozen=True, array_like=True):
+    path: bytes
+    reason: str
+
+
+class Applied(msgspec.Struct, frozen=True, tag="applied"):
+    """What a batch left on the peer: the entry now at each path it touched
+    (``None`` where nothing is), and the operations that failed."""
+
+    batch: int
+    results: list[tuple[bytes, Entry | None]]
+    failures: list[Failure]
+
+
+class ErrorFrame(msgspec.Struct, frozen=True, tag="error"):
+    message: str
+
+
+class Bye(msgspec.Struct, frozen=True, tag="bye"):
+    pass
+
+
+Frame = (
+    Hello
+    | Welcome
+    | Refuse
+    | ManifestRequest
+    | ManifestPart
+    | PutChunk
+    | Put
+    | Mkdir
+    | Symlink
+    | Rename
+    | Delete
+    | SetMeta
+    | Commit
+    | Applied
+    | ErrorFrame
+    | Bye
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Frame)
+
+
+def encode(frame: Frame) -> bytes:
+    body = _encoder.encode(frame)
+    if len(body) > MAX_FRAME_BYTES:
+        raise ProtocolError(
+            f"{type(frame).__name__} frame of {len(body)} bytes exceeds "
+            f"the {MAX_FRAME_BYTES}-byte limit"
+        )
+    return _LENGTH.pack(len(body)) + body
+
+
+def decode_body(body: bytes) -> Frame:
+    try:
+        frame: Frame = _decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProtocolError(f"malformed frame: {exc}") from exc
+    return frame
+
+
+class FrameDecoder:
+    """Bytes in, frames out: ``feed`` what arrived, then ``next_frame``
+    until it returns ``None``. Any defect raises ``ProtocolError``."""
+
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max = max_frame_bytes
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a whole frame."""
+        return len(self._buffer)
+
+    def next_frame(self) -> Frame | None:
+        if len(self._buffer) < _LENGTH.size:
+            return None
+        (length,) = _LENGTH.unpack_from(self._buffer)
+        if length > self._max:
+            raise ProtocolError(f"frame length {length} exceeds the {self._max}-byte limit")
+        end = _LENGTH.size + length
+        if len(self._buffer) < end:
+            return None
+        body = bytes(self._buffer[_LENGTH.size : end])
+        del self._buffer[:end]
+        return decode_body(body)

@@ -1,0 +1,85 @@
+"""bmsync's one exception tree.
+
+::
+
+    BmsyncError                      exit 70 unless a subclass says otherwise
+    ├── UsageError                   exit 2   bad command-line arguments
+    ├── ConfigError                  exit 2   bad or missing configuration
+    ├── ProtocolError                exit 4   a frame that breaks the protocol
+    │   └── RemoteProtocolError               ...reported by the peer's agent
+    ├── TransportError               exit 3   the SSH link to the peer
+    │   ├── PeerUnreachable                   no TCP/SSH connection
+    │   ├── HostKeyMismatch                   unknown or changed host key
+    │   ├── AuthRefused                       the peer refused our key
+    │   └── AgentFailed                       `bmsync agent` did not run
+    ├── PeerRefused                  exit 5   the agent declined the session
+    ├── ApplyIncomplete              exit 6   some paths could not be applied
+    └── LocalFsError                 exit 7   reading this node's tree failed
+
+Every message says what failed, where (file and line, path, host) and what
+to do. Exceptions of dependencies (asyncssh, ``OSError``, yaml) are caught at
+the boundary that knows the context and re-raised as one of these with
+``from exc``. Only the CLI reads ``exit_code``.
+"""
+
+from __future__ import annotations
+
+
+class BmsyncError(Exception):
+    """Base of every error bmsync raises on purpose."""
+
+    exit_code = 70
+
+
+class UsageError(BmsyncError):
+    exit_code = 2
+
+
+class ConfigError(BmsyncError):
+    exit_code = 2
+
+
+class ProtocolError(BmsyncError):
+    """A frame that cannot be decoded or that breaks the protocol."""
+
+    exit_code = 4
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer's agent reported that our frames broke the protocol."""
+
+
+class TransportError(BmsyncError):
+    exit_code = 3
+
+
+class PeerUnreachable(TransportError):
+    pass
+
+
+class HostKeyMismatch(TransportError):
+    pass
+
+
+class AuthRefused(TransportError):
+    pass
+
+
+class AgentFailed(TransportError):
+    pass
+
+
+class PeerRefused(BmsyncError):
+    """The agent answered the handshake with a refusal (busy, wrong role...)."""
+
+    exit_code = 5
+
+
+class ApplyIncomplete(BmsyncError):
+    """The session ended but the agent could not apply some operations."""
+
+    exit_code = 6
+
+
+class LocalFsError(BmsyncError):
+    exit_code = 7

@@ -1,0 +1,114 @@
+"""Reconcile and verify: the scan is the truth.
+
+``resync`` compares this node's tree with the agent's manifest, by digest,
+and sends the difference; it then rescans and repeats (a few passes at most)
+so files changed while it ran are caught too. ``verify`` compares and
+changes nothing. Both leave the peer's copies of sync paths missing here
+alone: a path absent on the active node is reported, never deleted on the
+passive one by a resync of the whole set.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from bmsync.core.excludes import SyncSet
+from bmsync.core.frames import Failure
+from bmsync.core.manifest import Entry, differences
+from bmsync.core.ops import Op
+from bmsync.core.paths import is_within
+from bmsync.core.planner import plan
+from bmsync.fsutil import open_root
+from bmsync.scan import Scan, scan_tree
+from bmsync.session import PeerSession, Progress
+
+log = structlog.get_logger("bmsync.reconcile")
+
+# Passes before a resync gives up chasing a tree that keeps changing.
+MAX_PASSES = 3
+
+
+@dataclass
+class ResyncReport:
+    planned: list[Op] = field(default_factory=list)  # first pass
+    passes: int = 0
+    ops_applied: int = 0
+    files_sent: int = 0
+    bytes_sent: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    local_problems: list[tuple[bytes, str]] = field(default_factory=list)
+    missing_tops: list[bytes] = field(default_factory=list)
+    converged: bool = False
+
+
+def _peer_view(peer: dict[bytes, Entry], scan: Scan) -> dict[bytes, Entry]:
+    """The peer's manifest minus what the planner must not delete: copies of
+    sync paths missing here, and paths this node failed to read."""
+    keep = [*scan.missing_tops, *(p for p, _ in scan.problems)]
+    if not keep:
+        return peer
+    return {p: e for p, e in peer.items() if not any(is_within(p, k) for k in keep)}
+
+
+async def resync(
+    session: PeerSession,
+    root: Path,
+    syncset: SyncSet,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    on_plan: Callable[[list[Op]], None] | None = None,
+) -> ResyncReport:
+    report = ResyncReport()
+    peer = await session.fetch_manifest()
+    root_fd = open_root(root)
+    try:
+        for number in range(1, MAX_PASSES + 1):
+            scan = scan_tree(root, syncset)
+            ops = plan(scan.entries, _peer_view(peer, scan))
+            if number == 1:
+                report.planned = ops
+                report.local_problems = scan.problems
+                report.missing_tops = scan.missing_tops
+            if not ops:
+                report.converged = True
+                break
+            if dry_run:
+                break
+            if on_plan is not None:
+                on_plan(ops)
+            report.passes = number
+            outcome = await session.apply(ops, root_fd, progress)
+            report.ops_applied += len(ops) - len(outcome.failures)
+            report.files_sent += outcome.files_sent
+            report.bytes_sent += outcome.bytes_sent
+            for path, entry in outcome.results.items():
+                if entry is None:
+                    peer.pop(path, None)
+                else:
+                    peer[path] = entry
+            if outcome.failures:
+                report.failures = outcome.failures
+                break  # resending would fail the same way
+    finally:
+        os.close(root_fd)
+    return report
+
+
+async def verify(
+    session: PeerSession, root: Path, syncset: SyncSet
+) -> tuple[list[tuple[bytes, list[str]]], Scan]:
+    """Differences between this node's tree and the peer's, path by path."""
+    peer = await session.fetch_manifest()
+    scan = scan_tree(root, syncset)
+    peer = _peer_view(peer, scan)
+    found = []
+    for path in sorted(scan.entries.keys() | peer.keys()):
+        what = differences(scan.entries.get(path), peer.get(path))
+        if what:
+            found.append((path, what))
+    return found, scan

@@ -1,0 +1,154 @@
+"""Scanning a node's tree into a manifest (the sync set only).
+
+Both sides scan the same way: the active node to know what to send, the
+agent to answer with what it has. Every file is read and hashed; a file that
+changes while it is read is read again, so a manifest never pairs one
+version's metadata with another version's digest.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bmsync.core.excludes import SyncSet
+from bmsync.core.manifest import Entry, Kind
+from bmsync.core.paths import basename, join, parent
+from bmsync.errors import LocalFsError
+from bmsync.fsutil import (
+    O_DIR,
+    O_READ,
+    entry_of,
+    hash_fd,
+    kind_of,
+    open_dir,
+    open_root,
+    read_xattrs,
+    same_version,
+)
+
+# A file rewritten faster than it can be read is reported, not looped on.
+READ_ATTEMPTS = 3
+_GONE = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
+
+
+@dataclass
+class Scan:
+    entries: dict[bytes, Entry] = field(default_factory=dict)
+    # tops absent on this node: their peer copies are left alone, never deleted
+    missing_tops: list[bytes] = field(default_factory=list)
+    # paths that could not be read, with the reason
+    problems: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+def scan_tree(root: Path, syncset: SyncSet) -> Scan:
+    try:
+        root_fd = open_root(root)
+    except OSError as exc:
+        raise LocalFsError(f"cannot open sync root {root}: {exc.strerror}") from exc
+    result = Scan()
+    try:
+        for top in syncset.tops:
+            _scan_top(root_fd, top, syncset, result)
+    finally:
+        os.close(root_fd)
+    return result
+
+
+def _scan_top(root_fd: int, top: bytes, syncset: SyncSet, result: Scan) -> None:
+    if not top:
+        _scan_children(root_fd, b"", syncset, result)
+        return
+    try:
+        dir_fd = open_dir(root_fd, parent(top))
+    except OSError as exc:
+        if exc.errno in _GONE:
+            result.missing_tops.append(top)
+            return
+        result.problems.append((top, exc.strerror or str(exc)))
+        return
+    try:
+        st = os.stat(basename(top), dir_fd=dir_fd, follow_symlinks=False)
+    except OSError as exc:
+        os.close(dir_fd)
+        if exc.errno in _GONE:
+            result.missing_tops.append(top)
+        else:
+            result.problems.append((top, exc.strerror or str(exc)))
+        return
+    try:
+        kind = kind_of(st.st_mode)
+        if kind is not None and syncset.covers(top, kind == Kind.DIR):
+            _scan_one(dir_fd, top, st, kind, syncset, result)
+    finally:
+        os.close(dir_fd)
+
+
+def _scan_children(dir_fd: int, path: bytes, syncset: SyncSet, result: Scan) -> None:
+    with os.scandir(dir_fd) as it:
+        names = sorted(os.fsencode(e.name) for e in it)
+    for name in names:
+        child = join(path, name)
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        kind = kind_of(st.st_mode)
+        if kind is None:
+            if not syncset.excluded(child, False):
+                result.problems.append((child, "not a file, directory or symlink; skipped"))
+            continue
+        if syncset.excluded(child, kind == Kind.DIR):
+            continue
+        _scan_one(dir_fd, child, st, kind, syncset, result)
+
+
+def _scan_one(
+    dir_fd: int, path: bytes, st: os.stat_result, kind: Kind, syncset: SyncSet, result: Scan
+) -> None:
+    name = basename(path)
+    try:
+        if kind == Kind.SYMLINK:
+            target = os.readlink(name, dir_fd=dir_fd)
+            result.entries[path] = entry_of(st, kind, target=target)
+        elif kind == Kind.FILE:
+            entry = read_file_entry(dir_fd, name)
+            if entry is None:
+                result.problems.append((path, "kept changing while being read"))
+            else:
+                result.entries[path] = entry
+        else:
+            child_fd = os.open(name, O_DIR, dir_fd=dir_fd)
+            try:
+                result.entries[path] = entry_of(
+                    os.fstat(child_fd), kind, xattrs=read_xattrs(child_fd)
+                )
+                _scan_children(child_fd, path, syncset, result)
+            finally:
+                os.close(child_fd)
+    except OSError as exc:
+        if exc.errno not in _GONE:
+            result.problems.append((path, exc.strerror or str(exc)))
+
+
+def read_file_entry(dir_fd: int, name: bytes) -> Entry | None:
+    """Hash a regular file; ``None`` if it changed during every attempt.
+
+    Raises OSError if it vanished or is no longer a regular file.
+    """
+    for _ in range(READ_ATTEMPTS):
+        fd = os.open(name, O_READ, dir_fd=dir_fd)
+        try:
+            before = os.fstat(fd)
+            if kind_of(before.st_mode) != Kind.FILE:
+                raise OSError(errno.ENOENT, "replaced by a non-file")
+            xattrs = read_xattrs(fd)
+            digest, _ = hash_fd(fd)
+            after = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if same_version(before, after):
+            return entry_of(after, Kind.FILE, digest=digest, xattrs=xattrs)
+    return None

@@ -1,0 +1,236 @@
+"""The sender's end of a sync session, over any ``FrameChannel``.
+
+``PeerSession`` does the handshake, fetches the agent's manifest and applies
+a plan. Applying is pipelined: one task streams operations, file content and
+``Commit`` frames without waiting, another collects the ``Applied`` answers,
+so a plan of a thousand files costs one round trip, not a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import structlog
+
+from bmsync import __version__
+from bmsync.core.frames import (
+    CHUNK_BYTES,
+    PROTOCOL_VERSION,
+    Applied,
+    Bye,
+    Commit,
+    Failure,
+    Hello,
+    ManifestPart,
+    ManifestRequest,
+    Purpose,
+    Put,
+    PutChunk,
+    Refuse,
+    Role,
+    Welcome,
+)
+from bmsync.core.manifest import Entry, Kind, new_hasher
+from bmsync.core.ops import Op, PutFile
+from bmsync.core.paths import basename, parent, show
+from bmsync.errors import (
+    AgentFailed,
+    PeerRefused,
+    ProtocolError,
+    RemoteProtocolError,
+    TransportError,
+)
+from bmsync.fsutil import O_READ, entry_of, kind_of, open_dir, read_xattrs, same_version
+from bmsync.transport import FrameChannel
+
+log = structlog.get_logger("bmsync.session")
+
+# A batch is committed (files renamed into place, answer sent) after this
+# many operations or bytes of content, whichever comes first: small enough
+# to bound the agent's staged files, large enough to amortise the fsyncs.
+BATCH_MAX_OPS = 1000
+BATCH_MAX_BYTES = 64 * 1024 * 1024
+
+Progress = Callable[[Op, int], None]
+
+
+@dataclass
+class Outcome:
+    """What applying a plan did: the peer's new entries and what failed."""
+
+    results: dict[bytes, Entry | None] = field(default_factory=dict)
+    failures: list[Failure] = field(default_factory=list)
+    files_sent: int = 0
+    bytes_sent: int = 0
+    skipped: list[tuple[bytes, str]] = field(default_factory=list)
+
+
+class PeerSession:
+    def __init__(self, channel: FrameChannel, node: str, epoch: int = 0) -> None:
+        self._channel = channel
+        self.node = node
+        self.epoch = epoch
+        self.peer: Welcome | None = None
+
+    async def open(self, purpose: Purpose) -> Welcome:
+        hello = Hello(PROTOCOL_VERSION, self.node, Role.ACTIVE, self.epoch, purpose, __version__)
+        await self._channel.send([hello])
+        try:
+            answer = await self._channel.receive()
+        except RemoteProtocolError as exc:
+            raise AgentFailed(f"the peer's agent cannot start: {exc}") from exc
+        if isinstance(answer, Refuse):
+            raise PeerRefused(f"peer {answer.node} refused the session: {answer.reason}")
+        if not isinstance(answer, Welcome):
+            raise ProtocolError(f"expected Welcome, the agent sent {type(answer).__name__}")
+        self.peer = answer
+        log.info("session_open", peer=answer.node, purpose=str(purpose))
+        return answer
+
+    async def fetch_manifest(self) -> dict[bytes, Entry]:
+        await self._channel.send([ManifestRequest()])
+        entries: dict[bytes, Entry] = {}
+        while True:
+            part = await self._channel.receive()
+            if not isinstance(part, ManifestPart):
+                raise ProtocolError(f"expected ManifestPart, got {type(part).__name__}")
+            entries.update(part.entries)
+            if part.last:
+                return entries
+
+    async def close(self) -> None:
+        """Say goodbye if the agent still listens (it hangs up after a
+        refusal or a protocol error), then close the channel."""
+        try:
+            with contextlib.suppress(TransportError):
+                await self._channel.send([Bye()])
+        finally:
+            await self._channel.close()
+
+    async def apply(self, ops: list[Op], root_fd: int, progress: Progress | None = None) -> Outcome:
+        outcome = Outcome()
+        batches = list(_batches(ops))
+
+        async def send_all() -> None:
+            for number, batch in enumerate(batches):
+                for op in batch:
+                    sent = 0
+                    if isinstance(op, PutFile):
+                        sent = await self._send_file(root_fd, op, outcome)
+                    else:
+                        await self._channel.send([op])
+                    if progress is not None:
+                        progress(op, sent)
+                await self._channel.send([Commit(number)])
+
+        async def collect_all() -> None:
+            for number in range(len(batches)):
+                answer = await self._channel.receive()
+                if not isinstance(answer, Applied) or answer.batch != number:
+                    raise ProtocolError(
+                        f"expected Applied for batch {number}, got {type(answer).__name__}"
+                    )
+                outcome.results.update(answer.results)
+                outcome.failures.extend(answer.failures)
+
+        await _together(send_all(), collect_all())
+        log.info(
+            "plan_applied",
+            ops=len(ops),
+            batches=len(batches),
+            files=outcome.files_sent,
+            bytes=outcome.bytes_sent,
+            failures=len(outcome.failures),
+        )
+        return outcome
+
+    async def _send_file(self, root_fd: int, op: PutFile, outcome: Outcome) -> int:
+        try:
+            frames = _file_frames(root_fd, op.path)
+            sent = 0
+            for frame in frames:
+                sent += len(frame.data)
+                await self._channel.send([frame])
+        except OSError as exc:
+            # Gone or replaced since the scan: the next pass plans what it is now.
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                outcome.skipped.append((op.path, exc.strerror or str(exc)))
+            return 0
+        outcome.files_sent += 1
+        outcome.bytes_sent += sent
+        return sent
+
+
+def _file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put]:
+    """Stream a local file as chunks and a final ``Put`` whose entry (and
+    digest) describe exactly the bytes sent."""
+    dir_fd = open_dir(root_fd, parent(path))
+    try:
+        fd = os.open(basename(path), O_READ, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        before = os.fstat(fd)
+        if kind_of(before.st_mode) != Kind.FILE:
+            raise OSError(errno.ENOENT, "no longer a regular file")
+        xattrs = read_xattrs(fd)
+        hasher = new_hasher()
+        offset = 0
+        chunk = os.read(fd, CHUNK_BYTES)
+        while True:
+            following = os.read(fd, CHUNK_BYTES) if len(chunk) == CHUNK_BYTES else b""
+            hasher.update(chunk)
+            if not following:
+                after = os.fstat(fd)
+                if not same_version(before, after):
+                    log.info("file_changed_while_sent", path=show(path))
+                entry = msgspec.structs.replace(
+                    entry_of(after, Kind.FILE, digest=hasher.digest(), xattrs=xattrs),
+                    size=offset + len(chunk),
+                )
+                yield Put(path, offset, chunk, entry)
+                return
+            yield PutChunk(path, offset, chunk)
+            offset += len(chunk)
+            chunk = following
+    finally:
+        os.close(fd)
+
+
+def _batches(ops: list[Op]) -> Iterator[list[Op]]:
+    batch: list[Op] = []
+    size = 0
+    for op in ops:
+        batch.append(op)
+        if isinstance(op, PutFile):
+            size += op.entry.size
+        if len(batch) >= BATCH_MAX_OPS or size >= BATCH_MAX_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+async def _together(*coros: Coroutine[Any, Any, None]) -> None:
+    """Run coroutines concurrently; the first failure cancels the rest and
+    is raised as itself (not wrapped in an ExceptionGroup)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            error = task.exception()
+            if error is not None:
+                raise error
+        await asyncio.gather(*pending)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,76 @@
+"""Test helpers shared by the suites: an in-memory link to a real Agent,
+tree builders, and an independent tree walk to compare results."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from bmsync.agent import Agent
+from bmsync.core.excludes import Rule, SyncSet
+from bmsync.core.frames import Frame, FrameDecoder, encode
+from bmsync.errors import RemoteProtocolError
+
+
+class InMemoryChannel:
+    """A FrameChannel to an in-process Agent; frames go through the real
+    codec both ways, so the bytes are what SSH would carry."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self._to_agent = FrameDecoder()
+        self._to_us = FrameDecoder()
+        self.sent_bytes = 0
+
+    async def send(self, frames: list[Frame]) -> None:
+        data = b"".join(encode(f) for f in frames)
+        self.sent_bytes += len(data)
+        self._to_agent.feed(data)
+        while (frame := self._to_agent.next_frame()) is not None:
+            for reply in self.agent.handle(frame):
+                self._to_us.feed(encode(reply))
+
+    async def receive(self) -> Frame:
+        from bmsync.core.frames import ErrorFrame
+
+        frame = self._to_us.next_frame()
+        if frame is None:
+            raise AssertionError("the agent has nothing to say")
+        if isinstance(frame, ErrorFrame):
+            raise RemoteProtocolError(frame.message)
+        return frame
+
+    async def close(self) -> None:
+        self.agent.close()
+
+
+def whole_root(*excludes: str) -> SyncSet:
+    return SyncSet.build(["/"], [Rule(e) for e in excludes])
+
+
+def walk(root: Path) -> dict[str, tuple[object, ...]]:
+    """Independent of bmsync: path -> (type, mode, uid, gid, mtime_ns, content
+    or link target) for everything below ``root`` (directory mtimes
+    included)."""
+    out: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, os.fsencode(root)).decode("utf-8", "surrogateescape")
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                body: object = os.readlink(full)
+            elif stat.S_ISREG(st.st_mode):
+                body = Path(os.fsdecode(full)).read_bytes()
+            else:
+                body = None
+            out[rel] = (
+                stat.S_IFMT(st.st_mode),
+                stat.S_IMODE(st.st_mode) if not stat.S_ISLNK(st.st_mode) else 0,
+                st.st_uid,
+                st.st_gid,
+                st.st_mtime_ns,
+                body,
+            )
+    return out

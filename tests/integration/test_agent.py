@@ -1,0 +1,256 @@
+"""The agent on a real filesystem, fed raw frames as a hostile or broken
+sender would: every bad input gets a clear answer and changes nothing."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from bmsync.agent import Agent, AgentConnection
+from bmsync.core.excludes import Rule, SyncSet
+from bmsync.core.frames import (
+    CHUNK_BYTES,
+    PROTOCOL_VERSION,
+    Applied,
+    Commit,
+    ErrorFrame,
+    Frame,
+    FrameDecoder,
+    Hello,
+    ManifestPart,
+    ManifestRequest,
+    Purpose,
+    Put,
+    PutChunk,
+    Refuse,
+    Role,
+    Welcome,
+    encode,
+)
+from bmsync.core.manifest import Entry, Kind, digest_bytes
+from bmsync.core.ops import Delete, Mkdir, Rename
+from tests.helpers import walk
+
+
+class Node:
+    """A passive node's root, and an agent speaking bytes."""
+
+    def __init__(self, tmp: Path, syncset: SyncSet | None = None) -> None:
+        self.root = tmp / "root"
+        self.root.mkdir(parents=True)
+        (self.root / "etc").mkdir()
+        self.state = tmp / "state"
+        self.state.mkdir(mode=0o700)
+        self.syncset = syncset or SyncSet.build(["/etc"], [Rule("/etc/hostname")])
+        self.connection = AgentConnection(Agent("bm2", self.root, self.syncset, self.state))
+
+    def send_bytes(self, data: bytes) -> list[Frame]:
+        decoder = FrameDecoder()
+        decoder.feed(self.connection.receive_data(data))
+        out = []
+        while (frame := decoder.next_frame()) is not None:
+            out.append(frame)
+        return out
+
+    def send(self, *frames: Frame) -> list[Frame]:
+        return self.send_bytes(b"".join(encode(f) for f in frames))
+
+    def hello(self, purpose: Purpose = Purpose.WRITE) -> None:
+        (answer,) = self.send(Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 0, purpose, "test"))
+        assert isinstance(answer, Welcome)
+
+    def commit(self, *frames: Frame) -> Applied:
+        replies = self.send(*frames, Commit(7))
+        assert len(replies) == 1 and isinstance(replies[0], Applied), replies
+        return replies[0]
+
+    def close(self) -> None:
+        self.connection.agent.close()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    n = Node(tmp_path)
+    yield n
+    n.close()
+
+
+def file_entry(data: bytes, mode: int = 0o644) -> Entry:
+    return Entry(Kind.FILE, mode, 0, 0, 1_700_000_000_123_456_789, len(data), digest_bytes(data))
+
+
+DIR = Entry(Kind.DIR, 0o755, 0, 0, 1_700_000_000_000_000_000)
+
+
+def raw_frame(body: object) -> bytes:
+    data = msgspec.msgpack.encode(body)
+    return struct.pack(">I", len(data)) + data
+
+
+ENTRY_RAW = [int(Kind.DIR), 0o755, 0, 0, 0, 0, b"", b"", []]
+
+
+@pytest.mark.parametrize(
+    ("path", "complaint"),
+    [
+        (b"../escape", "component b'..' not allowed"),
+        (b"etc/../../escape", "component b'..' not allowed"),
+        (b"/etc/absolute", "absolute path not allowed"),
+        (b"etc/nul\x00byte", "NUL byte"),
+        (b"etc//double", "component b'' not allowed"),
+        (b"etc/" + b"x" * 256, "name longer than 255 bytes"),
+    ],
+)
+def test_bad_paths_are_protocol_errors_and_write_nothing(
+    node: Node, path: bytes, complaint: str
+) -> None:
+    node.hello()
+    before = walk(node.root.parent)
+    replies = node.send_bytes(raw_frame({"type": "mkdir", "path": path, "entry": ENTRY_RAW}))
+    assert len(replies) == 1 and isinstance(replies[0], ErrorFrame)
+    assert complaint in replies[0].message
+    assert node.connection.finished and node.connection.exit_code == 4
+    assert walk(node.root.parent) == before
+
+
+def test_oversize_length_is_refused_before_reading_the_body(node: Node) -> None:
+    node.hello()
+    replies = node.send_bytes(struct.pack(">I", 2**31) + b"x" * 10)
+    assert isinstance(replies[0], ErrorFrame)
+    assert "exceeds the 8388608-byte limit" in replies[0].message
+
+
+def test_garbage_and_unknown_frame_types(node: Node) -> None:
+    replies = node.send_bytes(raw_frame({"type": "format-disk", "path": b"etc"}))
+    assert isinstance(replies[0], ErrorFrame) and "malformed frame" in replies[0].message
+
+
+def test_frames_before_hello_and_writes_in_a_read_session(tmp_path: Path) -> None:
+    first = Node(tmp_path / "one")
+    (reply,) = first.send(ManifestRequest())
+    assert isinstance(reply, ErrorFrame) and "before Hello" in reply.message
+    first.close()
+
+    second = Node(tmp_path / "two")
+    second.hello(Purpose.READ)
+    (reply,) = second.send(Mkdir(b"etc/new", DIR))
+    assert isinstance(reply, ErrorFrame) and "read-only" in reply.message
+    assert not (second.root / "etc/new").exists()
+    second.close()
+
+
+def test_version_mismatch_is_refused_with_both_versions(node: Node) -> None:
+    (reply,) = node.send(Hello(PROTOCOL_VERSION + 1, "bm1", Role.ACTIVE, 0, Purpose.WRITE, "9"))
+    assert isinstance(reply, Refuse)
+    assert f"protocol version {PROTOCOL_VERSION + 1}" in reply.reason
+    assert "same bmsync version on both nodes" in reply.reason
+
+
+def test_symlink_planted_in_a_parent_is_never_written_through(node: Node, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.conf").write_text("keep me\n")
+    (node.root / "etc/conf.d").symlink_to(outside)
+    node.hello()
+    data = b"owned\n"
+    applied = node.commit(
+        Put(b"etc/conf.d/evil.conf", 0, data, file_entry(data)),
+        Mkdir(b"etc/conf.d/sub", DIR),
+        Delete(b"etc/conf.d/victim.conf", Kind.FILE),
+        Rename(b"etc/conf.d/victim.conf", b"etc/stolen.conf", file_entry(b"keep me\n")),
+    )
+    reasons = {f.path: f.reason for f in applied.failures}
+    assert set(reasons) == {
+        b"etc/conf.d/evil.conf",
+        b"etc/conf.d/sub",
+        b"etc/conf.d/victim.conf",
+        b"etc/stolen.conf",
+    }
+    assert all("refusing to write through it" in r for r in reasons.values())
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.conf"]
+    assert (outside / "victim.conf").read_text() == "keep me\n"
+    assert not (node.root / "etc/stolen.conf").exists()
+
+
+def test_paths_outside_the_agents_own_sync_set_are_left_alone(node: Node) -> None:
+    (node.root / "etc/hostname").write_text("bm2\n")
+    (node.root / "var").mkdir()
+    node.hello()
+    applied = node.commit(
+        Put(b"etc/hostname", 0, b"bm1\n", file_entry(b"bm1\n")),
+        Delete(b"etc/hostname", Kind.FILE),
+        Put(b"var/other", 0, b"x", file_entry(b"x")),
+    )
+    assert [f.path for f in applied.failures] == [b"etc/hostname", b"etc/hostname", b"var/other"]
+    assert all("outside this node's sync set" in f.reason for f in applied.failures)
+    assert (node.root / "etc/hostname").read_text() == "bm2\n"
+    assert not (node.root / "var/other").exists()
+
+
+def test_digest_mismatch_leaves_the_target_and_no_temp_file(node: Node) -> None:
+    (node.root / "etc/app.conf").write_text("old\n")
+    node.hello()
+    applied = node.commit(Put(b"etc/app.conf", 0, b"new\n", file_entry(b"NEW\n")))
+    assert applied.failures[0].path == b"etc/app.conf"
+    assert "the sender announced" in applied.failures[0].reason
+    assert (node.root / "etc/app.conf").read_text() == "old\n"
+    assert os.listdir(node.root / "etc") == ["app.conf"]
+
+
+def test_chunked_file_with_metadata_and_a_gap_in_offsets(node: Node) -> None:
+    data = os.urandom(CHUNK_BYTES * 2 + 17)
+    node.hello()
+    entry = Entry(Kind.FILE, 0o4750, 1234, 5678, 1_600_000_000_000_000_001, len(data),
+                  digest_bytes(data), xattrs=((b"user.origin", b"bm1"),))  # fmt: skip
+    applied = node.commit(
+        PutChunk(b"etc/big.db", 0, data[:CHUNK_BYTES]),
+        PutChunk(b"etc/big.db", CHUNK_BYTES, data[CHUNK_BYTES : 2 * CHUNK_BYTES]),
+        Put(b"etc/big.db", 2 * CHUNK_BYTES, data[2 * CHUNK_BYTES :], entry),
+    )
+    assert applied.failures == []
+    assert applied.results == [(b"etc/big.db", entry)]
+    target = node.root / "etc/big.db"
+    assert target.read_bytes() == data
+    st = target.stat()
+    assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o4750, 1234, 5678)
+    assert st.st_mtime_ns == 1_600_000_000_000_000_001
+    assert os.getxattr(target, "user.origin") == b"bm1"
+
+    (reply,) = node.send(PutChunk(b"etc/other", 0, b"abc"), PutChunk(b"etc/other", 10, b"def"))
+    assert isinstance(reply, ErrorFrame) and "expected 3" in reply.message
+
+
+def test_session_cut_mid_batch_leaves_no_trace(node: Node) -> None:
+    (node.root / "etc/app.conf").write_text("old\n")
+    node.hello()
+    assert node.send(PutChunk(b"etc/app.conf", 0, b"half of the new")) == []
+    assert len(os.listdir(node.root / "etc")) == 2  # the staged temp file
+    node.close()  # the link dropped before Commit
+    assert os.listdir(node.root / "etc") == ["app.conf"]
+    assert (node.root / "etc/app.conf").read_text() == "old\n"
+
+
+def test_non_empty_directory_holding_excluded_files_is_kept(node: Node) -> None:
+    (node.root / "etc/old.d").mkdir()
+    (node.root / "etc/old.d/x.swp").write_text("vim\n")
+    node.connection.agent.syncset = SyncSet.build(["/etc"], [Rule("*.swp")])
+    node.hello()
+    applied = node.commit(Delete(b"etc/old.d", Kind.DIR))
+    assert "holds paths this node does not sync" in applied.failures[0].reason
+    assert (node.root / "etc/old.d/x.swp").exists()
+
+
+def test_manifest_answer_covers_only_the_sync_set(node: Node) -> None:
+    (node.root / "etc/hostname").write_text("bm2\n")
+    (node.root / "etc/a.conf").write_text("a\n")
+    (node.root / "other").mkdir()
+    node.hello(Purpose.READ)
+    (part,) = node.send(ManifestRequest())
+    assert isinstance(part, ManifestPart) and part.last
+    assert [p for p, _ in part.entries] == [b"etc", b"etc/a.conf"]
+    assert dict(part.entries)[b"etc/a.conf"].digest == digest_bytes(b"a\n")

@@ -1,0 +1,151 @@
+"""`bmsync resync` and `verify` end to end, over a real OpenSSH sshd."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from pathlib import Path
+
+from tests.helpers import walk
+from tests.integration.conftest import Pair
+from tests.integration.trees import populate_odd, random_changes
+from tests.sshd import copy_tree
+
+
+def getfacl(path: Path) -> str:
+    return subprocess.run(
+        ["getfacl", "-cp", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_etc_copy_with_odd_names_resyncs_identically(pair: Pair) -> None:
+    copy_tree(Path("/etc"), pair.active / "etc")
+    populate_odd(pair.active / "etc")
+
+    done = pair.bmsync("resync")
+    assert done.returncode == 0, done.stderr
+    assert "peer in sync" in done.stdout
+
+    checked = pair.bmsync("verify")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "in sync" in checked.stdout
+
+    local, peer = walk(pair.active), walk(pair.passive)
+    assert len(local) > 500
+    assert {k for k in local if local[k] != peer.get(k)} == set()
+    assert local.keys() == peer.keys()
+    odd = pair.passive / "etc" / "odd"
+    assert os.getxattr(odd / "xattr.conf", "user.bmsync.test") == b"value \x00 with nul"
+    assert getfacl(odd / "acl.conf") == getfacl(pair.active / "etc/odd/acl.conf")
+    assert "user:1234:rw-" in getfacl(odd / "acl.conf")
+    assert not any(p.name.startswith(".bmsync-tmp.") for p in pair.passive.rglob("*"))
+
+
+def test_verify_reports_each_difference_and_exits_1(pair: Pair) -> None:
+    etc = pair.active / "etc"
+    etc.mkdir()
+    (etc / "a.conf").write_text("a\n")
+    (etc / "b.conf").write_text("b\n")
+    assert pair.bmsync("resync").returncode == 0
+    (pair.passive / "etc/a.conf").write_text("edited on the passive\n")
+    (pair.passive / "etc/b.conf").chmod(0o600)
+    (pair.passive / "etc/extra.conf").write_text("only here\n")
+
+    checked = pair.bmsync("verify")
+    assert checked.returncode == 1
+    assert "differs /etc/a.conf: content" in checked.stdout
+    assert "differs /etc/b.conf: mode 0644 vs 0600" in checked.stdout
+    assert "differs /etc/extra.conf: only on peer" in checked.stdout
+    assert "differs /etc: mtime" in checked.stdout  # extra.conf changed it
+    assert "4 difference(s)" in checked.stdout
+
+
+def test_same_size_rewrite_in_the_same_second_is_sent(pair: Pair) -> None:
+    conf = pair.active / "etc" / "bm-webserver.conf"
+    conf.parent.mkdir()
+    conf.write_text("listen port 8080\n")
+    assert pair.bmsync("resync").returncode == 0
+    before = conf.stat()
+
+    conf.write_text("listen port 8081\n")
+    # Same size, and the very same mtime, to the nanosecond: only the digest
+    # can tell (rsync's quick check and lsyncd keep the stale file here).
+    os.utime(conf, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert conf.stat().st_size == before.st_size
+
+    report = pair.resync_json()
+    assert report["files_sent"] == 1
+    assert (pair.passive / "etc/bm-webserver.conf").read_text() == "listen port 8081\n"
+    assert pair.bmsync("verify").returncode == 0
+
+
+def test_200_random_changes_converge_and_a_quiet_resync_sends_nothing(pair: Pair) -> None:
+    etc = pair.active / "etc"
+    copy_tree(Path("/etc/apt"), etc)
+    populate_odd(etc)
+    assert pair.bmsync("resync").returncode == 0
+
+    actions = random_changes(etc, random.Random(20261124), 200)
+    assert len(actions) == 200
+    assert len(set(actions)) >= 10  # every kind of change, not just one
+
+    report = pair.resync_json()
+    assert report["converged"] and report["failures"] == []
+    checked = pair.bmsync("verify")
+    assert checked.returncode == 0, checked.stdout
+    local, peer = walk(pair.active), walk(pair.passive)
+    assert {k for k in local.keys() | peer.keys() if local.get(k) != peer.get(k)} == set()
+
+    quiet = pair.resync_json()
+    assert quiet["planned"] == []
+    assert quiet["files_sent"] == 0 and quiet["bytes_sent"] == 0
+
+
+def test_dry_run_lists_changes_and_writes_nothing(pair: Pair) -> None:
+    etc = pair.active / "etc"
+    etc.mkdir()
+    (etc / "new.conf").write_text("x\n")
+    (pair.passive / "etc").mkdir()
+    (pair.passive / "etc/old.conf").write_text("y\n")
+    before = walk(pair.passive)
+
+    done = pair.bmsync("resync", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert "send    /etc/new.conf (2 bytes)" in done.stdout
+    assert "delete  /etc/old.conf" in done.stdout
+    assert "nothing was changed" in done.stdout
+    assert walk(pair.passive) == before
+
+
+def test_bluemind_preset_keeps_the_passive_identity(pair: Pair) -> None:
+    pair.configure(paths=(), preset="bluemind")
+    for root, name in ((pair.active, "bm1"), (pair.passive, "bm2")):
+        (root / "etc/ssh").mkdir(parents=True)
+        (root / "etc/hostname").write_text(f"{name}\n")
+        (root / "etc/machine-id").write_text(f"{name}-id\n")
+        (root / "etc/ssh/ssh_host_ed25519_key").write_text(f"{name} host key\n")
+    (pair.active / "etc/ssh/sshd_config").write_text("PermitRootLogin no\n")
+    es = pair.active / "usr/share/bm-elasticsearch/config/elasticsearch.yml"
+    es.parent.mkdir(parents=True)
+    es.write_text("cluster.name: bluemind\n")
+
+    assert pair.bmsync("resync").returncode == 0
+    p = pair.passive
+    assert (p / "etc/hostname").read_text() == "bm2\n"
+    assert (p / "etc/machine-id").read_text() == "bm2-id\n"
+    assert (p / "etc/ssh/ssh_host_ed25519_key").read_text() == "bm2 host key\n"
+    assert (p / "etc/ssh/sshd_config").read_text() == "PermitRootLogin no\n"
+    assert (p / "usr/share/bm-elasticsearch/config/elasticsearch.yml").read_text() == (
+        "cluster.name: bluemind\n"
+    )
+    assert pair.bmsync("verify").returncode == 0
+
+    # a sync path missing on the active is reported, and the passive's copy kept
+    es.unlink()
+    done = pair.bmsync("resync")
+    assert done.returncode == 0, done.stderr
+    assert (p / "usr/share/bm-elasticsearch/config/elasticsearch.yml").exists()
+    assert "/usr/share/bm-elasticsearch/config/elasticsearch.yml does not exist here" in (
+        done.stdout
+    )

@@ -1,0 +1,110 @@
+"""A private OpenSSH sshd on 127.0.0.1 for tests: own host key, own config,
+a free high port, a client key whose authorized_keys line forces
+``bmsync agent`` (as on a real passive node). Started and stopped by pid."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = Path("/usr/sbin/sshd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bmsync-test", "-f", str(path)],
+        check=True,
+    )
+    return path.with_suffix(".pub").read_text().strip()
+
+
+def agent_command(config: Path) -> str:
+    return f"{sys.executable} -m bmsync -c {config} agent"
+
+
+@dataclass
+class Sshd:
+    base: Path
+    port: int
+    host_pub: str
+    client_key: Path
+    client_pub: str
+    known_hosts: Path
+    authorized_keys: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def create(cls, base: Path) -> Sshd:
+        if not SSHD.exists():
+            raise RuntimeError(f"{SSHD} is missing: apt-get install openssh-server")
+        base.mkdir(parents=True, exist_ok=True)
+        host_pub = keygen(base / "host_key")
+        client_pub = keygen(base / "client_key")
+        port = free_port()
+        known_hosts = base / "known_hosts"
+        known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+        authorized = base / "authorized_keys"
+        authorized.write_text("")
+        (base / "sshd_config").write_text(
+            f"Port {port}\n"
+            "ListenAddress 127.0.0.1\n"
+            f"HostKey {base / 'host_key'}\n"
+            f"AuthorizedKeysFile {authorized}\n"
+            f"PidFile {base / 'sshd.pid'}\n"
+            "StrictModes no\nUsePAM no\nPasswordAuthentication no\n"
+            "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+            "LogLevel VERBOSE\n"
+        )
+        return cls(base, port, host_pub, base / "client_key", client_pub, known_hosts, authorized)
+
+    def authorize(self, config: Path, forced: str | None = None) -> None:
+        """Let the client key in, forced to run the agent with ``config``."""
+        command = forced if forced is not None else agent_command(config)
+        self.authorized_keys.write_text(f'command="{command}",restrict {self.client_pub}\n')
+
+    def start(self) -> None:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+        self.process = subprocess.Popen(
+            [str(SSHD), "-D", "-e", "-f", str(self.base / "sshd_config")],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.base / "sshd.log", "wb"),  # noqa: SIM115
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.base / 'sshd.log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("sshd did not start listening within 10 s")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def log(self) -> str:
+        return (self.base / "sshd.log").read_text(errors="replace")
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """cp -a, keeping owners, modes, times, symlinks and xattrs."""
+    subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
