@@ -27,6 +27,7 @@ from bmsync.errors import ApplyIncomplete, BmsyncError, ConfigError, UsageError
 from bmsync.log import configure
 from bmsync.reconcile import resync, verify
 from bmsync.session import PeerSession
+from bmsync.state import ensure_state_dir
 from bmsync.transport import connect
 
 EXIT_DIFFERENT = 1
@@ -157,7 +158,9 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 async def _connect(conf: config.Config, purpose: Purpose) -> PeerSession:
-    channel = await connect(conf.require_peer())
+    peer = conf.require_peer()
+    ensure_state_dir(conf.state_dir)
+    channel = await connect(peer)
     session = PeerSession(channel, conf.node)
     try:
         await session.open(purpose)

@@ -27,6 +27,10 @@ def populate_odd(etc: Path) -> None:
     for i, name in enumerate(ODD_NAMES):
         with open(os.path.join(odd, name), "wb") as f:
             f.write(b"content %d\n" % i)
+    # several protocol chunks: streamed, reassembled, verified
+    Path(os.fsdecode(os.path.join(odd, b"big.db"))).write_bytes(
+        random.Random(7).randbytes(5 * 1024 * 1024 + 3)
+    )
     os.mkdir(os.path.join(base, b"empty.d"))
     os.symlink(b"/nowhere/at/all", os.path.join(odd, b"dangling"))
     os.symlink(b"../hostname", os.path.join(odd, b"relative-link"))

@@ -1,0 +1,139 @@
+"""The command line as an administrator meets it: exit codes, messages that
+name the file, line and key, and nothing written on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+from bmsync import __version__
+from tests.integration.conftest import Pair
+
+
+def bmsync(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bmsync", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_version() -> None:
+    done = bmsync("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"bmsync {__version__}"
+
+
+def test_usage_errors_exit_2_and_say_what_is_wrong() -> None:
+    done = bmsync("resinc")
+    assert done.returncode == 2
+    assert "invalid choice: 'resinc'" in done.stderr
+    done = bmsync("resync", "--dry-rn")
+    assert done.returncode == 2 and "unrecognized arguments: --dry-rn" in done.stderr
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    done = bmsync("-c", str(tmp_path / "nope.yaml"), "verify")
+    assert done.returncode == 2
+    assert f"{tmp_path / 'nope.yaml'}: no such file" in done.stderr
+
+
+def test_bad_configs_name_file_line_and_key_and_write_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    state = tmp_path / "state"
+    cases = {
+        "node: bm1\nsync:\n  root: [unclosed\n": "line 4: not valid YAML",
+        f"node: bm1\nstate_dir: {state}\nsync:\n  root: {root}\n  paths_: []\n": (
+            "line 5: sync.paths_: unknown key; did you mean 'paths'?"
+        ),
+        "node: bm1\npeer:\n  host: x\n  port: ssh\n": (
+            "line 4: peer.port: expected an integer, got 'ssh'"
+        ),
+        "node: bm1\nstate_dir: var/lib/bmsync\n": (
+            "line 2: state_dir: 'var/lib/bmsync' is a relative"
+        ),
+        f"node: bm1\nsync:\n  root: {root}\n  exclude: ['[oops']\n": (
+            "line 4: sync.exclude[0]: exclude pattern '[oops' has an unclosed '['"
+        ),
+    }
+    for text, message in cases.items():
+        conf = tmp_path / "bmsync.yaml"
+        conf.write_text(text)
+        for command in (["resync"], ["verify"], ["config", "check"]):
+            done = bmsync("-c", str(conf), *command)
+            assert done.returncode == (1 if command[0] == "config" else 2), done.stderr
+            assert f"{conf} {message}" in done.stderr, done.stderr
+    assert not state.exists()
+    assert list(root.iterdir()) == []
+
+
+def test_resync_without_a_peer_section(tmp_path: Path) -> None:
+    conf = tmp_path / "bmsync.yaml"
+    conf.write_text(f"node: bm1\nstate_dir: {tmp_path / 's'}\nsync:\n  root: {tmp_path}\n")
+    done = bmsync("-c", str(conf), "resync")
+    assert done.returncode == 2
+    assert "no 'peer:' section" in done.stderr
+
+
+def test_config_check_prints_every_rule_with_its_reason(pair: Pair) -> None:
+    pair.configure(preset="bluemind", paths=("/srv/extra",), exclude=("!/etc/hosts",))
+    done = pair.bmsync("config", "check")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "valid" in out.splitlines()[0]
+    assert "/usr/share/bm-elasticsearch/config/elasticsearch.yml" in out
+    assert "/var/lib/bm-ca/ca-cert.pem" in out
+    assert "/srv/extra" in out and "added in sync.paths" in out
+    for pattern, reason in [
+        ("/etc/hostname", "this node's own name"),
+        ("/etc/ssh/ssh_host_*", "SSH host keys"),
+        ("!/etc/hosts", "added in sync.exclude"),
+        ("*.dpkg-new", "dpkg"),
+    ]:
+        line = next(x for x in out.splitlines() if x.strip().startswith(pattern + " "))
+        assert reason in line
+    as_json = json.loads(pair.bmsync("config", "check", "--json").stdout)
+    reasons = {e["pattern"]: e["reason"] for e in as_json["exclude"]}
+    assert "unique id" in reasons["/etc/machine-id"]
+    assert as_json["paths"][0] == {"path": "/etc", "reason": "system and BlueMind configuration"}
+
+
+def test_state_dir_is_created_private(pair: Pair) -> None:
+    (pair.active / "etc").mkdir()
+    assert pair.bmsync("resync").returncode == 0
+    for state in (pair.base / "state1", pair.base / "state2"):
+        assert state.is_dir() and state.stat().st_mode & 0o777 == 0o700
+
+
+def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(pair: Pair) -> None:
+    etc = pair.active / "etc"
+    etc.mkdir()
+    for i in range(30):
+        (etc / f"f{i}.conf").write_text(f"{i}\n")
+    plain = pair.bmsync("resync", "--dry-run")
+    assert "send    /etc/f7.conf (2 bytes)" in plain.stdout
+
+    pid, fd = pty.fork()
+    if pid == 0:  # child: stdout is a terminal
+        os.execv(
+            sys.executable,
+            [sys.executable, "-m", "bmsync", "-c", str(pair.active_conf), "resync"],
+        )
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, output
+    text = output.decode(errors="replace")
+    assert "━" in text and "ops" in text  # rich's bar, not one line per file
+    assert "send    /etc/f7.conf" not in text
+    assert "peer in sync" in text
