@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import resource
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,12 +76,11 @@ from bmsync.fsutil import (
     read_xattrs,
     write_xattrs,
 )
-from bmsync.scan import read_file_entry, scan_tree
+from bmsync.scan import TMP_PREFIX, read_file_entry, scan_tree
 from bmsync.state import SenderLock, ensure_state_dir
 
 log = structlog.get_logger("bmsync.agent")
 
-TMP_PREFIX = b".bmsync-tmp."
 # Entries per ManifestPart: keeps each frame far below MAX_FRAME_BYTES even
 # with large xattrs (the frame encoder still checks).
 MANIFEST_PART_BYTES = 1024 * 1024
@@ -96,7 +96,7 @@ class OpFailed(Exception):
 @dataclass
 class _Staged:
     path: bytes
-    dir_fd: int
+    dir_fd: int  # borrowed from _Batch.dirs; -1 when nothing was staged
     tmp: bytes
     fd: int | None
     size: int = 0
@@ -108,6 +108,9 @@ class _Staged:
 @dataclass
 class _Batch:
     staged: dict[bytes, _Staged] = field(default_factory=dict)
+    # one descriptor per directory holding staged files, shared by its files
+    # (a batch of 1000 files must not need 1000 descriptors), closed at commit
+    dirs: dict[bytes, int] = field(default_factory=dict)
     dir_meta: list[SetMeta] = field(default_factory=list)
     touched: list[bytes] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
@@ -155,8 +158,7 @@ class Agent:
 
     def close(self) -> None:
         """End of session (clean or not): drop uncommitted staged files."""
-        for staged in self._batch.staged.values():
-            self._discard(staged)
+        _drop(self._batch)
         self._batch = _Batch()
         if self._root_fd is not None:
             os.close(self._root_fd)
@@ -200,6 +202,9 @@ class Agent:
         scan = scan_tree(self.root, self.syncset)
         for path, reason in scan.problems:
             log.warning("scan_problem", path=show(path), reason=reason)
+        if self._purpose == Purpose.WRITE:
+            # We hold the one-sender lock, so these are not another session's.
+            self._remove_leftovers(scan.leftovers)
         parts: list[Frame] = []
         chunk: list[tuple[bytes, Entry]] = []
         size = 0
@@ -213,6 +218,19 @@ class Agent:
                 chunk, size = [], 0
         parts.append(ManifestPart(chunk, last=True))
         return parts
+
+    def _remove_leftovers(self, leftovers: list[bytes]) -> None:
+        assert self._root_fd is not None
+        for path in leftovers:
+            try:
+                dir_fd = open_dir(self._root_fd, parent(path))
+            except OSError:
+                continue
+            try:
+                _unlink_quietly(dir_fd, basename(path))
+            finally:
+                os.close(dir_fd)
+            log.info("leftover_removed", path=show(path))
 
     # -- confinement -----------------------------------------------------
 
@@ -466,18 +484,17 @@ class Agent:
             staged.failed = True
 
     def _stage(self, path: bytes) -> _Staged:
-        dir_fd = self._open_parent(path)
+        dirs = self._batch.dirs
+        dir_fd = dirs.get(parent(path))
+        if dir_fd is None:
+            dir_fd = dirs[parent(path)] = self._open_parent(path)
         tmp = _tmp_name()
-        try:
-            fd = os.open(
-                tmp,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=dir_fd,
-            )
-        except BaseException:
-            os.close(dir_fd)
-            raise
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=dir_fd,
+        )
         return _Staged(path, dir_fd, tmp, fd)
 
     def _finish(self, staged: _Staged, entry: Entry) -> None:
@@ -500,7 +517,6 @@ class Agent:
             staged.fd = None
         if staged.dir_fd >= 0:
             _unlink_quietly(staged.dir_fd, staged.tmp)
-            os.close(staged.dir_fd)
             staged.dir_fd = -1
 
     # -- commit ----------------------------------------------------------
@@ -508,7 +524,7 @@ class Agent:
     def _commit(self, commit: Commit) -> list[Frame]:
         self._require_write()
         batch, self._batch = self._batch, _Batch()
-        renamed_in: list[int] = []
+        renamed_in: set[int] = set()
         for staged in batch.staged.values():
             if staged.entry is None:
                 if not staged.failed:
@@ -528,13 +544,14 @@ class Agent:
                 batch.failures.append(Failure(staged.path, _reason(exc)))
                 self._discard(staged)
                 continue
+            staged.tmp = b""  # renamed: nothing left to clean up
             batch.touched.append(staged.path)
-            renamed_in.append(staged.dir_fd)
-        for dir_fd in renamed_in:
-            try:
+            renamed_in.add(staged.dir_fd)
+        try:
+            for dir_fd in renamed_in:
                 os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        finally:
+            _drop(batch)
         for op in batch.dir_meta:
             try:
                 self._apply_meta(op)
@@ -576,6 +593,20 @@ class Agent:
             return None
         finally:
             os.close(dir_fd)
+
+
+def _drop(batch: _Batch) -> None:
+    """Remove a batch's uncommitted temporary files, close its directories."""
+    for staged in batch.staged.values():
+        if staged.fd is not None:
+            os.close(staged.fd)
+            staged.fd = None
+        if staged.dir_fd >= 0 and staged.tmp:
+            _unlink_quietly(staged.dir_fd, staged.tmp)
+    for dir_fd in batch.dirs.values():
+        os.close(dir_fd)
+    batch.staged.clear()
+    batch.dirs.clear()
 
 
 def _reason(exc: Exception) -> str:
@@ -675,6 +706,12 @@ def run_stdio(config_path: Path) -> int:
     """``bmsync agent``: a session on stdin/stdout. A configuration error is
     sent to the sender as an ErrorFrame (and printed on stderr), so the
     active node's operator sees why the agent could not start."""
+    # A batch holds a descriptor per directory it writes to; sshd sessions
+    # often start with a soft limit of 1024, far below the hard one.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
         agent = make_agent(load_config(config_path))
     except BmsyncError as exc:

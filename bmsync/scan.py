@@ -32,6 +32,8 @@ from bmsync.fsutil import (
 # A file rewritten faster than it can be read is reported, not looped on.
 READ_ATTEMPTS = 3
 _GONE = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
+# The agent stages file content under this name before renaming it in place.
+TMP_PREFIX = b".bmsync-tmp."
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Scan:
     missing_tops: list[bytes] = field(default_factory=list)
     # paths that could not be read, with the reason
     problems: list[tuple[bytes, str]] = field(default_factory=list)
+    # temporary files a killed agent left behind (never part of a manifest)
+    leftovers: list[bytes] = field(default_factory=list)
 
 
 def scan_tree(root: Path, syncset: SyncSet) -> Scan:
@@ -91,6 +95,9 @@ def _scan_children(dir_fd: int, path: bytes, syncset: SyncSet, result: Scan) -> 
         names = sorted(os.fsencode(e.name) for e in it)
     for name in names:
         child = join(path, name)
+        if name.startswith(TMP_PREFIX):
+            result.leftovers.append(child)
+            continue
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
         except FileNotFoundError:

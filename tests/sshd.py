@@ -4,6 +4,7 @@ a free high port, a client key whose authorized_keys line forces
 
 from __future__ import annotations
 
+import resource
 import socket
 import subprocess
 import sys
@@ -72,13 +73,23 @@ class Sshd:
         command = forced if forced is not None else agent_command(config)
         self.authorized_keys.write_text(f'command="{command}",restrict {self.client_pub}\n')
 
-    def start(self) -> None:
+    def start(self, open_files: int | None = None) -> None:
+        """Start sshd; ``open_files`` lowers its soft RLIMIT_NOFILE (and so its
+        sessions'), as a default Debian system has it (1024)."""
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
-        self.process = subprocess.Popen(
-            [str(SSHD), "-D", "-e", "-f", str(self.base / "sshd_config")],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.base / "sshd.log", "wb"),  # noqa: SIM115
-        )
+
+        def limit() -> None:
+            if open_files is not None:
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
+
+        with open(self.base / "sshd.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [str(SSHD), "-D", "-e", "-f", str(self.base / "sshd_config")],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                preexec_fn=limit,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

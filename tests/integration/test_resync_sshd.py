@@ -149,3 +149,28 @@ def test_bluemind_preset_keeps_the_passive_identity(pair: Pair) -> None:
     assert "/usr/share/bm-elasticsearch/config/elasticsearch.yml does not exist here" in (
         done.stdout
     )
+
+
+def test_many_directories_in_one_batch_under_a_low_descriptor_limit(pair: Pair) -> None:
+    pair.sshd.stop()
+    pair.sshd.start(open_files=64)
+    for i in range(300):
+        d = pair.active / "etc" / f"d{i:03}"
+        d.mkdir(parents=True)
+        (d / "f.conf").write_text(f"{i}\n")
+    report = pair.resync_json()
+    assert report["converged"] and report["files_sent"] == 300
+    assert pair.bmsync("verify").returncode == 0
+
+
+def test_temp_files_left_by_a_killed_agent_are_removed_by_the_next_resync(pair: Pair) -> None:
+    (pair.active / "etc").mkdir()
+    (pair.active / "etc/a.conf").write_text("a\n")
+    (pair.passive / "etc").mkdir()
+    leftover = pair.passive / "etc" / ".bmsync-tmp.0123456789abcdef"
+    leftover.write_text("half a file\n")
+    assert pair.bmsync("verify").returncode == 1  # a.conf is missing; leftover not listed
+    assert leftover.exists()  # verify never writes
+    assert pair.bmsync("resync").returncode == 0
+    assert not leftover.exists()
+    assert sorted(p.name for p in (pair.passive / "etc").iterdir()) == ["a.conf"]
