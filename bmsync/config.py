@@ -101,7 +101,12 @@ Converter = Callable[[yaml.Node, str, _Ctx], Any]
 def _scalar(node: yaml.Node, key: str, ctx: _Ctx) -> Any:
     if not isinstance(node, yaml.ScalarNode):
         raise ctx.error(node, key, f"expected a single value, got a {_shape(node)}")
-    return yaml.SafeLoader("").construct_object(node)
+    try:
+        return yaml.SafeLoader("").construct_object(node)
+    except (yaml.YAMLError, ValueError, TypeError) as exc:
+        # unknown tags (!foo), impossible dates (2024-13-01), ...
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ctx.error(node, key, f"cannot read this value: {problem}") from exc
 
 
 def _shape(node: yaml.Node) -> str:
@@ -166,15 +171,19 @@ def _abs_path(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
 
 def _existing_file(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
     path = _abs_path(node, key, ctx)
-    if not path.is_file():
+    if not path.exists():
         raise ctx.error(node, key, f"file {path} does not exist")
+    if not path.is_file():
+        raise ctx.error(node, key, f"{path} is not a regular file")
     return path
 
 
 def _existing_dir(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
     path = _abs_path(node, key, ctx)
-    if not path.is_dir():
+    if not path.exists():
         raise ctx.error(node, key, f"directory {path} does not exist")
+    if not path.is_dir():
+        raise ctx.error(node, key, f"{path} is not a directory")
     return path
 
 
@@ -301,4 +310,24 @@ def parse(text: str, source: Path) -> Config:
     if fields["sync"] is None:
         empty = yaml.MappingNode("tag:yaml.org,2002:map", [], root.start_mark, root.end_mark)
         fields["sync"] = SyncConfig(**_section(empty, "sync", SYNC_SCHEMA, ctx))
-    return Config(source=source, **fields)
+    conf = Config(source=source, **fields)
+    if conf.sync.root == Path("/") and "/" in conf.sync.paths:
+        where = _node_at(root, "sync", "paths") or root
+        raise ctx.error(
+            where,
+            "sync.paths",
+            "'/' with root '/' would sync the whole system (/proc, /sys, /dev...); "
+            "list the trees to sync instead",
+        )
+    return conf
+
+
+def _node_at(node: yaml.Node, *keys: str) -> yaml.Node | None:
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return None
+        found = [v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key]
+        if not found:
+            return None
+        node = found[0]
+    return node

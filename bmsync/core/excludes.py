@@ -93,7 +93,7 @@ def _compile(glob: str) -> re.Pattern[bytes]:
                 raise PatternError(f"exclude pattern {glob!r} has an unclosed '['")
             body = glob[i + 1 : end]
             if body.startswith("!"):
-                body = "^" + body[1:]
+                body = "^/" + body[1:]  # as in git, a class never matches '/'
             out.append("[" + body.replace("\\", "\\\\") + "]")
             i = end + 1
         else:

@@ -120,6 +120,9 @@ class Failure(msgspec.Struct, frozen=True, array_like=True):
     path: bytes
     reason: str
 
+    def __post_init__(self) -> None:
+        check_relpath(self.path)
+
 
 class Applied(msgspec.Struct, frozen=True, tag="applied"):
     """What a batch left on the peer: the entry now at each path it touched
@@ -128,6 +131,10 @@ class Applied(msgspec.Struct, frozen=True, tag="applied"):
     batch: int
     results: list[tuple[bytes, Entry | None]]
     failures: list[Failure]
+
+    def __post_init__(self) -> None:
+        for path, _ in self.results:
+            check_relpath(path)
 
 
 class ErrorFrame(msgspec.Struct, frozen=True, tag="error"):
@@ -174,7 +181,8 @@ def encode(frame: Frame) -> bytes:
 def decode_body(body: bytes) -> Frame:
     try:
         frame: Frame = _decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.MsgspecError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # msgspec reports invalid UTF-8 in a str field as UnicodeDecodeError
         raise ProtocolError(f"malformed frame: {exc}") from exc
     return frame
 

@@ -54,6 +54,9 @@ def test_bad_configs_name_file_line_and_key_and_write_nothing(tmp_path: Path) ->
         "node: bm1\nstate_dir: var/lib/bmsync\n": (
             "line 2: state_dir: 'var/lib/bmsync' is a relative"
         ),
+        "node: bm1\nsync:\n  root: /\n  paths: ['/etc', '/']\n": (
+            "line 4: sync.paths: '/' with root '/' would sync the whole system"
+        ),
         f"node: bm1\nsync:\n  root: {root}\n  exclude: ['[oops']\n": (
             "line 4: sync.exclude[0]: exclude pattern '[oops' has an unclosed '['"
         ),

@@ -1,0 +1,382 @@
+"""Protocol frames: the codec, the incremental decoder and validation."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, get_args
+
+import msgspec
+import pytest
+
+from bmsync.core.frames import (
+    MAX_FRAME_BYTES,
+    Applied,
+    Bye,
+    Commit,
+    ErrorFrame,
+    Failure,
+    Frame,
+    FrameDecoder,
+    Hello,
+    ManifestPart,
+    ManifestRequest,
+    Purpose,
+    Put,
+    PutChunk,
+    Refuse,
+    Role,
+    Welcome,
+    decode_body,
+    encode,
+)
+from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind, digest_bytes
+from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
+from bmsync.errors import ProtocolError
+
+FILE = Entry(
+    Kind.FILE,
+    0o640,
+    0,
+    107,
+    1_700_000_000_123_456_789,
+    5,
+    digest_bytes(b"hello"),
+    xattrs=((b"security.selinux", b"etc_t\0"), (b"user.x", b"")),
+)
+DIR = Entry(Kind.DIR, 0o755, 0, 0, 1_700_000_000_000_000_000)
+LINK = Entry(Kind.SYMLINK, 0o777, 0, 0, -5, target=b"../\xffelsewhere")
+
+SAMPLES: list[Any] = [
+    Hello(1, "bm1", Role.ACTIVE, 42, Purpose.WRITE, "bmsync 1.0"),
+    Hello(1, "bm1", Role.PASSIVE, 0, Purpose.READ, ""),
+    Welcome(1, "bm2", Role.PASSIVE, 42),
+    Refuse("busy: another session holds the lock", "bm2", Role.ACTIVE, 43),
+    ManifestRequest(),
+    ManifestPart([(b"etc", DIR), (b"etc/a", FILE), (b"etc/l", LINK)], last=False),
+    ManifestPart([], last=True),
+    PutChunk(b"etc/a", 0, b"hel"),
+    Put(b"etc/a", 3, b"lo", FILE),
+    Put(b"etc/empty", 0, b"", Entry(Kind.FILE, 0o600, 0, 0, 0, 0, digest_bytes(b""))),
+    Mkdir(b"etc/d", DIR),
+    Symlink(b"etc/l", LINK),
+    Rename(b"etc/old", b"etc/new dir/\xfe", FILE),
+    Delete(b"etc/gone", Kind.FILE),
+    Delete(b"etc/gone-dir", Kind.DIR),
+    SetMeta(b"etc", DIR),
+    Commit(7),
+    Applied(7, [(b"etc/a", FILE), (b"etc/gone", None)], [Failure(b"etc/x", "EACCES")]),
+    Applied(8, [], []),
+    ErrorFrame("malformed frame: something"),
+    Bye(),
+]
+
+
+def test_samples_cover_every_frame_type() -> None:
+    assert {type(s) for s in SAMPLES} == set(get_args(Frame))
+
+
+@pytest.mark.parametrize("frame", SAMPLES, ids=lambda f: type(f).__name__)
+def test_round_trip(frame: Any) -> None:
+    data = encode(frame)
+    (length,) = struct.unpack(">I", data[:4])
+    assert length == len(data) - 4
+    decoded = decode_body(data[4:])
+    assert decoded == frame
+    assert type(decoded) is type(frame)
+
+
+def test_round_trip_through_the_decoder_in_one_piece() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(b"".join(encode(f) for f in SAMPLES))
+    out = []
+    while (frame := decoder.next_frame()) is not None:
+        out.append(frame)
+    assert out == SAMPLES
+    assert decoder.pending == 0
+
+
+def test_decoder_fed_one_byte_at_a_time() -> None:
+    stream = b"".join(encode(f) for f in SAMPLES)
+    decoder = FrameDecoder()
+    out = []
+    for i in range(len(stream)):
+        decoder.feed(stream[i : i + 1])
+        while (frame := decoder.next_frame()) is not None:
+            out.append(frame)
+    assert out == SAMPLES
+    assert decoder.pending == 0
+
+
+def test_decoder_waits_for_a_whole_frame() -> None:
+    data = encode(Commit(1))
+    decoder = FrameDecoder()
+    assert decoder.next_frame() is None
+    decoder.feed(data[:3])
+    assert decoder.next_frame() is None
+    decoder.feed(data[3:-1])
+    assert decoder.next_frame() is None
+    assert decoder.pending == len(data) - 1
+    decoder.feed(data[-1:] + data[:2])
+    assert decoder.next_frame() == Commit(1)
+    assert decoder.pending == 2
+    assert decoder.next_frame() is None
+
+
+def test_length_above_the_limit_is_refused_before_the_body() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(struct.pack(">I", MAX_FRAME_BYTES + 1))
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.next_frame()
+
+
+def test_length_at_the_limit_waits_for_the_body() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(struct.pack(">I", MAX_FRAME_BYTES))
+    assert decoder.next_frame() is None
+
+
+def test_huge_length_is_refused() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(b"\xff\xff\xff\xff")
+    with pytest.raises(ProtocolError):
+        decoder.next_frame()
+
+
+def test_custom_limit() -> None:
+    decoder = FrameDecoder(max_frame_bytes=32)
+    decoder.feed(encode(Commit(1)))
+    assert decoder.next_frame() == Commit(1)
+    decoder.feed(encode(ErrorFrame("x" * 100)))
+    with pytest.raises(ProtocolError):
+        decoder.next_frame()
+
+
+def test_encode_refuses_a_frame_above_the_limit() -> None:
+    data = b"\0" * (MAX_FRAME_BYTES + 1)
+    with pytest.raises(ProtocolError, match="Put frame"):
+        encode(Put(b"etc/big", 0, data, FILE))
+    with pytest.raises(ProtocolError, match="PutChunk frame"):
+        encode(PutChunk(b"etc/big", 0, data))
+
+
+def test_encode_accepts_a_chunk_well_below_the_limit() -> None:
+    data = b"\1" * (MAX_FRAME_BYTES - 1024)
+    frame = Put(b"etc/big", 0, data, FILE)
+    assert decode_body(encode(frame)[4:]) == frame
+
+
+# --- hostile or broken input ---------------------------------------------------
+
+
+def raw(frame: Any) -> dict[str, Any]:
+    """A good frame as the plain msgpack map it travels as."""
+    body = msgspec.msgpack.decode(encode(frame)[4:])
+    assert isinstance(body, dict)
+    return body
+
+
+def body_of(fields: dict[str, Any]) -> bytes:
+    return msgspec.msgpack.encode(fields)
+
+
+def test_wire_shape() -> None:
+    body = raw(Mkdir(b"etc/d", DIR))
+    assert body == {
+        "type": "mkdir",
+        "path": b"etc/d",
+        "entry": [2, 0o755, 0, 0, DIR.mtime_ns, 0, b"", b"", []],
+    }
+    assert raw(Delete(b"etc/x", Kind.DIR)) == {"type": "delete", "path": b"etc/x", "kind": 2}
+
+
+BAD_PATHS = [b"../x", b"etc/../x", b"/etc/x", b"etc\0x", b"", b"etc//x", b"etc/"]
+
+PATH_FRAMES: list[tuple[Any, str]] = [
+    (Mkdir(b"etc/d", DIR), "path"),
+    (Symlink(b"etc/l", LINK), "path"),
+    (SetMeta(b"etc", DIR), "path"),
+    (Delete(b"etc/x", Kind.FILE), "path"),
+    (Rename(b"etc/a", b"etc/b", FILE), "src"),
+    (Rename(b"etc/a", b"etc/b", FILE), "dst"),
+    (PutChunk(b"etc/a", 0, b"x"), "path"),
+    (Put(b"etc/a", 0, b"hello", FILE), "path"),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_PATHS)
+@pytest.mark.parametrize(
+    ("frame", "field"), PATH_FRAMES, ids=lambda x: x if isinstance(x, str) else type(x).__name__
+)
+def test_bad_path_is_refused_on_decode(frame: Any, field: str, bad: bytes) -> None:
+    fields = raw(frame)
+    fields[field] = bad
+    with pytest.raises(ProtocolError):
+        decode_body(body_of(fields))
+    decoder = FrameDecoder()
+    body = body_of(fields)
+    decoder.feed(struct.pack(">I", len(body)) + body)
+    with pytest.raises(ProtocolError):
+        decoder.next_frame()
+
+
+@pytest.mark.parametrize("bad", BAD_PATHS)
+def test_bad_path_in_a_manifest_part_is_refused(bad: bytes) -> None:
+    fields = raw(ManifestPart([(b"etc", DIR), (b"etc/a", FILE)], last=True))
+    fields["entries"][1][0] = bad
+    with pytest.raises(ProtocolError):
+        decode_body(body_of(fields))
+
+
+@pytest.mark.parametrize("bad", [b"../x", b"/etc/x", b"etc\0x"])
+def test_bad_path_in_applied_results_is_refused(bad: bytes) -> None:
+    fields = raw(Applied(1, [(b"etc/a", None)], []))
+    fields["results"][0][0] = bad
+    with pytest.raises(ProtocolError):
+        decode_body(body_of(fields))
+
+
+@pytest.mark.parametrize("bad", [b"../x", b"/etc/x", b"etc\0x"])
+def test_bad_path_in_applied_failures_is_refused(bad: bytes) -> None:
+    fields = raw(Applied(1, [], [Failure(b"etc/b", "EIO")]))
+    fields["failures"][0][0] = bad
+    with pytest.raises(ProtocolError):
+        decode_body(body_of(fields))
+
+
+ENTRY_DEFECTS: list[tuple[str, int, Any]] = [
+    ("mode too big", 1, 0o10000),
+    ("negative mode", 1, -1),
+    ("negative uid", 2, -1),
+    ("uid too big", 2, 2**32),
+    ("gid too big", 3, 2**32),
+    ("negative size", 5, -1),
+    ("short digest", 6, b"\0" * (DIGEST_SIZE - 1)),
+    ("long digest", 6, b"\0" * (DIGEST_SIZE + 1)),
+    ("no digest", 6, b""),
+    ("target on a file", 7, b"x"),
+    ("empty xattr name", 8, [[b"", b"v"]]),
+    ("xattr name with NUL", 8, [[b"user.\0x", b"v"]]),
+    ("unknown kind", 0, 4),
+    ("kind zero", 0, 0),
+    ("mode as a string", 1, "0644"),
+    ("digest as a string", 6, "0" * DIGEST_SIZE),
+]
+
+
+@pytest.mark.parametrize(
+    ("what", "position", "value"), ENTRY_DEFECTS, ids=[d[0] for d in ENTRY_DEFECTS]
+)
+def test_bad_file_entry_is_refused(what: str, position: int, value: Any) -> None:
+    fields = raw(Put(b"etc/a", 0, b"hello", FILE))
+    fields["entry"][position] = value
+    with pytest.raises(ProtocolError):
+        decode_body(body_of(fields))
+
+
+def test_symlink_without_target_is_refused() -> None:
+    fields = raw(Symlink(b"etc/l", LINK))
+    fields["entry"][7] = b""
+    with pytest.raises(ProtocolError, match="symlink target"):
+        decode_body(body_of(fields))
+
+
+def test_symlink_target_with_nul_is_refused() -> None:
+    fields = raw(Symlink(b"etc/l", LINK))
+    fields["entry"][7] = b"a\0b"
+    with pytest.raises(ProtocolError):
+        decode_body(body_of(fields))
+
+
+def test_directory_with_a_digest_is_refused() -> None:
+    fields = raw(Mkdir(b"etc/d", DIR))
+    fields["entry"][6] = b"\0" * DIGEST_SIZE
+    with pytest.raises(ProtocolError, match="digest"):
+        decode_body(body_of(fields))
+
+
+def test_entry_with_too_few_fields_is_refused() -> None:
+    fields = raw(Mkdir(b"etc/d", DIR))
+    fields["entry"] = fields["entry"][:4]
+    with pytest.raises(ProtocolError):
+        decode_body(body_of(fields))
+
+
+def test_entry_with_only_required_fields_is_accepted() -> None:
+    fields = raw(Mkdir(b"etc/d", DIR))
+    fields["entry"] = fields["entry"][:5]
+    assert decode_body(body_of(fields)) == Mkdir(b"etc/d", DIR)
+
+
+def test_bad_entry_in_a_manifest_part_is_refused() -> None:
+    fields = raw(ManifestPart([(b"etc", DIR)], last=True))
+    fields["entries"][0][1][1] = 0o10000
+    with pytest.raises(ProtocolError):
+        decode_body(body_of(fields))
+
+
+def test_bad_entry_in_applied_is_refused() -> None:
+    fields = raw(Applied(1, [(b"etc/a", FILE)], []))
+    fields["results"][0][1][6] = b"short"
+    with pytest.raises(ProtocolError):
+        decode_body(body_of(fields))
+
+
+@pytest.mark.parametrize("frame", [PutChunk(b"etc/a", 0, b"x"), Put(b"etc/a", 0, b"", FILE)])
+def test_negative_offset_is_refused(frame: Any) -> None:
+    fields = raw(frame)
+    fields["offset"] = -1
+    with pytest.raises(ProtocolError, match="negative offset"):
+        decode_body(body_of(fields))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"type": "nonsense"},
+        {"type": "putfile", "path": b"etc/a", "entry": [1, 0, 0, 0, 0]},
+        {"path": b"etc/a"},
+        {"type": "commit"},
+        {"type": "commit", "batch": "one"},
+        {
+            "type": "hello",
+            "version": 1,
+            "node": "a",
+            "role": "boss",
+            "epoch": 0,
+            "purpose": "write",
+            "software": "",
+        },
+        {"type": "delete", "path": b"etc/a", "kind": 9},
+        {"type": 1},
+    ],
+)
+def test_malformed_frames_are_refused(fields: dict[str, Any]) -> None:
+    with pytest.raises(ProtocolError, match="malformed frame"):
+        decode_body(body_of(fields))
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"\xc1", b"\x81", b"\x92\x01", b"not msgpack at all", b"\x90", b"\x01"]
+)
+def test_garbage_bodies_are_refused(body: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        decode_body(body)
+
+
+@pytest.mark.parametrize(
+    ("frame", "field"),
+    [
+        (ErrorFrame("x"), "message"),
+        (Hello(1, "x", Role.ACTIVE, 0, Purpose.WRITE, ""), "node"),
+        (Refuse("x", "bm2", Role.PASSIVE, 0), "reason"),
+    ],
+    ids=["ErrorFrame.message", "Hello.node", "Refuse.reason"],
+)
+def test_invalid_utf8_in_a_string_is_a_protocol_error(frame: Any, field: str) -> None:
+    fields = raw(frame)
+    body = body_of(fields).replace(b"\xa1x", b"\xa1\x80")
+    assert body != body_of(fields)
+    decoder = FrameDecoder()
+    decoder.feed(struct.pack(">I", len(body)) + body)
+    with pytest.raises(ProtocolError):
+        decoder.next_frame()
