@@ -189,7 +189,11 @@ class Agent:
                 self._lock.acquire(f"{hello.node} epoch {hello.epoch}")
             except PeerRefused as exc:
                 return self._refuse(str(exc))
-        self._root_fd = open_root(self.root)
+        try:
+            self._root_fd = open_root(self.root)
+        except OSError as exc:
+            self._lock.release()
+            return self._refuse(f"cannot open this node's sync root {self.root}: {exc.strerror}")
         self._purpose = hello.purpose
         log.info("session_started", peer=hello.node, purpose=str(hello.purpose))
         return [Welcome(PROTOCOL_VERSION, self.node, Role.PASSIVE, self.epoch)]
@@ -674,11 +678,12 @@ class AgentConnection:
             self._decoder.feed(data)
             while not self.agent.finished and (frame := self._decoder.next_frame()) is not None:
                 out.extend(encode(reply) for reply in self.agent.handle(frame))
-        except ProtocolError as exc:
-            log.error("protocol_error", error=str(exc))
+        except BmsyncError as exc:
+            # a broken frame, or this node's tree unreadable: tell the sender
+            log.error("session_failed", error=str(exc))
             out.append(encode(ErrorFrame(str(exc))))
             self.agent.finished = True
-            self.exit_code = ProtocolError.exit_code
+            self.exit_code = exc.exit_code
         return b"".join(out)
 
 

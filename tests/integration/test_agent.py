@@ -254,3 +254,13 @@ def test_manifest_answer_covers_only_the_sync_set(node: Node) -> None:
     assert isinstance(part, ManifestPart) and part.last
     assert [p for p, _ in part.entries] == [b"etc", b"etc/a.conf"]
     assert dict(part.entries)[b"etc/a.conf"].digest == digest_bytes(b"a\n")
+
+
+def test_unreadable_root_is_reported_to_the_sender(node: Node) -> None:
+    node.hello(Purpose.READ)
+    (node.root / "etc").rmdir()
+    node.root.rmdir()  # e.g. the filesystem holding it went away
+    (reply,) = node.send(ManifestRequest())
+    assert isinstance(reply, ErrorFrame)
+    assert f"cannot open sync root {node.root}" in reply.message
+    assert node.connection.finished and node.connection.exit_code == 7
