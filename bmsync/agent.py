@@ -112,6 +112,8 @@ class _Batch:
     # (a batch of 1000 files must not need 1000 descriptors), closed at commit
     dirs: dict[bytes, int] = field(default_factory=dict)
     dir_meta: list[SetMeta] = field(default_factory=list)
+    # paths created, replaced, moved or deleted; their directories are
+    # fsynced once each at commit rather than once per operation
     touched: list[bytes] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
 
@@ -335,7 +337,6 @@ class Agent:
             except BaseException:
                 _unlink_quietly(dir_fd, tmp)
                 raise
-            os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
         self._batch.touched.append(op.path)
@@ -362,8 +363,6 @@ class Agent:
                 os.rename(
                     basename(op.src), basename(op.dst), src_dir_fd=src_dir, dst_dir_fd=dst_dir
                 )
-                os.fsync(dst_dir)
-                os.fsync(src_dir)
             finally:
                 os.close(dst_dir)
         finally:
@@ -396,7 +395,6 @@ class Agent:
                     raise
             else:
                 os.unlink(name, dir_fd=dir_fd)
-            os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
         self._batch.touched.append(op.path)
@@ -528,7 +526,6 @@ class Agent:
     def _commit(self, commit: Commit) -> list[Frame]:
         self._require_write()
         batch, self._batch = self._batch, _Batch()
-        renamed_in: set[int] = set()
         for staged in batch.staged.values():
             if staged.entry is None:
                 if not staged.failed:
@@ -550,10 +547,8 @@ class Agent:
                 continue
             staged.tmp = b""  # renamed: nothing left to clean up
             batch.touched.append(staged.path)
-            renamed_in.add(staged.dir_fd)
         try:
-            for dir_fd in renamed_in:
-                os.fsync(dir_fd)
+            self._sync_dirs(batch)
         finally:
             _drop(batch)
         for op in batch.dir_meta:
@@ -570,6 +565,23 @@ class Agent:
             failures=len(batch.failures),
         )
         return [Applied(commit.batch, results, batch.failures)]
+
+    def _sync_dirs(self, batch: _Batch) -> None:
+        """Make the batch's renames, creations and deletions durable."""
+        assert self._root_fd is not None
+        for path in dict.fromkeys(parent(p) for p in batch.touched):
+            dir_fd = batch.dirs.get(path)
+            if dir_fd is not None:
+                os.fsync(dir_fd)
+                continue
+            try:
+                dir_fd = open_dir(self._root_fd, path)
+            except OSError:
+                continue  # deleted later in the batch
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
 
     def _entry_now(self, path: bytes) -> Entry | None:
         """What ``path`` holds now, or ``None`` (absent, unreadable)."""
