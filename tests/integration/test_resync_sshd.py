@@ -82,7 +82,7 @@ def test_same_size_rewrite_in_the_same_second_is_sent(pair: Pair) -> None:
 
 def test_200_random_changes_converge_and_a_quiet_resync_sends_nothing(pair: Pair) -> None:
     etc = pair.active / "etc"
-    copy_tree(Path("/etc/apt"), etc)
+    copy_tree(Path("/etc"), etc)
     populate_odd(etc)
     assert pair.bmsync("resync").returncode == 0
 
@@ -92,6 +92,7 @@ def test_200_random_changes_converge_and_a_quiet_resync_sends_nothing(pair: Pair
 
     report = pair.resync_json()
     assert report["converged"] and report["failures"] == []
+    assert any(line.startswith("move ") for line in report["planned"])
     checked = pair.bmsync("verify")
     assert checked.returncode == 0, checked.stdout
     local, peer = walk(pair.active), walk(pair.passive)
@@ -174,3 +175,19 @@ def test_temp_files_left_by_a_killed_agent_are_removed_by_the_next_resync(pair: 
     assert pair.bmsync("resync").returncode == 0
     assert not leftover.exists()
     assert sorted(p.name for p in (pair.passive / "etc").iterdir()) == ["a.conf"]
+
+
+def test_moved_files_are_renamed_on_the_peer_not_resent(pair: Pair) -> None:
+    etc = pair.active / "etc"
+    (etc / "old.d").mkdir(parents=True)
+    (etc / "old.d/big.db").write_bytes(random.Random(1).randbytes(3 * 1024 * 1024))
+    (etc / "old.d/small.conf").write_text("small\n")
+    assert pair.bmsync("resync").returncode == 0
+
+    (etc / "old.d").rename(etc / "new.d")
+    report = pair.resync_json()
+    assert "move    /etc/old.d/big.db -> /etc/new.d/big.db" in report["planned"]
+    assert "delete  /etc/old.d/" in report["planned"]
+    assert report["files_sent"] == 0 and report["bytes_sent"] == 0
+    assert pair.bmsync("verify").returncode == 0
+    assert not (pair.passive / "etc/old.d").exists()

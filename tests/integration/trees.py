@@ -105,20 +105,23 @@ def random_changes(root: Path, rng: random.Random, count: int) -> list[str]:
                 )
             elif action == "mkdir":
                 (where / name).mkdir()
-            elif action == "rmdir" and dirs():
-                victim = rng.choice(dirs())
-                if victim != root:
-                    shutil.rmtree(victim)
+            elif action == "rmdir":
+                empty = [d for d in dirs() if d != root and not any(d.iterdir())]
+                if not empty:
+                    continue
+                rng.choice(empty).rmdir()
             elif action == "file_to_dir" and files():
                 f = rng.choice(files())
                 f.unlink()
                 f.mkdir()
                 (f / "inner.conf").write_text("was a file\n")
-            elif action == "dir_to_file" and dirs():
-                victim = rng.choice(dirs())
-                if victim != root:
-                    shutil.rmtree(victim)
-                    victim.write_text("was a directory\n")
+            elif action == "dir_to_file":
+                small = [d for d in dirs() if d != root and len(list(d.iterdir())) <= 2]
+                if not small:
+                    continue
+                victim = rng.choice(small)
+                shutil.rmtree(victim)
+                victim.write_text("was a directory\n")
             elif action == "move_dir" and dirs():
                 victim = rng.choice(dirs())
                 if victim != root and not where.is_relative_to(victim):
