@@ -23,7 +23,7 @@ from bmsync.agent import run_stdio
 from bmsync.core.frames import Purpose
 from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
-from bmsync.errors import ApplyIncomplete, BmsyncError, ConfigError, UsageError
+from bmsync.errors import ApplyIncomplete, BmsyncError, ConfigError, LocalFsError, UsageError
 from bmsync.log import configure
 from bmsync.reconcile import resync, verify
 from bmsync.session import PeerSession
@@ -244,6 +244,7 @@ async def _resync(conf: config.Config, args: argparse.Namespace) -> int:
                         {"path": show(p), "reason": r} for p, r in report.local_problems
                     ],
                     "missing_here": [show(p) for p in report.missing_tops],
+                    "unsupported": [show(p) for p in report.unsupported],
                     "converged": report.converged,
                 },
                 indent=2,
@@ -256,6 +257,8 @@ async def _resync(conf: config.Config, args: argparse.Namespace) -> int:
             print(f"dry run: {len(report.planned)} change(s) would be made; nothing was changed")
         for top in report.missing_tops:
             print(f"note: {show(top)} does not exist here; the peer's copy is left alone")
+        for path in report.unsupported:
+            print(f"note: {show(path)} is a FIFO, socket or device node; not synced")
         for path, reason in report.local_problems:
             print(f"warning: {show(path)}: {reason}", file=sys.stderr)
         for failure in report.failures:
@@ -266,10 +269,20 @@ async def _resync(conf: config.Config, args: argparse.Namespace) -> int:
                 f"resync: {report.ops_applied} change(s) applied, {report.files_sent} file(s), "
                 f"{report.bytes_sent} bytes sent in {report.passes} pass(es); peer {state}"
             )
-    if report.failures or (not args.dry_run and not report.converged):
+    if report.failures:
         raise ApplyIncomplete(
             f"{len(report.failures)} path(s) could not be applied on the peer; see above, "
             "fix the cause and run 'bmsync resync' again"
+        )
+    if report.local_problems and not args.dry_run:
+        raise LocalFsError(
+            f"{len(report.local_problems)} path(s) on this node could not be read (see the "
+            "warnings above); the peer keeps its copies of them"
+        )
+    if not args.dry_run and not report.converged:
+        raise ApplyIncomplete(
+            f"this node's tree kept changing during {report.passes} passes; "
+            "run 'bmsync resync' again once it is quiet"
         )
     return 0
 

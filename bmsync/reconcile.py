@@ -23,6 +23,7 @@ from bmsync.core.manifest import Entry, differences
 from bmsync.core.ops import Op
 from bmsync.core.paths import is_within
 from bmsync.core.planner import plan
+from bmsync.errors import LocalFsError
 from bmsync.fsutil import open_root
 from bmsync.scan import Scan, scan_tree
 from bmsync.session import PeerSession, Progress
@@ -43,13 +44,14 @@ class ResyncReport:
     failures: list[Failure] = field(default_factory=list)
     local_problems: list[tuple[bytes, str]] = field(default_factory=list)
     missing_tops: list[bytes] = field(default_factory=list)
+    unsupported: list[bytes] = field(default_factory=list)
     converged: bool = False
 
 
 def _peer_view(peer: dict[bytes, Entry], scan: Scan) -> dict[bytes, Entry]:
     """The peer's manifest minus what the planner must not delete: copies of
     sync paths missing here, and paths this node failed to read."""
-    keep = [*scan.missing_tops, *(p for p, _ in scan.problems)]
+    keep = [*scan.missing_tops, *scan.unsupported, *(p for p, _ in scan.problems)]
     if not keep:
         return peer
     return {p: e for p, e in peer.items() if not any(is_within(p, k) for k in keep)}
@@ -65,7 +67,10 @@ async def resync(
 ) -> ResyncReport:
     report = ResyncReport()
     peer = await session.fetch_manifest()
-    root_fd = open_root(root)
+    try:
+        root_fd = open_root(root)
+    except OSError as exc:
+        raise LocalFsError(f"cannot open sync root {root}: {exc.strerror}") from exc
     try:
         for number in range(1, MAX_PASSES + 1):
             scan = scan_tree(root, syncset)
@@ -74,6 +79,7 @@ async def resync(
                 report.planned = ops
                 report.local_problems = scan.problems
                 report.missing_tops = scan.missing_tops
+                report.unsupported = scan.unsupported
             if not ops:
                 report.converged = True
                 break
@@ -86,6 +92,7 @@ async def resync(
             report.ops_applied += len(ops) - len(outcome.failures)
             report.files_sent += outcome.files_sent
             report.bytes_sent += outcome.bytes_sent
+            report.local_problems.extend(outcome.skipped)
             for path, entry in outcome.results.items():
                 if entry is None:
                     peer.pop(path, None)

@@ -43,6 +43,8 @@ class Scan:
     missing_tops: list[bytes] = field(default_factory=list)
     # paths that could not be read, with the reason
     problems: list[tuple[bytes, str]] = field(default_factory=list)
+    # FIFOs, sockets and device nodes: not synced, and left alone on the peer
+    unsupported: list[bytes] = field(default_factory=list)
     # temporary files a killed agent left behind (never part of a manifest)
     leftovers: list[bytes] = field(default_factory=list)
 
@@ -105,7 +107,7 @@ def _scan_children(dir_fd: int, path: bytes, syncset: SyncSet, result: Scan) -> 
         kind = kind_of(st.st_mode)
         if kind is None:
             if not syncset.excluded(child, False):
-                result.problems.append((child, "not a file, directory or symlink; skipped"))
+                result.unsupported.append(child)
             continue
         if syncset.excluded(child, kind == Kind.DIR):
             continue

@@ -191,3 +191,18 @@ def test_moved_files_are_renamed_on_the_peer_not_resent(pair: Pair) -> None:
     assert report["files_sent"] == 0 and report["bytes_sent"] == 0
     assert pair.bmsync("verify").returncode == 0
     assert not (pair.passive / "etc/old.d").exists()
+
+
+def test_fifos_are_reported_not_synced_and_the_peer_copy_is_kept(pair: Pair) -> None:
+    etc = pair.active / "etc"
+    etc.mkdir()
+    os.mkfifo(etc / "initctl")
+    (etc / "a.conf").write_text("a\n")
+    (pair.passive / "etc").mkdir()
+    (pair.passive / "etc/initctl").write_text("the passive's own\n")
+
+    done = pair.bmsync("resync")
+    assert done.returncode == 0, done.stderr
+    assert "note: /etc/initctl is a FIFO, socket or device node; not synced" in done.stdout
+    assert (pair.passive / "etc/initctl").read_text() == "the passive's own\n"
+    assert (pair.passive / "etc/a.conf").read_text() == "a\n"
