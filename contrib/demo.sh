@@ -6,7 +6,8 @@
 # Needs root (sshd, owners), openssh-server, and bmsync installed.
 set -euo pipefail
 
-python=${PYTHON:-python3}
+# absolute: sshd runs the forced command with its own PATH, not this venv's
+python=$(command -v "${PYTHON:-python3}")
 work=$(mktemp -d /tmp/bmsync-demo.XXXXXX)
 sshd_pid=""
 cleanup() {

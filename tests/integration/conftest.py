@@ -5,7 +5,6 @@ run as a separate process, as an administrator would run it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -95,11 +94,3 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         yield node
     finally:
         sshd.stop()
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_children() -> Iterator[None]:
-    """Fail a test that leaves a child process running."""
-    yield
-    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
-    assert not children, f"test leaked child processes: {children}"
