@@ -55,6 +55,7 @@ from bmsync.core.frames import (
     ManifestRequest,
     Purpose,
     Put,
+    PutAbort,
     PutChunk,
     Refuse,
     Role,
@@ -138,6 +139,7 @@ class Agent:
             ManifestRequest: self._manifest,
             PutChunk: self._put_chunk,
             Put: self._put,
+            PutAbort: self._put_abort,
             Mkdir: self._write_op(self._mkdir),
             Symlink: self._write_op(self._symlink),
             Rename: self._write_op(self._rename),
@@ -449,6 +451,13 @@ class Agent:
         if put.entry.kind != Kind.FILE:
             raise ProtocolError(f"Put {show(put.path)} with a {put.entry.kind.name} entry")
         self._receive(put.path, put.offset, put.data, put.entry)
+        return []
+
+    def _put_abort(self, abort: PutAbort) -> list[Frame]:
+        self._require_write()
+        staged = self._batch.staged.pop(abort.path, None)
+        if staged is not None:
+            self._discard(staged)
         return []
 
     def _receive(self, path: bytes, offset: int, data: bytes, entry: Entry | None) -> None:

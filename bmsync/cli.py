@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bmsync import __version__, config
+from bmsync import __version__, config, daemon_cli
 from bmsync.agent import run_stdio
 from bmsync.core.frames import Purpose
 from bmsync.core.ops import Op, describe
@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "agent", help="speak the sync protocol on stdin/stdout (the peer's forced command)"
     )
 
+    daemon_cli.add_commands(commands)
+
     conf = commands.add_parser("config", help="configuration commands")
     conf_cmds = conf.add_subparsers(
         dest="config_command", metavar="SUBCOMMAND", parser_class=_Parser
@@ -96,9 +98,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_stdio(args.config)
         conf = config.load(args.config)
         if args.command == "resync":
+            if not args.dry_run and (answer := daemon_cli.resync_via_daemon(conf)) is not None:
+                return _print_daemon_resync(answer, args.json)
             return asyncio.run(_resync(conf, args))
         if args.command == "verify":
             return asyncio.run(_verify(conf, args))
+        if args.command == "run":
+            return daemon_cli.cmd_run(conf)
+        if args.command == "status":
+            return daemon_cli.cmd_status(conf, args)
+        if args.command == "pause":
+            return daemon_cli.cmd_pause(conf, args)
+        if args.command == "resume":
+            return daemon_cli.cmd_resume(conf, args)
         raise UsageError(f"unknown command {args.command!r}")
     except BmsyncError as exc:
         print(f"bmsync: error: {exc}", file=sys.stderr)
@@ -284,6 +296,24 @@ async def _resync(conf: config.Config, args: argparse.Namespace) -> int:
             f"this node's tree kept changing during {report.passes} passes; "
             "run 'bmsync resync' again once it is quiet"
         )
+    return 0
+
+
+def _print_daemon_resync(answer: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(answer, indent=2))
+    else:
+        for failure in answer["failures"]:
+            print(f"failed: {failure['path']}: {failure['reason']}", file=sys.stderr)
+        state = "in sync" if answer["converged"] else "NOT in sync"
+        print(
+            f"resync (through the running daemon): {answer['ops_applied']} change(s) applied, "
+            f"{answer['files_sent']} file(s), {answer['bytes_sent']} bytes sent; peer {state}"
+        )
+    if answer.get("halted"):
+        raise ApplyIncomplete(f"resync halted: {answer['halted']}")
+    if answer["failures"]:
+        raise ApplyIncomplete(f"{len(answer['failures'])} path(s) could not be applied")
     return 0
 
 

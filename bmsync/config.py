@@ -35,6 +35,8 @@ class PeerConfig:
     agent_command: str
     connect_timeout_s: float
     keepalive_interval_s: float
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class SyncConfig:
     root: Path
     batch_window_ms: int
     max_delay_ms: int
+    delete_brake_count: int = 500
+    delete_brake_share: float = 0.25
+    delete_brake_window_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class Config:
     state_dir: Path
     peer: PeerConfig | None
     sync: SyncConfig
+    control_socket: Path = Path("/run/bmsync/control.sock")
 
     def sync_paths(self) -> list[PresetPath]:
         preset = PRESETS[self.sync.preset]
@@ -235,6 +241,8 @@ PEER_SCHEMA: Schema = {
     "agent_command": (_nonempty, "bmsync agent"),
     "connect_timeout_s": (_ranged(_float, 0.1, 600), 10.0),
     "keepalive_interval_s": (_ranged(_float, 1, 3600), 15.0),
+    "reconnect_min_s": (_ranged(_float, 0.01, 600), 0.5),
+    "reconnect_max_s": (_ranged(_float, 0.01, 3600), 30.0),
 }
 SYNC_SCHEMA: Schema = {
     "preset": (_choice(*PRESETS), "bluemind"),
@@ -243,6 +251,9 @@ SYNC_SCHEMA: Schema = {
     "root": (_existing_dir, Path("/")),
     "batch_window_ms": (_ranged(_int, 0, 60_000), 10),
     "max_delay_ms": (_ranged(_int, 1, 600_000), 1000),
+    "delete_brake_count": (_ranged(_int, 1, 10**9), 500),
+    "delete_brake_share": (_ranged(_float, 0.0, 1.0), 0.25),
+    "delete_brake_window_s": (_ranged(_float, 0.0, 86_400), 60.0),
 }
 
 
@@ -279,6 +290,7 @@ def _section(node: yaml.Node, prefix: str, schema: Schema, ctx: _Ctx) -> dict[st
 TOP_SCHEMA: Schema = {
     "node": (_node_id, REQUIRED),
     "state_dir": (_abs_path, Path("/var/lib/bmsync")),
+    "control_socket": (_abs_path, Path("/run/bmsync/control.sock")),
     "peer": (lambda n, k, c: PeerConfig(**_section(n, k, PEER_SCHEMA, c)), None),
     "sync": (lambda n, k, c: SyncConfig(**_section(n, k, SYNC_SCHEMA, c)), None),
 }

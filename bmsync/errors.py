@@ -14,7 +14,8 @@
     │   └── AgentFailed                       `bmsync agent` did not run
     ├── PeerRefused                  exit 5   the agent declined the session
     ├── ApplyIncomplete              exit 6   some paths could not be applied
-    └── LocalFsError                 exit 7   reading this node's tree failed
+    ├── LocalFsError                 exit 7   reading this node's tree failed
+    └── DaemonNotRunning             exit 3   no daemon on the control socket
 
 Every message says what failed, where (file and line, path, host) and what
 to do. Exceptions of dependencies (asyncssh, ``OSError``, yaml) are caught at
@@ -83,3 +84,7 @@ class ApplyIncomplete(BmsyncError):
 
 class LocalFsError(BmsyncError):
     exit_code = 7
+
+
+class DaemonNotRunning(BmsyncError):
+    exit_code = 3

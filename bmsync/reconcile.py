@@ -11,7 +11,7 @@ passive one by a resync of the whole set.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,8 @@ class ResyncReport:
     missing_tops: list[bytes] = field(default_factory=list)
     unsupported: list[bytes] = field(default_factory=list)
     converged: bool = False
+    halted: str | None = None  # why the guard stopped it
+    peer: dict[bytes, Entry] = field(default_factory=dict)
 
 
 def _peer_view(peer: dict[bytes, Entry], scan: Scan) -> dict[bytes, Entry]:
@@ -64,9 +66,14 @@ async def resync(
     dry_run: bool = False,
     progress: Progress | None = None,
     on_plan: Callable[[list[Op]], None] | None = None,
+    guard: Callable[[list[Op], Mapping[bytes, Entry]], str | None] | None = None,
 ) -> ResyncReport:
+    """Make the peer like this node. ``guard`` sees each pass's plan before
+    it is applied and may halt the resync with a reason (the delete-storm
+    brake); ``report.peer`` is the peer's manifest at the end."""
     report = ResyncReport()
     peer = await session.fetch_manifest()
+    report.peer = peer
     try:
         root_fd = open_root(root)
     except OSError as exc:
@@ -84,6 +91,9 @@ async def resync(
                 report.converged = True
                 break
             if dry_run:
+                break
+            if guard is not None and (reason := guard(ops, peer)) is not None:
+                report.halted = reason
                 break
             if on_plan is not None:
                 on_plan(ops)

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bmsync.core.excludes import SyncSet
 from bmsync.core.manifest import Entry, Kind
-from bmsync.core.paths import basename, join, parent
+from bmsync.core.paths import ancestors, basename, is_within, join, parent
 from bmsync.errors import LocalFsError
 from bmsync.fsutil import (
     O_DIR,
@@ -115,7 +116,13 @@ def _scan_children(dir_fd: int, path: bytes, syncset: SyncSet, result: Scan) -> 
 
 
 def _scan_one(
-    dir_fd: int, path: bytes, st: os.stat_result, kind: Kind, syncset: SyncSet, result: Scan
+    dir_fd: int,
+    path: bytes,
+    st: os.stat_result,
+    kind: Kind,
+    syncset: SyncSet,
+    result: Scan,
+    recurse: bool = True,
 ) -> None:
     name = basename(path)
     try:
@@ -134,12 +141,51 @@ def _scan_one(
                 result.entries[path] = entry_of(
                     os.fstat(child_fd), kind, xattrs=read_xattrs(child_fd)
                 )
-                _scan_children(child_fd, path, syncset, result)
+                if recurse:
+                    _scan_children(child_fd, path, syncset, result)
             finally:
                 os.close(child_fd)
     except OSError as exc:
         if exc.errno not in _GONE:
             result.problems.append((path, exc.strerror or str(exc)))
+
+
+def scan_paths(root_fd: int, syncset: SyncSet, changed: Mapping[bytes, bool]) -> Scan:
+    """This node's side of a batch: each changed path (its subtree too where
+    ``changed[path]`` is true) and the directories above it, inside its sync
+    path. A path that is gone or excluded here is simply absent."""
+    result = Scan()
+    seen_dirs: set[bytes] = set()
+    for path, deep in changed.items():
+        top = syncset.top_of(path)
+        if top is None:
+            continue
+        wanted = [(a, False) for a in ancestors(path) if is_within(a, top) and a not in seen_dirs]
+        seen_dirs.update(a for a, _ in wanted)
+        for target, recurse in [*reversed(wanted), (path, deep)]:
+            _scan_path(root_fd, target, syncset, result, recurse)
+    return result
+
+
+def _scan_path(root_fd: int, path: bytes, syncset: SyncSet, result: Scan, recurse: bool) -> None:
+    try:
+        dir_fd = open_dir(root_fd, parent(path))
+    except OSError as exc:
+        if exc.errno not in _GONE:
+            result.problems.append((path, exc.strerror or str(exc)))
+        return
+    try:
+        st = os.stat(basename(path), dir_fd=dir_fd, follow_symlinks=False)
+        kind = kind_of(st.st_mode)
+        if kind is None:
+            result.unsupported.append(path)
+        elif syncset.covers(path, kind == Kind.DIR):
+            _scan_one(dir_fd, path, st, kind, syncset, result, recurse)
+    except OSError as exc:
+        if exc.errno not in _GONE:
+            result.problems.append((path, exc.strerror or str(exc)))
+    finally:
+        os.close(dir_fd)
 
 
 def read_file_entry(dir_fd: int, name: bytes) -> Entry | None:

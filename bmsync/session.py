@@ -16,7 +16,6 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import structlog
 
 from bmsync import __version__
@@ -32,6 +31,7 @@ from bmsync.core.frames import (
     ManifestRequest,
     Purpose,
     Put,
+    PutAbort,
     PutChunk,
     Refuse,
     Role,
@@ -59,6 +59,8 @@ BATCH_MAX_OPS = 1000
 BATCH_MAX_BYTES = 64 * 1024 * 1024
 
 Progress = Callable[[Op, int], None]
+# Reads of a file that keeps changing before it is left for the next pass.
+SEND_ATTEMPTS = 3
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Outcome:
     files_sent: int = 0
     bytes_sent: int = 0
     skipped: list[tuple[bytes, str]] = field(default_factory=list)
+    # files that kept changing while read: not sent, to be taken again
+    changing: list[bytes] = field(default_factory=list)
 
 
 class PeerSession:
@@ -104,6 +108,9 @@ class PeerSession:
             entries.update(part.entries)
             if part.last:
                 return entries
+
+    async def wait_lost(self) -> None:
+        await self._channel.wait_lost()
 
     async def close(self) -> None:
         """Say goodbye if the agent still listens (it hangs up after a
@@ -152,25 +159,33 @@ class PeerSession:
         return outcome
 
     async def _send_file(self, root_fd: int, op: PutFile, outcome: Outcome) -> int:
-        try:
-            frames = _file_frames(root_fd, op.path)
+        """Send one file; a file that changes while it is read is aborted on
+        the agent (nothing of it applied) and read again, a few times."""
+        for _ in range(SEND_ATTEMPTS):
             sent = 0
-            for frame in frames:
-                sent += len(frame.data)
-                await self._channel.send([frame])
-        except OSError as exc:
-            # Gone or replaced since the scan: the next pass plans what it is now.
-            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                outcome.skipped.append((op.path, exc.strerror or str(exc)))
-            return 0
-        outcome.files_sent += 1
-        outcome.bytes_sent += sent
-        return sent
+            try:
+                for frame in _file_frames(root_fd, op.path):
+                    if isinstance(frame, (PutChunk, Put)):
+                        sent += len(frame.data)
+                    await self._channel.send([frame])
+            except OSError as exc:
+                # Gone or replaced since the scan: the next pass plans what it is now.
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    outcome.skipped.append((op.path, exc.strerror or str(exc)))
+                return 0
+            if not isinstance(frame, PutAbort):
+                outcome.files_sent += 1
+                outcome.bytes_sent += sent
+                return sent
+            log.info("file_changed_while_sent", path=show(op.path))
+        outcome.changing.append(op.path)
+        return 0
 
 
-def _file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put]:
-    """Stream a local file as chunks and a final ``Put`` whose entry (and
-    digest) describe exactly the bytes sent."""
+def _file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put | PutAbort]:
+    """Stream a local file as chunks, then either a ``Put`` whose entry (and
+    digest) describe exactly the bytes sent, or ``PutAbort`` if the file
+    changed while it was read."""
     dir_fd = open_dir(root_fd, parent(path))
     try:
         fd = os.open(basename(path), O_READ, dir_fd=dir_fd)
@@ -189,12 +204,10 @@ def _file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put]:
             hasher.update(chunk)
             if not following:
                 after = os.fstat(fd)
-                if not same_version(before, after):
-                    log.info("file_changed_while_sent", path=show(path))
-                entry = msgspec.structs.replace(
-                    entry_of(after, Kind.FILE, digest=hasher.digest(), xattrs=xattrs),
-                    size=offset + len(chunk),
-                )
+                if not same_version(before, after) or after.st_size != offset + len(chunk):
+                    yield PutAbort(path)
+                    return
+                entry = entry_of(after, Kind.FILE, digest=hasher.digest(), xattrs=xattrs)
                 yield Put(path, offset, chunk, entry)
                 return
             yield PutChunk(path, offset, chunk)

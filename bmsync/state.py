@@ -1,4 +1,5 @@
-"""This node's state directory and the agent's one-sender lock."""
+"""This node's state directory: the agent's one-sender lock, and the
+sender's record of what the peer has acknowledged."""
 
 from __future__ import annotations
 
@@ -6,9 +7,17 @@ import errno
 import fcntl
 import os
 import stat
+import struct
+from collections.abc import Mapping
 from pathlib import Path
 
+import msgspec
+import structlog
+
+from bmsync.core.manifest import Entry
 from bmsync.errors import ConfigError, PeerRefused
+
+log = structlog.get_logger("bmsync.state")
 
 LOCK_NAME = "agent.lock"
 
@@ -65,3 +74,116 @@ class SenderLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class _Snapshot(msgspec.Struct, frozen=True):
+    peer: str
+    entries: list[tuple[bytes, Entry]]
+
+
+_Record = list[tuple[bytes, Entry | None]]
+_LENGTH = struct.Struct(">I")
+SNAPSHOT_NAME = "peer-manifest"
+JOURNAL_NAME = "peer-manifest.journal"
+# The journal is folded into a new snapshot once it outgrows this (or the
+# snapshot itself), so loading stays fast and the disk use bounded.
+JOURNAL_COMPACT_BYTES = 4 * 1024 * 1024
+
+
+class ManifestStore:
+    """The peer's acknowledged manifest on disk: a snapshot (replaced
+    atomically) plus a journal of acknowledged batches (appended and fsynced
+    before the batch counts as done). A record torn by a crash is ignored on
+    load; the next reconcile compares with the peer anyway."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self._snapshot = state_dir / SNAPSHOT_NAME
+        self._journal = state_dir / JOURNAL_NAME
+        self._journal_fd: int | None = None
+        self._journal_bytes = 0
+        self._snapshot_bytes = 0
+
+    def load(self, peer: str) -> dict[bytes, Entry]:
+        """The last acknowledged manifest of ``peer`` (empty if none, or if
+        what is stored belongs to another node)."""
+        try:
+            snap = msgspec.msgpack.decode(self._snapshot.read_bytes(), type=_Snapshot)
+        except FileNotFoundError:
+            return {}
+        except (msgspec.MsgspecError, ValueError, OSError) as exc:
+            log.warning("manifest_unreadable", path=str(self._snapshot), error=str(exc))
+            return {}
+        if snap.peer != peer:
+            return {}
+        entries = dict(snap.entries)
+        try:
+            journal = self._journal.read_bytes()
+        except FileNotFoundError:
+            journal = b""
+        offset = 0
+        decoder = msgspec.msgpack.Decoder(_Record)
+        while offset + _LENGTH.size <= len(journal):
+            (length,) = _LENGTH.unpack_from(journal, offset)
+            body = journal[offset + _LENGTH.size : offset + _LENGTH.size + length]
+            if len(body) < length:
+                break  # torn by a crash: that batch was never acknowledged here
+            try:
+                record = decoder.decode(body)
+            except (msgspec.MsgspecError, ValueError):
+                break
+            for path, entry in record:
+                if entry is None:
+                    entries.pop(path, None)
+                else:
+                    entries[path] = entry
+            offset += _LENGTH.size + length
+        return entries
+
+    def replace(self, peer: str, entries: Mapping[bytes, Entry]) -> None:
+        data = msgspec.msgpack.encode(_Snapshot(peer, sorted(entries.items())))
+        write_atomic(self._snapshot, data)
+        self._snapshot_bytes = len(data)
+        self.close()
+        self._journal.unlink(missing_ok=True)
+        self._journal_bytes = 0
+
+    def record(self, changes: _Record) -> None:
+        if not changes:
+            return
+        if self._journal_fd is None:
+            self._journal_fd = os.open(
+                self._journal, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+            )
+        body = msgspec.msgpack.encode(changes)
+        data = _LENGTH.pack(len(body)) + body
+        os.write(self._journal_fd, data)
+        os.fdatasync(self._journal_fd)
+        self._journal_bytes += len(data)
+
+    def needs_compaction(self) -> bool:
+        return self._journal_bytes > max(JOURNAL_COMPACT_BYTES, self._snapshot_bytes)
+
+    def close(self) -> None:
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``path`` so that a reader (or a crash) sees the old content or
+    the new, never a mix: temp file, fsync, rename, fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

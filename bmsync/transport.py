@@ -51,6 +51,10 @@ class FrameChannel(Protocol):
 
     async def close(self) -> None: ...
 
+    async def wait_lost(self) -> None:
+        """Return when the link is gone (the agent exited, SSH died)."""
+        ...
+
 
 class SshChannel:
     """Frames over the stdin/stdout of ``bmsync agent`` on the peer."""
@@ -114,6 +118,9 @@ class SshChannel:
             f"{self._where}: {what} (agent exit status {status}; stderr: {said}); "
             "run 'bmsync -c FILE agent </dev/null' on the peer to check its configuration"
         )
+
+    async def wait_lost(self) -> None:
+        await self._process.wait_closed()
 
     async def close(self) -> None:
         with contextlib.suppress(asyncssh.Error, OSError):

@@ -3,6 +3,7 @@ tree builders, and an independent tree walk to compare results."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 from pathlib import Path
@@ -43,6 +44,9 @@ class InMemoryChannel:
 
     async def close(self) -> None:
         self.agent.close()
+
+    async def wait_lost(self) -> None:
+        await asyncio.Event().wait()  # an in-memory link is never lost
 
 
 def whole_root(*excludes: str) -> SyncSet:

@@ -9,7 +9,7 @@ A session, sender (active node) to agent (passive node)::
 
     -> Hello                      <- Welcome | Refuse
     -> ManifestRequest            <- ManifestPart ... (last=True)
-    -> Mkdir | PutChunk* Put | Symlink | Rename | Delete | SetMeta ...
+    -> Mkdir | PutChunk* (Put | PutAbort) | Symlink | Rename | Delete | SetMeta ...
     -> Commit(batch)              <- Applied(batch, results, failures)
     -> Bye
     any frame that breaks the protocol <- ErrorFrame, then the agent hangs up
@@ -112,6 +112,15 @@ class Put(msgspec.Struct, frozen=True, tag="put"):
             raise ProtocolError(f"negative offset {self.offset}")
 
 
+class PutAbort(msgspec.Struct, frozen=True, tag="abort"):
+    """Drop what was received of ``path``: it changed while being read."""
+
+    path: bytes
+
+    def __post_init__(self) -> None:
+        check_relpath(self.path)
+
+
 class Commit(msgspec.Struct, frozen=True, tag="commit"):
     batch: int
 
@@ -153,6 +162,7 @@ Frame = (
     | ManifestPart
     | PutChunk
     | Put
+    | PutAbort
     | Mkdir
     | Symlink
     | Rename

@@ -193,7 +193,7 @@ def test_unknown_key_suggests_the_closest(tmp_path: Path) -> None:
 def test_unknown_key_without_close_match_lists_known_keys() -> None:
     message = error_of("node: bm1\nzzzzzz: 1\n")
     assert f"{SOURCE} line 2: zzzzzz: unknown key" in message
-    assert "known keys: node, state_dir, peer, sync" in message
+    assert "known keys: node, state_dir, control_socket, peer, sync" in message
 
 
 def test_unknown_top_level_key_suggests() -> None:

@@ -1,0 +1,567 @@
+"""``bmsync run``: the real-time sync daemon on the active node.
+
+Wiring (DESIGN.md, "Data path")::
+
+    inotify (watchdog thread) -> call_soon_threadsafe -> Batcher
+    -> scan the batch's paths -> plan against the peer's acknowledged
+    manifest -> delete-storm brake -> pipelined apply over one SSH session
+    -> acknowledged results recorded (memory + journal on disk)
+
+The scan is the truth, events are hints: on start, after every reconnect,
+after an inotify overflow and on request, the daemon runs the same
+reconcile as ``bmsync resync``. Changes made while it was stopped or
+disconnected are found by that reconcile; changes made while a reconcile
+runs are queued by the watcher, which starts first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import random
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from bmsync import config as config_module
+from bmsync.config import Config, PeerConfig
+from bmsync.control import ControlServer
+from bmsync.core.batcher import Batch, Batcher
+from bmsync.core.brake import BrakeLimits, DeleteBrake
+from bmsync.core.frames import Purpose
+from bmsync.core.manifest import Entry, Kind
+from bmsync.core.ops import Delete, Op
+from bmsync.core.paths import show
+from bmsync.core.tree import ManifestTree, plan_changes
+from bmsync.errors import BmsyncError, ConfigError, LocalFsError
+from bmsync.fsutil import open_root
+from bmsync.notify import Notifier
+from bmsync.reconcile import resync
+from bmsync.scan import scan_paths
+from bmsync.session import PeerSession
+from bmsync.state import ManifestStore, ensure_state_dir
+from bmsync.transport import FrameChannel
+from bmsync.transport import connect as ssh_connect
+from bmsync.watch import Watcher
+
+log = structlog.get_logger("bmsync.daemon")
+
+Connect = Callable[[PeerConfig], Awaitable[FrameChannel]]
+# Errors kept for `bmsync status`.
+ERRORS_KEPT = 10
+# A path whose apply failed on the peer is tried again after this long.
+RETRY_FAILED_S = 5.0
+
+
+class State(enum.StrEnum):
+    STARTING = "starting"
+    RECONCILING = "reconciling"
+    SYNCING = "syncing"
+    PAUSED = "paused"
+    DISCONNECTED = "disconnected"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Stats:
+    files_sent: int = 0
+    bytes_sent: int = 0
+    batches: int = 0
+    last_sync: float | None = None  # wall clock
+    last_contact: float | None = None
+    last_batch: dict[str, Any] | None = None
+    errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=ERRORS_KEPT))
+    error_count: int = 0
+
+
+class _LinkLost(Exception):
+    pass
+
+
+def _iso(wall: float | None) -> str | None:
+    if wall is None:
+        return None
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        connect: Connect = ssh_connect,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self._connect_channel = connect
+        self._notifier = notifier or Notifier({})
+        self._clock = clock
+        self._wall = wall
+        self._rng = rng
+        self.state = State.STARTING
+        self.stats = Stats()
+        self.paused_reason: str | None = None
+        self._held: dict[bytes, bool] = {}  # a batch the brake stopped
+        self._held_since: float | None = None
+        self._brake_released = False
+        self._batcher = self._new_batcher()
+        self._brake = DeleteBrake(self._brake_limits())
+        self._peer = ManifestTree()
+        self._store = ManifestStore(config.state_dir)
+        self._session: PeerSession | None = None
+        self._watcher: Watcher | None = None
+        self._control = ControlServer(config.control_socket, self._on_control)
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._reconcile_wanted = True
+        self._resync_waiters: list[asyncio.Future[dict[str, Any]]] = []
+        self._inflight_oldest: float | None = None
+        self._ready_sent = False
+        self._started_wall = wall()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- configuration -------------------------------------------------------
+
+    def _new_batcher(self) -> Batcher:
+        sync = self.config.sync
+        return Batcher(sync.batch_window_ms / 1000, sync.max_delay_ms / 1000)
+
+    def _brake_limits(self) -> BrakeLimits:
+        sync = self.config.sync
+        return BrakeLimits(
+            sync.delete_brake_count, sync.delete_brake_share, sync.delete_brake_window_s
+        )
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration; a bad one keeps the old."""
+        try:
+            new = config_module.load(self.config.source)
+        except ConfigError as exc:
+            self._error(f"configuration not reloaded, keeping the old one: {exc}")
+            return
+        old, self.config = self.config, new
+        self._brake = DeleteBrake(self._brake_limits())
+        log.info("config_reloaded", path=str(new.source))
+        if new.peer != old.peer or new.node != old.node:
+            self._drop_session()
+        self._restart_watcher()
+        self._request_reconcile()
+
+    # -- events from the watcher (on the loop) --------------------------------
+
+    def _on_change(self, path: bytes, settled: bool, deep: bool) -> None:
+        self._batcher.add(path, self._clock(), settled=settled, deep=deep)
+        self._wake.set()
+
+    def _on_lost(self, reason: str) -> None:
+        log.warning("events_lost", reason=reason)
+        self._request_reconcile()
+
+    def _request_reconcile(self) -> None:
+        self._reconcile_wanted = True
+        self._wake.set()
+
+    # -- running ---------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        ensure_state_dir(self.config.state_dir)
+        await self._control.start()
+        for signum, handler in (
+            (signal.SIGTERM, self.stop),
+            (signal.SIGINT, self.stop),
+            (signal.SIGHUP, self.reload),
+        ):
+            loop.add_signal_handler(signum, handler)
+        self._restart_watcher()
+        if self._notifier.watchdog_interval_s is not None:
+            self._spawn(self._watchdog_pings(self._notifier.watchdog_interval_s))
+        log.info("daemon_started", node=self.config.node, pid=os.getpid())
+        try:
+            await self._main()
+        finally:
+            self.state = State.STOPPED
+            self._notifier.stopping()
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            await self._close_session()
+            if self._watcher is not None:
+                self._watcher.stop()
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._control.close()
+            self._store.close()
+            self._notifier.close()
+            log.info("daemon_stopped")
+        return 0
+
+    def stop(self) -> None:
+        """SIGTERM: finish the batch in flight, then exit."""
+        log.info("stop_requested")
+        self._stopping.set()
+        self._wake.set()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watchdog_pings(self, interval_s: float) -> None:
+        while True:
+            self._notifier.ping()
+            await asyncio.sleep(interval_s)
+
+    def _restart_watcher(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        self._watcher = Watcher(
+            self.config.sync.root,
+            self.config.syncset(),
+            asyncio.get_running_loop(),
+            self._on_change,
+            self._on_lost,
+        )
+        self._watcher.start()
+
+    async def _main(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                session = await self._open_session()
+                attempt = 0
+                await self._serve(session)
+            except (BmsyncError, _LinkLost) as exc:
+                await self._close_session()
+                if self._stopping.is_set():
+                    break
+                self.state = State.DISCONNECTED
+                self._notifier.status(f"disconnected: {exc}")
+                self._error(f"peer link: {exc}")
+                peer = self.config.require_peer()
+                delay = min(peer.reconnect_max_s, peer.reconnect_min_s * 2**attempt)
+                delay *= 0.5 + self._rng() / 2  # jitter: two daemons never retry in step
+                attempt += 1
+                log.info("reconnect_wait", seconds=round(delay, 3), attempt=attempt)
+                await self._sleep(delay)
+                self._reconcile_wanted = True
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _open_session(self) -> PeerSession:
+        peer = self.config.require_peer()
+        channel = await self._connect_channel(peer)
+        session = PeerSession(channel, self.config.node)
+        self._session = session
+        await session.open(Purpose.WRITE)
+        self.stats.last_contact = self._wall()
+        return session
+
+    def _drop_session(self) -> None:
+        if self._session is not None:
+            self._spawn(self._close_session())
+        self._wake.set()
+
+    async def _close_session(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(BmsyncError, OSError):
+                await session.close()
+
+    async def _serve(self, session: PeerSession) -> None:
+        """Sync until stopped; raises when the link is lost."""
+        lost = asyncio.ensure_future(session.wait_lost())
+        lost.add_done_callback(lambda _: self._wake.set())
+        try:
+            while not self._stopping.is_set():
+                if lost.done() or self._session is not session:
+                    raise _LinkLost("the SSH session to the agent ended")
+                if self.paused_reason is not None:  # no writes at all, not even a reconcile
+                    await self._idle(None)
+                    continue
+                if self._reconcile_wanted:
+                    await self._reconcile(session)
+                    continue
+                now = self._clock()
+                deadline = self._batcher.next_deadline()
+                if deadline is None or deadline > now:
+                    await self._idle(None if deadline is None else deadline - now)
+                    continue
+                batch = self._batcher.take(now)
+                if batch is None:
+                    continue
+                if batch.rescan:
+                    self._reconcile_wanted = True
+                    continue
+                await self._apply(session, batch)
+        finally:
+            lost.cancel()
+
+    async def _idle(self, timeout_s: float | None) -> None:
+        self._wake.clear()
+        if self.state != State.PAUSED:
+            self.state = State.SYNCING
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout_s)
+
+    # -- reconcile ---------------------------------------------------------------
+
+    async def _reconcile(self, session: PeerSession) -> None:
+        self._reconcile_wanted = False
+        self.state = State.RECONCILING
+        self._notifier.status("reconciling with the peer")
+        # Events from now on are kept; older queued ones are covered by this scan.
+        self._batcher = self._new_batcher()
+        if self._watcher is not None:
+            self._watcher.refresh()
+        started = self._clock()
+        report = await resync(
+            session,
+            self.config.sync.root,
+            self.config.syncset(),
+            guard=self._guard_reconcile,
+        )
+        self._peer = ManifestTree(report.peer)
+        self._store.replace(session.peer.node if session.peer else "", report.peer)
+        self.stats.last_contact = self._wall()
+        self.stats.files_sent += report.files_sent
+        self.stats.bytes_sent += report.bytes_sent
+        for failure in report.failures:
+            self._error(f"{show(failure.path)}: {failure.reason}")
+        for path, reason in report.local_problems:
+            self._error(f"{show(path)}: {reason}")
+        if report.halted is not None:
+            self._pause(report.halted, held={})
+        elif report.converged:
+            self.stats.last_sync = self._wall()
+        log.info(
+            "reconciled",
+            ops=report.ops_applied,
+            files=report.files_sent,
+            bytes=report.bytes_sent,
+            converged=report.converged,
+            duration_ms=round((self._clock() - started) * 1000, 1),
+        )
+        answer = {
+            "ok": report.halted is None and not report.failures,
+            "converged": report.converged,
+            "ops_applied": report.ops_applied,
+            "files_sent": report.files_sent,
+            "bytes_sent": report.bytes_sent,
+            "failures": [{"path": show(f.path), "reason": f.reason} for f in report.failures],
+            "halted": report.halted,
+        }
+        waiters, self._resync_waiters = self._resync_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(answer)
+        if not self._ready_sent:
+            self._ready_sent = True
+            self._notifier.ready(f"syncing to {self.config.require_peer().host}")
+        if self.paused_reason is None:
+            self.state = State.SYNCING
+            self._notifier.status(f"syncing to {self.config.require_peer().host}")
+
+    def _guard_reconcile(self, ops: list[Op], peer: Mapping[bytes, Entry]) -> str | None:
+        if self._brake_released:
+            self._brake_released = False
+            return None
+        return self._brake.check(_file_deletes(ops), _files(peer), self._clock())
+
+    # -- batches -------------------------------------------------------------------
+
+    async def _apply(self, session: PeerSession, batch: Batch) -> None:
+        started = self._clock()
+        self._inflight_oldest = batch.oldest_s
+        changed = dict(batch.paths)
+        try:
+            root_fd = open_root(self.config.sync.root)
+        except OSError as exc:
+            raise LocalFsError(f"cannot open sync root {self.config.sync.root}: {exc}") from exc
+        try:
+            syncset = self.config.syncset()
+            scan = scan_paths(root_fd, syncset, changed)
+            wider = {
+                p: True
+                for p, deep in changed.items()
+                if not deep
+                and (here := scan.entries.get(p)) is not None
+                and here.kind == Kind.DIR
+                and (p not in self._peer or self._peer[p].kind != Kind.DIR)
+            }
+            if wider:  # a directory the peer lacks: take all of it
+                changed.update(wider)
+                scan.entries.update(scan_paths(root_fd, syncset, wider).entries)
+            for path, reason in scan.problems:
+                self._error(f"{show(path)}: {reason}")
+                changed.pop(path, None)
+            for path in scan.unsupported:
+                changed.pop(path, None)
+            ops = plan_changes(scan.entries, self._peer, changed)
+            if not ops:
+                return
+            deletes = _file_deletes(ops)
+            now = self._clock()
+            if self._brake_released:
+                self._brake_released = False
+            elif (storm := self._brake.check(deletes, _files(self._peer), now)) is not None:
+                self._pause(storm, held=changed)
+                return
+            outcome = await session.apply(ops, root_fd)
+        finally:
+            os.close(root_fd)
+            self._inflight_oldest = None
+        self._brake.record(deletes, self._clock())
+        for path, entry in outcome.results.items():
+            self._peer.set(path, entry)
+        self._store.record(list(outcome.results.items()))
+        if self._store.needs_compaction():
+            self._store.replace(session.peer.node if session.peer else "", self._peer.as_dict())
+        for path in outcome.changing:
+            self._batcher.add(path, self._clock(), settled=False)
+        for failure in outcome.failures:
+            self._error(f"{show(failure.path)}: {failure.reason}")
+        if outcome.failures:
+            self._spawn(self._retry_later([f.path for f in outcome.failures]))
+        duration_ms = round((self._clock() - started) * 1000, 2)
+        self.stats.batches += 1
+        self.stats.files_sent += outcome.files_sent
+        self.stats.bytes_sent += outcome.bytes_sent
+        self.stats.last_sync = self.stats.last_contact = self._wall()
+        self.stats.last_batch = {
+            "paths": len(changed),
+            "ops": len(ops),
+            "bytes": outcome.bytes_sent,
+            "duration_ms": duration_ms,
+            "failures": len(outcome.failures),
+        }
+        log.info(
+            "batch_applied",
+            paths=len(changed),
+            ops=len(ops),
+            bytes=outcome.bytes_sent,
+            duration_ms=duration_ms,
+            failures=len(outcome.failures),
+        )
+
+    async def _retry_later(self, paths: list[bytes]) -> None:
+        await asyncio.sleep(RETRY_FAILED_S)
+        for path in paths:
+            self._batcher.add(path, self._clock(), settled=True, deep=True)
+        self._wake.set()
+
+    # -- pause / resume ------------------------------------------------------------
+
+    def _pause(self, reason: str, held: dict[bytes, bool]) -> None:
+        self.paused_reason = reason
+        if held and self._held_since is None:
+            self._held_since = self._clock()
+        self._held.update(held)
+        self.state = State.PAUSED
+        self._notifier.status(f"paused: {reason}")
+        log.warning("sync_paused", reason=reason, held=len(self._held))
+
+    def _resume(self) -> None:
+        """Propagate whatever was held back (the operator said so)."""
+        held, self._held = self._held, {}
+        self._held_since = None
+        now = self._clock()
+        for path, deep in held.items():
+            self._batcher.add(path, now, settled=True, deep=deep)
+        if self.paused_reason is not None and self.paused_reason.startswith("delete storm"):
+            self._brake.reset()
+            self._brake_released = True
+            if not held:  # the storm was found by a reconcile
+                self._reconcile_wanted = True
+        self.paused_reason = None
+        self.state = State.SYNCING
+        log.info("sync_resumed", released=len(held))
+        self._wake.set()
+
+    # -- status and control ----------------------------------------------------------
+
+    def _error(self, message: str) -> None:
+        log.error("sync_error", error=message)
+        self.stats.errors.append((self._wall(), message))
+        self.stats.error_count += 1
+
+    def status(self) -> dict[str, Any]:
+        now = self._clock()
+        oldest = [
+            t
+            for t in (self._batcher.oldest(), self._inflight_oldest, self._held_since)
+            if t is not None
+        ]
+        peer = self.config.peer
+        return {
+            "state": str(self.state),
+            "node": self.config.node,
+            "peer": None if peer is None else f"{peer.user}@{peer.host}:{peer.port}",
+            "pid": os.getpid(),
+            "started": _iso(self._started_wall),
+            "last_contact": _iso(self.stats.last_contact),
+            "last_sync": _iso(self.stats.last_sync),
+            "last_batch": self.stats.last_batch,
+            "lag_s": round(now - min(oldest), 3) if oldest else 0.0,
+            "queued": self._batcher.queued + len(self._held),
+            "files_sent": self.stats.files_sent,
+            "bytes_sent": self.stats.bytes_sent,
+            "batches": self.stats.batches,
+            "paused_reason": self.paused_reason,
+            "errors": [{"time": _iso(t), "message": m} for t, m in self.stats.errors],
+            "error_count": self.stats.error_count,
+        }
+
+    async def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        command = request["command"]
+        if command == "status":
+            return {"ok": True, **self.status()}
+        if command == "pause":
+            reason = str(request.get("reason") or "paused by an operator (bmsync pause)")
+            self._pause(reason, held={})
+            return {"ok": True, "state": str(self.state)}
+        if command == "resume":
+            if request.get("discard"):
+                raise BmsyncError("resume --discard is not available yet")
+            self._resume()
+            return {"ok": True, "state": str(self.state)}
+        if command == "resync":
+            if self.paused_reason is not None:
+                raise BmsyncError(
+                    f"sync is paused ({self.paused_reason}); run 'bmsync resume' first"
+                )
+            if self._session is None:
+                raise BmsyncError(f"not connected to the peer ({self.state}); try again later")
+            waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self._resync_waiters.append(waiter)
+            self._request_reconcile()
+            return await waiter
+        raise BmsyncError(f"unknown control command {command!r}")
+
+
+def _file_deletes(ops: list[Op]) -> int:
+    return sum(1 for op in ops if isinstance(op, Delete) and op.kind != Kind.DIR)
+
+
+def _files(manifest: Mapping[bytes, Entry]) -> int:
+    return sum(1 for e in manifest.values() if e.kind != Kind.DIR)
+
+
+def run_daemon(config: Config, environ: dict[str, str]) -> int:
+    """``bmsync run``: the daemon until SIGTERM."""
+    notifier = Notifier(environ)
+    daemon = Daemon(config, notifier=notifier)
+    return asyncio.run(daemon.run())
