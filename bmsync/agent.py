@@ -48,6 +48,7 @@ from bmsync.core.frames import (
     Commit,
     ErrorFrame,
     Failure,
+    Fetch,
     Frame,
     FrameDecoder,
     Hello,
@@ -70,6 +71,7 @@ from bmsync.fsutil import (
     O_DIR,
     O_READ,
     entry_of,
+    file_frames,
     hash_fd,
     kind_of,
     open_dir,
@@ -140,6 +142,7 @@ class Agent:
             PutChunk: self._put_chunk,
             Put: self._put,
             PutAbort: self._put_abort,
+            Fetch: self._fetch,
             Mkdir: self._write_op(self._mkdir),
             Symlink: self._write_op(self._symlink),
             Rename: self._write_op(self._rename),
@@ -452,6 +455,16 @@ class Agent:
             raise ProtocolError(f"Put {show(put.path)} with a {put.entry.kind.name} entry")
         self._receive(put.path, put.offset, put.data, put.entry)
         return []
+
+    def _fetch(self, fetch: Fetch) -> list[Frame]:
+        """Send a file back (``bmsync resume --discard`` restores from here)."""
+        assert self._root_fd is not None
+        try:
+            self._check_covered(fetch.path, False)
+            return list(file_frames(self._root_fd, fetch.path))
+        except (OpFailed, OSError) as exc:
+            log.warning("fetch_failed", path=show(fetch.path), reason=_reason(exc))
+            return [PutAbort(fetch.path)]
 
     def _put_abort(self, abort: PutAbort) -> list[Frame]:
         self._require_write()

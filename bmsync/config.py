@@ -47,8 +47,8 @@ class SyncConfig:
     root: Path
     batch_window_ms: int
     max_delay_ms: int
-    delete_brake_count: int = 500
-    delete_brake_share: float = 0.25
+    delete_brake_count: int = 100
+    delete_brake_share: float = 0.10
     delete_brake_window_s: float = 60.0
 
 
@@ -251,8 +251,8 @@ SYNC_SCHEMA: Schema = {
     "root": (_existing_dir, Path("/")),
     "batch_window_ms": (_ranged(_int, 0, 60_000), 10),
     "max_delay_ms": (_ranged(_int, 1, 600_000), 1000),
-    "delete_brake_count": (_ranged(_int, 1, 10**9), 500),
-    "delete_brake_share": (_ranged(_float, 0.0, 1.0), 0.25),
+    "delete_brake_count": (_ranged(_int, 1, 10**9), 100),
+    "delete_brake_share": (_ranged(_float, 0.0, 1.0), 0.10),
     "delete_brake_window_s": (_ranged(_float, 0.0, 86_400), 60.0),
 }
 

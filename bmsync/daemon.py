@@ -31,21 +31,32 @@ from typing import Any
 
 import structlog
 
+from bmsync import __version__
 from bmsync import config as config_module
+from bmsync.agent import Agent
 from bmsync.config import Config, PeerConfig
 from bmsync.control import ControlServer
 from bmsync.core.batcher import Batch, Batcher
 from bmsync.core.brake import BrakeLimits, DeleteBrake
-from bmsync.core.frames import Purpose
+from bmsync.core.frames import (
+    PROTOCOL_VERSION,
+    Applied,
+    Commit,
+    Hello,
+    Purpose,
+    Role,
+    Welcome,
+)
 from bmsync.core.manifest import Entry, Kind
-from bmsync.core.ops import Delete, Op
+from bmsync.core.ops import Delete, Op, PutFile, Rename
 from bmsync.core.paths import show
+from bmsync.core.planner import plan
 from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.errors import BmsyncError, ConfigError, LocalFsError
 from bmsync.fsutil import open_root
 from bmsync.notify import Notifier
 from bmsync.reconcile import resync
-from bmsync.scan import scan_paths
+from bmsync.scan import scan_paths, scan_tree
 from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, ensure_state_dir
 from bmsync.transport import FrameChannel
@@ -160,8 +171,8 @@ class Daemon:
 
     # -- events from the watcher (on the loop) --------------------------------
 
-    def _on_change(self, path: bytes, settled: bool, deep: bool) -> None:
-        self._batcher.add(path, self._clock(), settled=settled, deep=deep)
+    def _on_change(self, path: bytes, settled: bool, deep: bool, delete: bool) -> None:
+        self._batcher.add(path, self._clock(), settled=settled, deep=deep, delete=delete)
         self._wake.set()
 
     def _on_lost(self, reason: str) -> None:
@@ -474,8 +485,9 @@ class Daemon:
         self._notifier.status(f"paused: {reason}")
         log.warning("sync_paused", reason=reason, held=len(self._held))
 
-    def _resume(self) -> None:
-        """Propagate whatever was held back (the operator said so)."""
+    def _resume(self, release: bool = True) -> None:
+        """Go on syncing; ``release``: propagate what the brake held back
+        (the operator said the deletions are wanted)."""
         held, self._held = self._held, {}
         self._held_since = None
         now = self._clock()
@@ -483,13 +495,58 @@ class Daemon:
             self._batcher.add(path, now, settled=True, deep=deep)
         if self.paused_reason is not None and self.paused_reason.startswith("delete storm"):
             self._brake.reset()
-            self._brake_released = True
+            self._brake_released = release
             if not held:  # the storm was found by a reconcile
                 self._reconcile_wanted = True
         self.paused_reason = None
         self.state = State.SYNCING
         log.info("sync_resumed", released=len(held))
         self._wake.set()
+
+    async def _restore_held(self) -> dict[str, Any]:
+        """``resume --discard``: put back onto this node every path the peer
+        has (as acknowledged) and this node lost, from the peer's copies;
+        nothing here is deleted or overwritten. The deletions are undone
+        instead of propagated."""
+        session = self._session
+        if self.paused_reason is None or not self.paused_reason.startswith("delete storm"):
+            raise BmsyncError("--discard undoes a delete storm, and none is held back")
+        if session is None or session.peer is None:
+            raise BmsyncError(f"not connected to the peer ({self.state}); try again later")
+        root = self.config.sync.root
+        syncset = self.config.syncset()
+        here = scan_tree(root, syncset).entries
+        wanted = {**{p: e for p, e in self._peer.items() if p not in here}, **here}
+        ops: list[Op] = [
+            PutFile(op.dst, op.entry) if isinstance(op, Rename) else op
+            for op in plan(wanted, here)
+            if not isinstance(op, Delete)
+        ]
+        local = Agent(self.config.node, root, syncset, self.config.state_dir)
+        try:
+            hello = Hello(
+                PROTOCOL_VERSION, session.peer.node, Role.ACTIVE, 0, Purpose.WRITE, __version__
+            )
+            (welcome,) = local.handle(hello)
+            if not isinstance(welcome, Welcome):
+                raise BmsyncError(f"cannot write to this node's own tree: {welcome}")
+            for op in ops:
+                if isinstance(op, PutFile):
+                    for frame in await session.fetch(op.path):
+                        local.handle(frame)
+                else:
+                    local.handle(op)
+            (applied,) = local.handle(Commit(0))
+        finally:
+            local.close()
+        assert isinstance(applied, Applied)
+        for failure in applied.failures:
+            self._error(f"restoring {show(failure.path)}: {failure.reason}")
+        log.warning("storm_discarded", restored=len(ops), failures=len(applied.failures))
+        return {
+            "restored": len(ops),
+            "failures": [{"path": show(f.path), "reason": f.reason} for f in applied.failures],
+        }
 
     # -- status and control ----------------------------------------------------------
 
@@ -535,7 +592,10 @@ class Daemon:
             return {"ok": True, "state": str(self.state)}
         if command == "resume":
             if request.get("discard"):
-                raise BmsyncError("resume --discard is not available yet")
+                restored = await self._restore_held()
+                self._resume(release=False)
+                self._request_reconcile()
+                return {"ok": True, "state": str(self.state), **restored}
             self._resume()
             return {"ok": True, "state": str(self.state)}
         if command == "resync":

@@ -11,9 +11,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
+from bmsync.core.frames import CHUNK_BYTES, Put, PutAbort, PutChunk
 from bmsync.core.manifest import Entry, Kind, new_hasher
+from bmsync.core.paths import basename, parent
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -119,3 +122,38 @@ def same_version(a: os.stat_result, b: os.stat_result) -> bool:
         b.st_mtime_ns,
         b.st_ctime_ns,
     )
+
+
+def file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put | PutAbort]:
+    """Stream a local file as chunks, then either a ``Put`` whose entry (and
+    digest) describe exactly the bytes sent, or ``PutAbort`` if the file
+    changed while it was read."""
+    dir_fd = open_dir(root_fd, parent(path))
+    try:
+        fd = os.open(basename(path), O_READ, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        before = os.fstat(fd)
+        if kind_of(before.st_mode) != Kind.FILE:
+            raise OSError(errno.ENOENT, "no longer a regular file")
+        xattrs = read_xattrs(fd)
+        hasher = new_hasher()
+        offset = 0
+        chunk = os.read(fd, CHUNK_BYTES)
+        while True:
+            following = os.read(fd, CHUNK_BYTES) if len(chunk) == CHUNK_BYTES else b""
+            hasher.update(chunk)
+            if not following:
+                after = os.fstat(fd)
+                if not same_version(before, after) or after.st_size != offset + len(chunk):
+                    yield PutAbort(path)
+                    return
+                entry = entry_of(after, Kind.FILE, digest=hasher.digest(), xattrs=xattrs)
+                yield Put(path, offset, chunk, entry)
+                return
+            yield PutChunk(path, offset, chunk)
+            offset += len(chunk)
+            chunk = following
+    finally:
+        os.close(fd)

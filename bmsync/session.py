@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,12 +19,12 @@ import structlog
 
 from bmsync import __version__
 from bmsync.core.frames import (
-    CHUNK_BYTES,
     PROTOCOL_VERSION,
     Applied,
     Bye,
     Commit,
     Failure,
+    Fetch,
     Hello,
     ManifestPart,
     ManifestRequest,
@@ -37,9 +36,9 @@ from bmsync.core.frames import (
     Role,
     Welcome,
 )
-from bmsync.core.manifest import Entry, Kind, new_hasher
+from bmsync.core.manifest import Entry
 from bmsync.core.ops import Op, PutFile
-from bmsync.core.paths import basename, parent, show
+from bmsync.core.paths import show
 from bmsync.errors import (
     AgentFailed,
     PeerRefused,
@@ -47,7 +46,7 @@ from bmsync.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from bmsync.fsutil import O_READ, entry_of, kind_of, open_dir, read_xattrs, same_version
+from bmsync.fsutil import file_frames
 from bmsync.transport import FrameChannel
 
 log = structlog.get_logger("bmsync.session")
@@ -109,6 +108,19 @@ class PeerSession:
             if part.last:
                 return entries
 
+    async def fetch(self, path: bytes) -> list[PutChunk | Put | PutAbort]:
+        """The peer's copy of ``path`` as the frames that would write it:
+        ``PutChunk``* then ``Put``, or ``[PutAbort]`` if it has none."""
+        await self._channel.send([Fetch(path)])
+        frames: list[PutChunk | Put | PutAbort] = []
+        while True:
+            frame = await self._channel.receive()
+            if not isinstance(frame, (PutChunk, Put, PutAbort)) or frame.path != path:
+                raise ProtocolError(f"expected the content of {show(path)}, got {frame!r:.80}")
+            frames.append(frame)
+            if not isinstance(frame, PutChunk):
+                return frames
+
     async def wait_lost(self) -> None:
         await self._channel.wait_lost()
 
@@ -164,7 +176,7 @@ class PeerSession:
         for _ in range(SEND_ATTEMPTS):
             sent = 0
             try:
-                for frame in _file_frames(root_fd, op.path):
+                for frame in file_frames(root_fd, op.path):
                     if isinstance(frame, (PutChunk, Put)):
                         sent += len(frame.data)
                     await self._channel.send([frame])
@@ -180,41 +192,6 @@ class PeerSession:
             log.info("file_changed_while_sent", path=show(op.path))
         outcome.changing.append(op.path)
         return 0
-
-
-def _file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put | PutAbort]:
-    """Stream a local file as chunks, then either a ``Put`` whose entry (and
-    digest) describe exactly the bytes sent, or ``PutAbort`` if the file
-    changed while it was read."""
-    dir_fd = open_dir(root_fd, parent(path))
-    try:
-        fd = os.open(basename(path), O_READ, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
-    try:
-        before = os.fstat(fd)
-        if kind_of(before.st_mode) != Kind.FILE:
-            raise OSError(errno.ENOENT, "no longer a regular file")
-        xattrs = read_xattrs(fd)
-        hasher = new_hasher()
-        offset = 0
-        chunk = os.read(fd, CHUNK_BYTES)
-        while True:
-            following = os.read(fd, CHUNK_BYTES) if len(chunk) == CHUNK_BYTES else b""
-            hasher.update(chunk)
-            if not following:
-                after = os.fstat(fd)
-                if not same_version(before, after) or after.st_size != offset + len(chunk):
-                    yield PutAbort(path)
-                    return
-                entry = entry_of(after, Kind.FILE, digest=hasher.digest(), xattrs=xattrs)
-                yield Put(path, offset, chunk, entry)
-                return
-            yield PutChunk(path, offset, chunk)
-            offset += len(chunk)
-            chunk = following
-    finally:
-        os.close(fd)
 
 
 def _batches(ops: list[Op]) -> Iterator[list[Op]]:

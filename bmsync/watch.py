@@ -52,7 +52,7 @@ from bmsync.core.excludes import SyncSet
 
 log = structlog.get_logger("bmsync.watch")
 
-OnChange = Callable[[bytes, bool, bool], None]  # path, settled, deep
+OnChange = Callable[[bytes, bool, bool, bool], None]  # path, settled, deep, delete
 OnLost = Callable[[str], None]
 
 # Only these events matter; open/close-without-write are not subscribed.
@@ -191,11 +191,13 @@ class Watcher(FileSystemEventHandler):
             return None
         return rel
 
-    def _emit(self, path: str | bytes, is_dir: bool, settled: bool, deep: bool) -> None:
+    def _emit(
+        self, path: str | bytes, is_dir: bool, settled: bool, deep: bool, delete: bool = False
+    ) -> None:
         rel = self._relative(path)
         if rel is None or not self._syncset.covers(rel, is_dir):
             return
-        self._hand(self._on_change, rel, settled, deep)
+        self._hand(self._on_change, rel, settled, deep, delete)
 
     def dispatch(self, event: FileSystemEvent) -> None:
         is_dir = event.is_directory
@@ -208,8 +210,10 @@ class Watcher(FileSystemEventHandler):
             self._emit(event.src_path, False, False, False)
         elif isinstance(event, DirDeletedEvent):
             rel = self._relative(event.src_path)
-            self._emit(event.src_path, True, True, True)
+            self._emit(event.src_path, True, True, True, delete=True)
             if rel is not None and rel in self._syncset.tops:
                 self._hand(self._on_lost, f"watched tree {os.fsdecode(event.src_path)} removed")
-        else:  # attributes, close-after-write, file deleted
+        elif isinstance(event, FileDeletedEvent):
+            self._emit(event.src_path, False, True, False, delete=True)
+        else:  # attributes, close-after-write
             self._emit(event.src_path, is_dir, True, False)

@@ -6,6 +6,11 @@ chmod, a new directory) is ready at once; a path still being written
 (a modify without a close yet) is ready once it has been quiet for
 ``window_s``, or ``max_delay_s`` after its first event whatever happens.
 
+Deletions wait until no deletion has arrived for ``window_s`` (or
+``max_delay_s``): a lone ``rm`` still goes out within the window, but an
+``rm -rf`` arrives as one batch, so the delete-storm brake sees the whole
+storm before any of it reaches the peer.
+
 The caller takes a batch only while nothing is in flight: whatever arrives
 while a batch is being applied waits and leaves together with the next one
 (group commit). So a single edit goes out immediately, and a burst of 500
@@ -26,6 +31,7 @@ class _Pending:
     last_s: float
     settled: bool
     deep: bool
+    delete: bool
 
 
 @dataclass(frozen=True)
@@ -46,17 +52,24 @@ class Batcher:
         self.max_delay_s = max(max_delay_s, window_s)
         self._pending: dict[bytes, _Pending] = {}
         self._rescan_since: float | None = None
+        self._last_delete_s = float("-inf")
 
-    def add(self, path: bytes, now: float, *, settled: bool, deep: bool = False) -> None:
+    def add(
+        self, path: bytes, now: float, *, settled: bool, deep: bool = False, delete: bool = False
+    ) -> None:
         """Record an event on ``path``. A later unsettled event (another
-        write) un-settles it; deep stays once set."""
+        write) un-settles it; deep stays once set; ``delete``: the event
+        removed the path (the latest event decides)."""
+        if delete:
+            self._last_delete_s = max(self._last_delete_s, now)
         entry = self._pending.get(path)
         if entry is None:
-            self._pending[path] = _Pending(now, now, settled, deep)
+            self._pending[path] = _Pending(now, now, settled, deep, delete)
             return
         entry.last_s = max(entry.last_s, now)
         entry.settled = settled
         entry.deep = entry.deep or deep
+        entry.delete = delete
 
     def rescan(self, now: float) -> None:
         """Events were lost (queue overflow, lost watch): reconcile everything."""
@@ -75,9 +88,12 @@ class Batcher:
         return min(times, default=None)
 
     def _ready_at(self, pending: _Pending) -> float:
+        cap = pending.first_s + self.max_delay_s
+        if pending.delete:
+            return min(max(pending.first_s, self._last_delete_s + self.window_s), cap)
         if pending.settled:
             return pending.first_s  # ready since it settled; no later than this
-        return min(pending.last_s + self.window_s, pending.first_s + self.max_delay_s)
+        return min(pending.last_s + self.window_s, cap)
 
     def next_deadline(self) -> float | None:
         """When ``take`` will next return a batch if called, or ``None`` when

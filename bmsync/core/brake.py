@@ -20,8 +20,8 @@ SHARE_FLOOR = 20
 
 @dataclass(frozen=True)
 class BrakeLimits:
-    max_count: int = 500
-    max_share: float = 0.25
+    max_count: int = 100
+    max_share: float = 0.10
     window_s: float = 60.0
 
 

@@ -11,6 +11,7 @@ A session, sender (active node) to agent (passive node)::
     -> ManifestRequest            <- ManifestPart ... (last=True)
     -> Mkdir | PutChunk* (Put | PutAbort) | Symlink | Rename | Delete | SetMeta ...
     -> Commit(batch)              <- Applied(batch, results, failures)
+    -> Fetch(path)                <- PutChunk* (Put | PutAbort)   (restoring)
     -> Bye
     any frame that breaks the protocol <- ErrorFrame, then the agent hangs up
 
@@ -121,6 +122,16 @@ class PutAbort(msgspec.Struct, frozen=True, tag="abort"):
         check_relpath(self.path)
 
 
+class Fetch(msgspec.Struct, frozen=True, tag="fetch"):
+    """Ask the agent for a file's content: it answers with ``PutChunk``* and
+    ``Put`` (the file and its entry), or ``PutAbort`` if it cannot."""
+
+    path: bytes
+
+    def __post_init__(self) -> None:
+        check_relpath(self.path)
+
+
 class Commit(msgspec.Struct, frozen=True, tag="commit"):
     batch: int
 
@@ -163,6 +174,7 @@ Frame = (
     | PutChunk
     | Put
     | PutAbort
+    | Fetch
     | Mkdir
     | Symlink
     | Rename

@@ -87,9 +87,10 @@ def plan_changes(
         elif path in peer:
             scope[path] = peer[path]
         for up in ancestors(path):
-            if up in local:
+            mine = local.get(up)
+            if mine is not None and mine.kind == Kind.DIR:
                 if up in peer:
                     scope[up] = peer[up]
-            elif up in peer:  # gone here: its whole subtree goes on the peer
+            elif up in peer:  # gone here, or no longer a directory: all of it
                 scope.update((p, peer[p]) for p in peer.subtree(up))
     return plan(local, scope)
