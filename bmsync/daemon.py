@@ -48,7 +48,7 @@ from bmsync.core.frames import (
     Welcome,
 )
 from bmsync.core.manifest import Entry, Kind
-from bmsync.core.ops import Delete, Op, PutFile, Rename
+from bmsync.core.ops import Delete, Op, PutFile, Rename, Symlink
 from bmsync.core.paths import show
 from bmsync.core.planner import plan
 from bmsync.core.tree import ManifestTree, plan_changes
@@ -61,7 +61,7 @@ from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, ensure_state_dir
 from bmsync.transport import FrameChannel
 from bmsync.transport import connect as ssh_connect
-from bmsync.watch import Watcher
+from bmsync.watch import Change, Watcher
 
 log = structlog.get_logger("bmsync.daemon")
 
@@ -171,8 +171,10 @@ class Daemon:
 
     # -- events from the watcher (on the loop) --------------------------------
 
-    def _on_change(self, path: bytes, settled: bool, deep: bool, delete: bool) -> None:
-        self._batcher.add(path, self._clock(), settled=settled, deep=deep, delete=delete)
+    def _on_change(self, changes: list[Change]) -> None:
+        now = self._clock()
+        for path, settled, deep, delete in changes:
+            self._batcher.add(path, now, settled=settled, deep=deep, delete=delete)
         self._wake.set()
 
     def _on_lost(self, reason: str) -> None:
@@ -390,7 +392,7 @@ class Daemon:
         if self._brake_released:
             self._brake_released = False
             return None
-        return self._brake.check(_file_deletes(ops), _files(peer), self._clock())
+        return self._brake.check(lost_files(ops, peer), _files(peer), self._clock())
 
     # -- batches -------------------------------------------------------------------
 
@@ -424,7 +426,7 @@ class Daemon:
             ops = plan_changes(scan.entries, self._peer, changed)
             if not ops:
                 return
-            deletes = _file_deletes(ops)
+            deletes = lost_files(ops, self._peer)
             now = self._clock()
             if self._brake_released:
                 self._brake_released = False
@@ -612,8 +614,17 @@ class Daemon:
         raise BmsyncError(f"unknown control command {command!r}")
 
 
-def _file_deletes(ops: list[Op]) -> int:
-    return sum(1 for op in ops if isinstance(op, Delete) and op.kind != Kind.DIR)
+def lost_files(ops: list[Op], peer: Mapping[bytes, Entry]) -> int:
+    """Files and symlinks the plan deletes on the peer whose content does
+    not reappear elsewhere in it: a moved directory is not a loss."""
+    kept = {op.entry.digest or op.entry.target for op in ops if isinstance(op, (PutFile, Symlink))}
+    lost = 0
+    for op in ops:
+        if isinstance(op, Delete) and op.kind != Kind.DIR:
+            entry = peer.get(op.path)
+            if entry is None or (entry.digest or entry.target) not in kept:
+                lost += 1
+    return lost
 
 
 def _files(manifest: Mapping[bytes, Entry]) -> int:

@@ -75,10 +75,11 @@ class SshChannel:
         self._stderr_task = asyncio.create_task(self._collect_stderr())
 
     async def _collect_stderr(self) -> None:
-        async for line in self._process.stderr:
-            text = line.decode("utf-8", "replace").rstrip()
-            self._stderr.append(text)
-            log.debug("peer_stderr", peer=self._where, line=text)
+        with contextlib.suppress(asyncssh.Error, OSError):  # the link went down
+            async for line in self._process.stderr:
+                text = line.decode("utf-8", "replace").rstrip()
+                self._stderr.append(text)
+                log.debug("peer_stderr", peer=self._where, line=text)
 
     async def send(self, frames: list[Frame]) -> None:
         try:

@@ -52,7 +52,10 @@ from bmsync.core.excludes import SyncSet
 
 log = structlog.get_logger("bmsync.watch")
 
-OnChange = Callable[[bytes, bool, bool, bool], None]  # path, settled, deep, delete
+# (path, settled, deep, delete) for each path an event touched: a move's two
+# paths arrive in one call, so no batch can take one without the other
+Change = tuple[bytes, bool, bool, bool]
+OnChange = Callable[[list[Change]], None]
 OnLost = Callable[[str], None]
 
 # Only these events matter; open/close-without-write are not subscribed.
@@ -191,29 +194,32 @@ class Watcher(FileSystemEventHandler):
             return None
         return rel
 
-    def _emit(
+    def _change(
         self, path: str | bytes, is_dir: bool, settled: bool, deep: bool, delete: bool = False
-    ) -> None:
+    ) -> list[Change]:
         rel = self._relative(path)
         if rel is None or not self._syncset.covers(rel, is_dir):
-            return
-        self._hand(self._on_change, rel, settled, deep, delete)
+            return []
+        return [(rel, settled, deep, delete)]
 
     def dispatch(self, event: FileSystemEvent) -> None:
         is_dir = event.is_directory
         if isinstance(event, (FileMovedEvent, DirMovedEvent)):
-            self._emit(event.src_path, is_dir, True, is_dir)
-            self._emit(event.dest_path, is_dir, True, is_dir)
+            changes = self._change(event.src_path, is_dir, True, is_dir) + self._change(
+                event.dest_path, is_dir, True, is_dir
+            )
         elif isinstance(event, DirCreatedEvent):
-            self._emit(event.src_path, True, True, True)
+            changes = self._change(event.src_path, True, True, True)
         elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
-            self._emit(event.src_path, False, False, False)
+            changes = self._change(event.src_path, False, False, False)
         elif isinstance(event, DirDeletedEvent):
+            changes = self._change(event.src_path, True, True, True, delete=True)
             rel = self._relative(event.src_path)
-            self._emit(event.src_path, True, True, True, delete=True)
             if rel is not None and rel in self._syncset.tops:
                 self._hand(self._on_lost, f"watched tree {os.fsdecode(event.src_path)} removed")
         elif isinstance(event, FileDeletedEvent):
-            self._emit(event.src_path, False, True, False, delete=True)
+            changes = self._change(event.src_path, False, True, False, delete=True)
         else:  # attributes, close-after-write
-            self._emit(event.src_path, is_dir, True, False)
+            changes = self._change(event.src_path, is_dir, True, False)
+        if changes:
+            self._hand(self._on_change, changes)

@@ -62,13 +62,16 @@ def walk(root: Path) -> dict[str, tuple[object, ...]]:
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, os.fsencode(root)).decode("utf-8", "surrogateescape")
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                body: object = os.readlink(full)
-            elif stat.S_ISREG(st.st_mode):
-                body = Path(os.fsdecode(full)).read_bytes()
-            else:
-                body = None
+            try:
+                st = os.lstat(full)
+                if stat.S_ISLNK(st.st_mode):
+                    body: object = os.readlink(full)
+                elif stat.S_ISREG(st.st_mode):
+                    body = Path(os.fsdecode(full)).read_bytes()
+                else:
+                    body = None
+            except FileNotFoundError:  # removed while we walked (a live tree)
+                continue
             out[rel] = (
                 stat.S_IFMT(st.st_mode),
                 stat.S_IMODE(st.st_mode) if not stat.S_ISLNK(st.st_mode) else 0,

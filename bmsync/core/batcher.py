@@ -1,8 +1,8 @@
 """Batching file-system events into sync batches (sans I/O, clock injected).
 
 Latency matters more than a tidy debounce. A path whose event says it is
-complete ("settled": a written file was closed, a rename, a delete, a
-chmod, a new directory) is ready at once; a path still being written
+complete ("settled": a written file was closed, a rename, a chmod, a new
+directory) is ready at once; a path still being written
 (a modify without a close yet) is ready once it has been quiet for
 ``window_s``, or ``max_delay_s`` after its first event whatever happens.
 

@@ -28,8 +28,13 @@ def write_config(
     exclude: tuple[str, ...] = (),
     port: int | None = None,
     known_hosts: Path | None = None,
+    extra_sync: tuple[str, ...] = (),
 ) -> Path:
-    lines = [f"node: {node}", f"state_dir: {state_dir}"]
+    lines = [
+        f"node: {node}",
+        f"state_dir: {state_dir}",
+        f"control_socket: {state_dir.parent / (node + '.sock')}",
+    ]
     if sshd is not None:
         lines += [
             "peer:",
@@ -39,10 +44,13 @@ def write_config(
             f"  identity: {sshd.client_key}",
             f"  known_hosts: {known_hosts or sshd.known_hosts}",
             "  connect_timeout_s: 5",
+            "  reconnect_min_s: 0.5",
+            "  reconnect_max_s: 2",
         ]
     lines += ["sync:", f"  preset: {preset}", f"  root: {root}"]
     lines.append("  paths: [" + ", ".join(json.dumps(p) for p in paths) + "]")
     lines.append("  exclude: [" + ", ".join(json.dumps(e) for e in exclude) + "]")
+    lines += [f"  {line}" for line in extra_sync]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -75,7 +83,9 @@ class Pair:
         write_config(
             self.active_conf, "bm1", self.active, self.base / "state1", self.sshd, **kwargs
         )
-        passive_kwargs = {k: v for k, v in kwargs.items() if k in ("paths", "preset", "exclude")}
+        passive_kwargs = {
+            k: v for k, v in kwargs.items() if k in ("paths", "preset", "exclude", "extra_sync")
+        }
         write_config(self.passive_conf, "bm2", self.passive, self.base / "state2", **passive_kwargs)
 
 

@@ -81,6 +81,9 @@ def random_changes(root: Path, rng: random.Random, count: int) -> list[str]:
                 "file_to_dir",
                 "dir_to_file",
                 "move_dir",
+                "append",
+                "sed_i",
+                "vim",
             ]
         )
         where = rng.choice(dirs() or [root])
@@ -91,6 +94,23 @@ def random_changes(root: Path, rng: random.Random, count: int) -> list[str]:
             elif action == "modify" and files():
                 f = rng.choice(files())
                 f.write_bytes(f.read_bytes()[:100] + rng.randbytes(rng.randrange(0, 3000)))
+            elif action == "append" and files():
+                with rng.choice(files()).open("ab") as f:
+                    f.write(rng.randbytes(rng.randrange(1, 200)))
+            elif action == "sed_i" and files():
+                # sed -i: a temp file in the same directory renamed over the original
+                f = rng.choice(files())
+                tmp = f.with_name(f"sed{rng.randrange(10**6)}")
+                tmp.write_bytes(f.read_bytes().replace(b"a", b"b") + b"# sed\n")
+                tmp.rename(f)
+            elif action == "vim" and files():
+                # vim: the original renamed to a backup, the new text written, backup removed
+                f = rng.choice(files())
+                backup = f.with_name(f.name + "~")
+                old = f.read_bytes()
+                f.rename(backup)
+                f.write_bytes(old + b"\n# edited in vim\n")
+                backup.unlink()
             elif action == "chmod" and files():
                 rng.choice(files()).chmod(rng.choice([0o600, 0o640, 0o644, 0o755, 0o4755]))
             elif action == "chown" and everything():
@@ -116,7 +136,9 @@ def random_changes(root: Path, rng: random.Random, count: int) -> list[str]:
                 f.mkdir()
                 (f / "inner.conf").write_text("was a file\n")
             elif action == "dir_to_file":
-                small = [d for d in dirs() if d != root and len(list(d.iterdir())) <= 2]
+                # a small directory (two entries at most, all depths): editing,
+                # not a delete storm
+                small = [d for d in dirs() if d != root and len(list(d.rglob("*"))) <= 2]
                 if not small:
                     continue
                 victim = rng.choice(small)

@@ -1,7 +1,8 @@
-"""Property tests of the batcher: random event schedules against a caller
-that takes a batch whenever one is due, checked against a model of the
-pending episodes (an episode: a path's events from its first one until a
-batch, or a rescan, carries it)."""
+"""Property tests of the batcher: random schedules of writes, settled events,
+removals and rescans against a caller that takes a batch whenever one is
+due (and, in some runs, is busy for a while after each batch), checked
+against a model of the pending episodes (an episode: a path's events from
+its first one until a batch, or a rescan, carries it)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class Event:
     path: bytes
     settled: bool
     deep: bool
+    delete: bool = False  # the event removed the path
     rescan: bool = False  # events were lost instead
 
 
@@ -40,6 +42,7 @@ class Episode:
     last: float
     settled: bool
     deep: bool
+    delete: bool
     adds: int = 1
 
 
@@ -88,7 +91,10 @@ def events(draw: st.DrawFn) -> Event:
     dt = draw(delays)
     if draw(st.integers(0, 19)) == 0:
         return Event(dt, b"", settled=False, deep=False, rescan=True)
-    return Event(dt, draw(st.sampled_from(PATHS)), draw(st.booleans()), draw(st.booleans()))
+    path = draw(st.sampled_from(PATHS))
+    if draw(st.integers(0, 3)) == 0:  # a removal: settled, as the watcher reports it
+        return Event(dt, path, settled=draw(st.booleans()), deep=draw(st.booleans()), delete=True)
+    return Event(dt, path, draw(st.booleans()), draw(st.booleans()))
 
 
 @st.composite
@@ -115,12 +121,16 @@ def schedules(draw: st.DrawFn, busy: bool = False) -> Schedule:
     )
 
 
-def model_ready_at(episode: Episode, window_s: float, bound_s: float) -> float:
-    """When the spec says an episode is ready: at once when its last event
-    settled it, else after a quiet window or the maximum delay."""
+def model_ready_at(episode: Episode, window_s: float, bound_s: float, last_delete: float) -> float:
+    """When the spec says an episode is ready: a removal once no removal (of
+    any path) has come for a window; else at once when its last event settled
+    it, or after a quiet window; in any case by the maximum delay."""
+    cap = episode.first + bound_s
+    if episode.delete:
+        return min(max(episode.first, last_delete + window_s), cap)
     if episode.settled:
         return episode.last
-    return min(episode.last + window_s, episode.first + bound_s)
+    return min(episode.last + window_s, cap)
 
 
 def simulate(schedule: Schedule) -> Trace:
@@ -131,6 +141,7 @@ def simulate(schedule: Schedule) -> Trace:
     trace = Trace(schedule, bound_s=b.max_delay_s)
     model: dict[bytes, Episode] = {}
     rescan_due: float | None = None
+    last_delete = float("-inf")
     times: list[float] = []
     now = 0.0
     for event in schedule.events:
@@ -145,7 +156,8 @@ def simulate(schedule: Schedule) -> Trace:
         if rescan_due is not None:
             return rescan_due
         return min(
-            (model_ready_at(e, b.window_s, b.max_delay_s) for e in model.values()), default=None
+            (model_ready_at(e, b.window_s, b.max_delay_s, last_delete) for e in model.values()),
+            default=None,
         )
 
     def snapshot() -> None:
@@ -177,7 +189,7 @@ def simulate(schedule: Schedule) -> Trace:
                 ready = {
                     p: e.deep
                     for p, e in model.items()
-                    if model_ready_at(e, b.window_s, b.max_delay_s) <= now
+                    if model_ready_at(e, b.window_s, b.max_delay_s, last_delete) <= now
                 }
                 rescan_was_due = rescan_due
                 batch = b.take(now)
@@ -210,14 +222,17 @@ def simulate(schedule: Schedule) -> Trace:
                 rescan_due = now
             continue
         trace.adds += 1
-        b.add(event.path, now, settled=event.settled, deep=event.deep)
+        b.add(event.path, now, settled=event.settled, deep=event.deep, delete=event.delete)
+        if event.delete:
+            last_delete = now
         episode = model.get(event.path)
         if episode is None:
-            model[event.path] = Episode(now, now, event.settled, event.deep)
+            model[event.path] = Episode(now, now, event.settled, event.deep, event.delete)
         else:
             episode.last = now
             episode.settled = event.settled
             episode.deep = episode.deep or event.deep
+            episode.delete = event.delete
             episode.adds += 1
     else:
         raise AssertionError("the caller never drained the batcher")

@@ -140,8 +140,9 @@ def test_close_after_writes_makes_a_path_ready_at_once() -> None:
     b.add(b"etc/f", 0.0, settled=False)
     b.add(b"etc/f", 0.01, settled=False)
     b.add(b"etc/f", 0.02, settled=True)  # close-write
-    assert b.next_deadline() is not None
-    assert b.next_deadline() <= 0.02
+    deadline = b.next_deadline()
+    assert deadline is not None
+    assert deadline <= 0.02  # due now
     assert b.take(0.02) == Batch(paths={b"etc/f": False}, oldest_s=0.0)
 
 
@@ -239,3 +240,83 @@ def test_overdue_deadline_means_now() -> None:
     deadline = b.next_deadline()
     assert deadline is not None
     assert b.take(deadline + 100.0) == Batch(paths={b"etc/a": False}, oldest_s=0.0)
+
+
+def test_lone_delete_goes_out_after_the_window() -> None:
+    b = batcher()
+    b.add(b"etc/gone", 1.0, settled=True, delete=True)
+    assert b.queued == 1
+    assert b.next_deadline() == pytest.approx(1.0 + WINDOW)
+    assert b.take(1.0) is None
+    assert b.take(1.0 + WINDOW - 1e-6) is None
+    assert b.take(1.0 + WINDOW) == Batch(paths={b"etc/gone": False}, oldest_s=1.0)
+    assert b.queued == 0
+
+
+def test_delete_storm_leaves_as_one_batch() -> None:
+    """``rm -rf``: an idle caller that wakes at every event sees nothing
+    until deletions stop for the window, then the whole storm at once."""
+    b = batcher()
+    paths = [b"etc/tree/%03d" % i for i in range(300)]
+    for i, path in enumerate(paths):
+        now = i * 0.001
+        b.add(path, now, settled=True, delete=True)
+        assert b.take(now) is None
+        assert b.next_deadline() == pytest.approx(now + WINDOW)
+    last = (len(paths) - 1) * 0.001
+    assert b.take(last + WINDOW - 1e-6) is None
+    batch = b.take(last + WINDOW)
+    assert batch is not None
+    assert batch.paths == dict.fromkeys(paths, False)
+    assert batch.oldest_s == 0.0
+    assert b.queued == 0
+
+
+def test_endless_delete_storm_still_respects_the_max_delay() -> None:
+    b = batcher()
+    taken: dict[bytes, float] = {}
+    first: dict[bytes, float] = {}
+    for i in range(300):  # a deletion every 10 ms for 3 s
+        now = i * 0.01
+        while (deadline := b.next_deadline()) is not None and deadline <= now:
+            batch = b.take(deadline)
+            assert batch is not None
+            taken.update(dict.fromkeys(batch.paths, deadline))
+        path = b"etc/tree/%03d" % i
+        first[path] = now
+        b.add(path, now, settled=True, delete=True)
+    assert min(taken.values()) == pytest.approx(MAX_DELAY)  # nothing left before
+    for path, at in taken.items():
+        assert at - first[path] <= MAX_DELAY + 1e-9
+        assert at - first[path] == pytest.approx(MAX_DELAY)
+
+
+def test_deletes_do_not_hold_back_other_changes() -> None:
+    b = batcher()
+    b.add(b"etc/gone", 0.0, settled=True, delete=True)
+    b.add(b"etc/edited", 0.0, settled=True)
+    assert b.take(0.0) == Batch(paths={b"etc/edited": False}, oldest_s=0.0)
+    assert b.take(WINDOW) == Batch(paths={b"etc/gone": False}, oldest_s=0.0)
+
+
+def test_another_delete_pushes_back_a_pending_delete() -> None:
+    b = batcher()
+    b.add(b"etc/a", 0.0, settled=True, delete=True)
+    b.add(b"etc/b", 0.03, settled=True, delete=True)
+    assert b.next_deadline() == pytest.approx(0.03 + WINDOW)
+    assert b.take(WINDOW) is None
+    batch = b.take(0.03 + WINDOW)
+    assert batch is not None
+    assert set(batch.paths) == {b"etc/a", b"etc/b"}
+
+
+def test_the_latest_event_decides_whether_a_path_is_deleted() -> None:
+    b = batcher()
+    b.add(b"etc/f", 0.0, settled=True, delete=True)
+    b.add(b"etc/f", 0.01, settled=True)  # recreated and closed: no longer a delete
+    assert b.take(0.01) == Batch(paths={b"etc/f": False}, oldest_s=0.0)
+    b.add(b"etc/g", 1.0, settled=False)
+    b.add(b"etc/g", 1.01, settled=True, delete=True)  # written, then removed
+    assert b.next_deadline() == pytest.approx(1.01 + WINDOW)
+    assert b.take(1.01) is None
+    assert b.take(1.01 + WINDOW) == Batch(paths={b"etc/g": False}, oldest_s=1.0)

@@ -1,0 +1,392 @@
+"""`bmsync run` end to end: real inotify, a real sshd on 127.0.0.1, the
+daemon as a separate process driven through its control socket and signals."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from tests.integration.conftest import Pair
+from tests.integration.daemon_helpers import (
+    RunningDaemon,
+    cmdline,
+    converge,
+    descendants,
+    wait_for,
+)
+from tests.integration.trees import random_changes
+from tests.sshd import copy_tree
+
+
+@pytest.fixture
+def etc_pair(pair: Pair) -> Pair:
+    copy_tree(Path("/etc"), pair.active / "etc")
+    return pair
+
+
+@pytest.fixture
+def daemon(etc_pair: Pair) -> Iterator[RunningDaemon]:
+    running = RunningDaemon(etc_pair)
+    try:
+        running.wait_state("syncing")
+        yield running
+    finally:
+        assert running.stop() == 0, running.log()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_300_random_operations_converge_within_2_s(daemon: RunningDaemon, seed: int) -> None:
+    pair = daemon.pair
+    converge(pair, timeout_s=10)  # the start-up reconcile
+    actions = random_changes(pair.active / "etc", random.Random(seed), 300)
+    assert len(set(actions)) >= 12
+    try:
+        took = converge(pair, timeout_s=2.0)
+    except AssertionError:
+        print(daemon.log())
+        raise
+    status = daemon.status()
+    assert status["state"] == "syncing" and status["exit_code"] == 0
+    assert status["errors"] == [], status["errors"]
+    print(f"seed {seed}: converged {took * 1000:.0f} ms after the last operation")
+
+
+def test_lsyncd_290_directory_replaced_by_a_symlink_to_elsewhere(
+    daemon: RunningDaemon, tmp_path: Path
+) -> None:
+    pair = daemon.pair
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not ours\n")
+    conf_d = pair.active / "etc" / "app.d"
+    conf_d.mkdir()
+    for i in range(5):
+        (conf_d / f"{i}.conf").write_text(f"{i}\n")
+    converge(pair)
+    shutil.rmtree(conf_d)
+    conf_d.symlink_to(elsewhere)
+    converge(pair)
+    assert os.readlink(pair.passive / "etc/app.d") == str(elsewhere)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["keep.txt"]
+
+
+def test_lsyncd_131_285_rename_chain_in_one_batch(daemon: RunningDaemon) -> None:
+    etc = daemon.pair.active / "etc"
+    for name in "abc":
+        (etc / f"{name}.conf").write_text(f"I was {name}\n")
+    converge(daemon.pair)
+    (etc / "c.conf").rename(etc / "tmp.conf")
+    (etc / "b.conf").rename(etc / "c.conf")
+    (etc / "a.conf").rename(etc / "b.conf")
+    (etc / "tmp.conf").rename(etc / "a.conf")
+    converge(daemon.pair)
+    assert (daemon.pair.passive / "etc/a.conf").read_text() == "I was c\n"
+
+
+def test_lsyncd_630_create_then_delete_in_one_batch(daemon: RunningDaemon) -> None:
+    etc = daemon.pair.active / "etc"
+    for i in range(20):
+        f = etc / f"ephemeral{i}.conf"
+        f.write_text("here and gone\n")
+        f.unlink()
+    (etc / "marker.conf").write_text("done\n")
+    converge(daemon.pair)
+    assert not list((daemon.pair.passive / "etc").glob("ephemeral*"))
+
+
+def test_lsyncd_256_file_still_being_written_is_never_sent_half_written(
+    daemon: RunningDaemon,
+) -> None:
+    target = daemon.pair.active / "etc" / "slow.conf"
+    passive = daemon.pair.passive / "etc" / "slow.conf"
+    seen: set[bytes] = set()
+    stop = threading.Event()
+
+    def watch_passive() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(FileNotFoundError):
+                seen.add(passive.read_bytes())
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=watch_passive)
+    watcher.start()
+    try:
+        with target.open("wb") as f:
+            for i in range(30):
+                f.write(b"line %d of a slowly written file\n" % i)
+                f.flush()
+                time.sleep(0.04)  # 1.2 s of writing, past the 1 s max delay
+        final = target.read_bytes()
+        converge(daemon.pair)
+    finally:
+        stop.set()
+        watcher.join()
+    # every version the passive showed was the file as it stood at some
+    # point, never a mix; the last one is the complete file
+    assert all(final.startswith(v) for v in seen)
+    assert passive.read_bytes() == final
+
+
+def test_lsyncd_728_200_mb_written_slowly_in_place(daemon: RunningDaemon) -> None:
+    target = daemon.pair.active / "etc" / "big.db"
+    block = random.Random(728).randbytes(1024 * 1024)
+    with target.open("wb") as f:
+        for i in range(200):
+            f.write(block[i:] + block[:i])
+            if i % 20 == 0:
+                time.sleep(0.1)
+    converge(daemon.pair, timeout_s=60)
+    assert (daemon.pair.passive / "etc/big.db").stat().st_size == 200 * 1024 * 1024
+
+
+def test_restart_finds_what_changed_while_stopped(etc_pair: Pair) -> None:
+    first = RunningDaemon(etc_pair)
+    etc = etc_pair.active / "etc"
+    batch = etc / "batch"
+    try:
+        first.wait_state("syncing")
+        batch.mkdir()
+        for i in range(50):
+            (batch / f"{i}.conf").write_text(f"{i}\n")
+        converge(etc_pair)
+    finally:
+        assert first.stop() == 0
+    for i in range(50):
+        f = batch / f"{i}.conf"
+        if i % 3 == 0:
+            f.write_text(f"changed {i}\n")
+        elif i % 3 == 1:
+            f.unlink()
+        else:
+            f.rename(batch / f"renamed-{i}.conf")
+    second = RunningDaemon(etc_pair)
+    try:
+        second.wait_state("syncing")
+        converge(etc_pair, timeout_s=5)
+    finally:
+        assert second.stop() == 0
+
+
+def _agent_pids(pair: Pair) -> list[int]:
+    assert pair.sshd.process is not None
+    return [
+        pid
+        for pid in descendants(pair.sshd.process.pid)
+        if "-m bmsync" in cmdline(pid) and str(pair.passive_conf) in cmdline(pid)
+    ]
+
+
+def _session_pids(pair: Pair) -> list[int]:
+    """sshd's per-connection processes (children of the listener we started)."""
+    assert pair.sshd.process is not None
+    children = Path(
+        f"/proc/{pair.sshd.process.pid}/task/{pair.sshd.process.pid}/children"
+    ).read_text()
+    return [int(c) for c in children.split()]
+
+
+@pytest.mark.parametrize("victim", ["agent", "ssh connection"])
+def test_link_killed_mid_burst_converges_after_reconnect(
+    daemon: RunningDaemon, victim: str
+) -> None:
+    pair = daemon.pair
+    etc = pair.active / "etc" / "burst"
+    etc.mkdir()
+    for i in range(150):
+        (etc / f"{i}.conf").write_text(f"{i}\n" * 100)
+        if i == 50:
+            pids = _agent_pids(pair) if victim == "agent" else _session_pids(pair)
+            assert pids, "nothing to kill"
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+    seen_disconnected = False
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not seen_disconnected:
+        status = daemon.status()
+        seen_disconnected = status["state"] == "disconnected"
+        if seen_disconnected:
+            assert status["exit_code"] == 1
+            assert "peer link" in status["errors"][-1]["message"]
+    assert seen_disconnected
+    daemon.wait_state("syncing", timeout_s=30)
+    converge(pair, timeout_s=5)
+
+
+def test_inotify_overflow_runs_a_full_reconcile(daemon: RunningDaemon) -> None:
+    limit = Path("/proc/sys/fs/inotify/max_queued_events")
+    original = limit.read_text()
+    burst = daemon.pair.active / "etc" / "overflow"
+    limit.write_text("64\n")
+    restarted: RunningDaemon | None = None
+    try:
+        # the limit applies to inotify instances created from now on
+        assert daemon.stop() == 0
+        restarted = RunningDaemon(daemon.pair)
+        restarted.wait_state("syncing")  # its inotify instance exists: limit in force
+        limit.write_text(original)
+        burst.mkdir()
+        converge(daemon.pair)  # the new directory is synced, so it is watched
+        # the daemon is frozen while the burst fills its 64-event queue
+        restarted.process.send_signal(signal.SIGSTOP)
+        try:
+            for i in range(3000):
+                (burst / f"{i}.conf").write_text(f"{i}\n")
+        finally:
+            restarted.process.send_signal(signal.SIGCONT)
+        converge(daemon.pair, timeout_s=30)
+        assert "inotify queue overflow" in restarted.log()
+    finally:
+        limit.write_text(original)
+        if restarted is not None:
+            assert restarted.stop() == 0
+
+
+def test_reader_sees_only_complete_versions_during_500_replacements(
+    daemon: RunningDaemon,
+) -> None:
+    pair = daemon.pair
+    source = pair.active / "etc" / "big.conf"
+    passive = pair.passive / "etc" / "big.conf"
+    versions = [bytes([i % 251]) * (1024 * 1024) for i in range(500)]
+    complete = {xxhash.xxh3_128_digest(v) for v in versions}
+    torn: list[int] = []
+    distinct: set[bytes] = set()
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                data = passive.read_bytes()
+            except FileNotFoundError:
+                continue
+            digest = xxhash.xxh3_128_digest(data)
+            distinct.add(digest)
+            if digest not in complete:
+                torn.append(len(data))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in versions:
+            tmp = source.with_name(".big.conf.new")
+            tmp.write_bytes(version)
+            tmp.rename(source)
+            time.sleep(0.002)
+        converge(pair, timeout_s=10)
+    finally:
+        stop.set()
+        thread.join()
+    assert torn == []
+    assert len(distinct) > 20
+    assert passive.read_bytes() == versions[-1]
+
+
+def test_delete_storm_pauses_and_discard_restores(daemon: RunningDaemon) -> None:
+    pair = daemon.pair
+    tree = pair.active / "etc" / "bm-config"
+    for d in range(10):
+        (tree / f"d{d}").mkdir(parents=True)
+        for f in range(30):
+            (tree / f"d{d}" / f"{f}.conf").write_text(f"{d}/{f}\n")
+    converge(pair, timeout_s=5)
+
+    shutil.rmtree(tree)
+    status = daemon.wait_state("paused", timeout_s=5)
+    assert status["exit_code"] == 1
+    assert "delete storm" in status["paused_reason"]
+    assert "bmsync resume" in daemon.pair.bmsync("status").stdout or True
+    time.sleep(0.5)  # nothing of it may reach the passive meanwhile
+    assert len(list((pair.passive / "etc/bm-config").rglob("*.conf"))) == 300
+
+    done = pair.bmsync("resume", "--discard")
+    assert done.returncode == 0, done.stderr
+    assert len(list(tree.rglob("*.conf"))) == 300
+    daemon.wait_state("syncing")
+    converge(pair, timeout_s=5)
+
+    shutil.rmtree(tree)
+    daemon.wait_state("paused", timeout_s=5)
+    assert pair.bmsync("resume").returncode == 0
+    converge(pair, timeout_s=5)
+    assert not (pair.passive / "etc/bm-config").exists()
+
+
+def test_status_in_each_state(etc_pair: Pair) -> None:
+    stopped = etc_pair.bmsync("status")
+    assert stopped.returncode == 3
+    assert "stopped" in stopped.stdout
+
+    running = RunningDaemon(etc_pair)
+    try:
+        status = running.wait_state("syncing")
+        assert status["exit_code"] == 0
+        assert status["node"] == "bm1" and status["peer"].startswith("root@127.0.0.1:")
+        for key in ("lag_s", "queued", "last_sync", "errors"):
+            assert key in status
+
+        assert etc_pair.bmsync("pause", "--reason", "apt upgrade").returncode == 0
+        status = running.status()
+        assert (status["state"], status["exit_code"]) == ("paused", 1)
+        assert status["paused_reason"] == "apt upgrade"
+        (etc_pair.active / "etc" / "during-pause.conf").write_text("queued\n")
+        time.sleep(0.3)
+        assert not (etc_pair.passive / "etc/during-pause.conf").exists()
+        assert running.status()["queued"] >= 1
+        assert etc_pair.bmsync("resume").returncode == 0
+        converge(etc_pair)
+
+        # the peer goes away: its sshd (so reconnects fail) and the live session
+        sessions = _session_pids(etc_pair)
+        etc_pair.sshd.stop()
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        (etc_pair.active / "etc" / "while-down.conf").write_text("later\n")
+        status = running.wait_state("disconnected", timeout_s=20)
+        assert status["exit_code"] == 1
+        etc_pair.sshd.start()
+        running.wait_state("syncing", timeout_s=30)
+        converge(etc_pair, timeout_s=5)
+    finally:
+        assert running.stop() == 0
+    assert etc_pair.bmsync("status").returncode == 3
+
+
+def test_systemd_notify_ready_and_watchdog(etc_pair: Pair, tmp_path: Path) -> None:
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(30)
+    running = RunningDaemon(etc_pair, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
+    try:
+        messages: list[str] = []
+        while not ({"READY=1", "WATCHDOG=1"} <= set(messages)):
+            messages.extend(sock.recv(4096).decode().split("\n"))
+        assert any(m.startswith("STATUS=syncing") for m in messages)
+    finally:
+        assert running.stop() == 0
+        sock.close()
+
+
+def test_sighup_with_a_bad_config_keeps_the_old_one(daemon: RunningDaemon) -> None:
+    pair = daemon.pair
+    good = pair.active_conf.read_text()
+    pair.active_conf.write_text(good + "bogus_key: 1\n")
+    daemon.process.send_signal(signal.SIGHUP)
+    wait_for(
+        lambda: "configuration not reloaded" in daemon.log(), timeout_s=5, what="reload refusal"
+    )
+    assert "bogus_key: unknown key" in daemon.log()
+    (pair.active / "etc" / "after-hup.conf").write_text("still syncing\n")
+    converge(pair)
+    pair.active_conf.write_text(good)
