@@ -2,7 +2,8 @@
 # A live two-node sync on this one machine, for a person to watch:
 # a private sshd on 127.0.0.1 (own host key, own config, a free high port)
 # whose forced command runs the "passive" node's agent, a copy of /etc as the
-# "active" node's tree, and bmsync resync / verify between them.
+# "active" node's tree, and the bmsync daemon between them: a few edits on
+# the active tree, their arrival on the passive one, `bmsync status`.
 # Needs root (sshd, owners), openssh-server, and bmsync installed.
 set -euo pipefail
 
@@ -10,7 +11,9 @@ set -euo pipefail
 python=$(command -v "${PYTHON:-python3}")
 work=$(mktemp -d /tmp/bmsync-demo.XXXXXX)
 sshd_pid=""
+daemon_pid=""
 cleanup() {
+    if [ -n "$daemon_pid" ]; then kill "$daemon_pid" 2>/dev/null || true; wait "$daemon_pid" 2>/dev/null || true; fi
     if [ -n "$sshd_pid" ]; then kill "$sshd_pid" 2>/dev/null || true; wait "$sshd_pid" 2>/dev/null || true; fi
     echo "demo files kept in $work (rm -rf it when done)"
 }
@@ -47,6 +50,7 @@ echo "bm2-machine-id" > "$work/bm2/etc/machine-id"
 cat > "$work/bm1.yaml" <<CONF
 node: bm1
 state_dir: $work/state1
+control_socket: $work/bm1.sock
 peer:
   host: 127.0.0.1
   port: $port
@@ -60,6 +64,7 @@ CONF
 cat > "$work/bm2.yaml" <<CONF
 node: bm2
 state_dir: $work/state2
+control_socket: $work/bm2.sock
 sync:
   preset: bluemind
   root: $work/bm2
@@ -70,18 +75,40 @@ for _ in $(seq 50); do
 done
 
 bm() { "$python" -m bmsync -c "$work/bm1.yaml" "$@"; }
+show() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
 echo "active node tree: $work/bm1   passive node tree: $work/bm2   sshd on 127.0.0.1:$port"
 step bm config check
-step bm resync
+
+show "start the daemon (systemd would: Type=notify, READY after the first reconcile)"
+"$python" -m bmsync -c "$work/bm1.yaml" --log-level info run 2>"$work/daemon.log" &
+daemon_pid=$!
+for _ in $(seq 100); do
+    bm status >/dev/null 2>&1 && bm status --json | grep -q '"state": "syncing"' && break
+    sleep 0.1
+done
+step bm status
+
+show "edit on the active node, as an administrator would"
+step sed -i 's/^#Port 22/Port 2222/' "$work/bm1/etc/ssh/sshd_config"
+step sh -c "echo 'net.ipv4.ip_forward = 1' >> '$work/bm1/etc/sysctl.conf'"
+step sh -c "echo 'root: admin@example.org' > '$work/bm1/etc/aliases'"
+step mv "$work/bm1/etc/motd" "$work/bm1/etc/motd.old"
+step chmod 600 "$work/bm1/etc/sysctl.conf"
+sleep 0.2
+show "they are on the passive node already"
+step grep -n '^Port' "$work/bm2/etc/ssh/sshd_config"
+step tail -1 "$work/bm2/etc/sysctl.conf"
+step stat -c '%A %n' "$work/bm2/etc/sysctl.conf"
+step ls "$work/bm2/etc/motd.old"
+step bm status
 step bm verify
-echo
-echo "--- now change two files on the active node, one with the same size and mtime"
-sed -i 's/^#Port 22/#Port 23/' "$work/bm1/etc/ssh/sshd_config" || true
-touch -r "$work/bm1/etc/ssh/ssh_config" "$work/bm1/etc/ssh/sshd_config"
-echo "# added by the demo" >> "$work/bm1/etc/sysctl.conf"
-step bm resync --dry-run
-step bm resync
-step bm verify
-echo
-echo "--- the passive node kept its own identity:"
+
+show "the passive node kept its own identity"
 step cat "$work/bm2/etc/hostname" "$work/bm2/etc/machine-id"
+
+show "stop the daemon (SIGTERM: the batch in flight is finished first)"
+kill -TERM "$daemon_pid"
+wait "$daemon_pid" || true
+daemon_pid=""
+step bm status
+echo "daemon log: $work/daemon.log"

@@ -390,3 +390,38 @@ def test_sighup_with_a_bad_config_keeps_the_old_one(daemon: RunningDaemon) -> No
     (pair.active / "etc" / "after-hup.conf").write_text("still syncing\n")
     converge(pair)
     pair.active_conf.write_text(good)
+
+
+def test_single_file_sync_paths_are_watched_through_their_directory(pair: Pair) -> None:
+    pair.configure(paths=(), preset="bluemind")
+    es = pair.active / "usr/share/bm-elasticsearch/config"
+    es.mkdir(parents=True)
+    (es / "elasticsearch.yml").write_text("cluster.name: bm\n")
+    (es / "jvm.options").write_text("-Xmx1g\n")  # beside it, not a sync path
+    (pair.active / "etc").mkdir()
+    (pair.passive / "etc").mkdir()
+    (pair.passive / "etc/hostname").write_text("bm2\n")
+    running = RunningDaemon(pair)
+    try:
+        running.wait_state("syncing")
+        passive_es = pair.passive / "usr/share/bm-elasticsearch/config"
+        wait_for(lambda: (passive_es / "elasticsearch.yml").exists(), 5, "the first copy")
+        (es / "elasticsearch.yml").write_text("cluster.name: bluemind\n")
+        (es / "jvm.options").write_text("-Xmx2g\n")
+        (pair.active / "etc/hostname").write_text("bm1\n")  # excluded by the preset
+        wait_for(
+            lambda: (passive_es / "elasticsearch.yml").read_text() == "cluster.name: bluemind\n",
+            2,
+            "the edit of elasticsearch.yml",
+        )
+        time.sleep(0.3)
+        assert not (passive_es / "jvm.options").exists()
+        assert (pair.passive / "etc/hostname").read_text() == "bm2\n"
+    finally:
+        assert running.stop() == 0
+
+
+def test_resync_while_the_daemon_runs_goes_through_it(daemon: RunningDaemon) -> None:
+    done = daemon.pair.bmsync("resync")
+    assert done.returncode == 0, done.stderr
+    assert "through the running daemon" in done.stdout and "peer in sync" in done.stdout
