@@ -178,8 +178,11 @@ class Daemon:
         self._wake.set()
 
     def _on_lost(self, reason: str) -> None:
+        """Events were lost: the batcher's rescan (counted in the lag until
+        the reconcile has run) replaces whatever it had queued."""
         log.warning("events_lost", reason=reason)
-        self._request_reconcile()
+        self._batcher.rescan(self._clock())
+        self._wake.set()
 
     def _request_reconcile(self) -> None:
         self._reconcile_wanted = True

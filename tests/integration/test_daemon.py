@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 import xxhash
 
+from bmsync.scan import scan_tree
+from bmsync.state import ManifestStore
+from tests.helpers import whole_root
 from tests.integration.conftest import Pair
 from tests.integration.daemon_helpers import (
     RunningDaemon,
@@ -162,6 +165,9 @@ def test_restart_finds_what_changed_while_stopped(etc_pair: Pair) -> None:
         converge(etc_pair)
     finally:
         assert first.stop() == 0
+    # what the daemon recorded as acknowledged is exactly what the passive holds
+    recorded = ManifestStore(etc_pair.base / "state1").load("bm2")
+    assert recorded == scan_tree(etc_pair.passive, whole_root()).entries
     for i in range(50):
         f = batch / f"{i}.conf"
         if i % 3 == 0:
