@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import bmsync  # noqa: E402
-from tests.sshd import Sshd  # noqa: E402
+from tests.sshd import Sshd, write_config  # noqa: E402
 
 POLL_S = 0.0002  # sleep between two looks at the passive tree
 GAP_S = 0.1  # between two changes, so that each one is a batch of its own
@@ -75,32 +75,6 @@ class Results:
 # -- setting up ------------------------------------------------------------------
 
 
-def write_config(
-    path: Path,
-    node: str,
-    root: Path,
-    state_dir: Path,
-    control_socket: Path,
-    sshd: Sshd | None = None,
-) -> Path:
-    """As tests/integration/conftest.py's write_config (preset none, paths
-    ["/"]), plus a control socket of the node's own."""
-    lines = [f"node: {node}", f"state_dir: {state_dir}", f"control_socket: {control_socket}"]
-    if sshd is not None:
-        lines += [
-            "peer:",
-            "  host: 127.0.0.1",
-            f"  port: {sshd.port}",
-            "  user: root",
-            f"  identity: {sshd.client_key}",
-            f"  known_hosts: {sshd.known_hosts}",
-            "  connect_timeout_s: 5",
-        ]
-    lines += ["sync:", "  preset: none", f"  root: {root}", '  paths: ["/"]', "  exclude: []"]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def make_nodes(base: Path) -> Nodes:
     sshd = Sshd.create(base / "sshd")
     active = base / "bm1-root"
@@ -108,12 +82,8 @@ def make_nodes(base: Path) -> Nodes:
     active.mkdir()
     passive.mkdir()
     subprocess.run(["cp", "-a", "/etc", str(active / "etc")], check=True)
-    active_conf = write_config(
-        base / "bm1.yaml", "bm1", active, base / "state1", base / "bm1.sock", sshd
-    )
-    passive_conf = write_config(
-        base / "bm2.yaml", "bm2", passive, base / "state2", base / "bm2.sock"
-    )
+    active_conf = write_config(base / "bm1.yaml", "bm1", active, base / "state1", sshd)
+    passive_conf = write_config(base / "bm2.yaml", "bm2", passive, base / "state2")
     sshd.authorize(passive_conf)
     return Nodes(base, sshd, active, passive, active_conf, passive_conf, base / "daemon.log")
 

@@ -4,6 +4,7 @@ a free high port, a client key whose authorized_keys line forces
 
 from __future__ import annotations
 
+import json
 import resource
 import socket
 import subprocess
@@ -119,3 +120,41 @@ class Sshd:
 def copy_tree(src: Path, dst: Path) -> None:
     """cp -a, keeping owners, modes, times, symlinks and xattrs."""
     subprocess.run(["cp", "-a", str(src), str(dst)], check=True)
+
+
+def write_config(
+    path: Path,
+    node: str,
+    root: Path,
+    state_dir: Path,
+    sshd: Sshd | None = None,
+    paths: tuple[str, ...] = ("/",),
+    preset: str = "none",
+    exclude: tuple[str, ...] = (),
+    port: int | None = None,
+    known_hosts: Path | None = None,
+    extra_sync: tuple[str, ...] = (),
+) -> Path:
+    lines = [
+        f"node: {node}",
+        f"state_dir: {state_dir}",
+        f"control_socket: {state_dir.parent / (node + '.sock')}",
+    ]
+    if sshd is not None:
+        lines += [
+            "peer:",
+            "  host: 127.0.0.1",
+            f"  port: {port or sshd.port}",
+            "  user: root",
+            f"  identity: {sshd.client_key}",
+            f"  known_hosts: {known_hosts or sshd.known_hosts}",
+            "  connect_timeout_s: 5",
+            "  reconnect_min_s: 0.5",
+            "  reconnect_max_s: 2",
+        ]
+    lines += ["sync:", f"  preset: {preset}", f"  root: {root}"]
+    lines.append("  paths: [" + ", ".join(json.dumps(p) for p in paths) + "]")
+    lines.append("  exclude: [" + ", ".join(json.dumps(e) for e in exclude) + "]")
+    lines += [f"  {line}" for line in extra_sync]
+    path.write_text("\n".join(lines) + "\n")
+    return path

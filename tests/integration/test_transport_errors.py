@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.integration.conftest import Pair, write_config
-from tests.sshd import free_port, keygen
+from tests.integration.conftest import Pair
+from tests.sshd import free_port, keygen, write_config
 
 
 def _prepare(pair: Pair) -> None:
