@@ -73,7 +73,8 @@ RETRY_FAILED_S = 5.0
 
 
 class State(enum.StrEnum):
-    STARTING = "starting"
+    """The ``state`` of ``bmsync status`` (a public contract)."""
+
     RECONCILING = "reconciling"
     SYNCING = "syncing"
     PAUSED = "paused"
@@ -120,7 +121,7 @@ class Daemon:
         self._clock = clock
         self._wall = wall
         self._rng = rng
-        self.state = State.STARTING
+        self.state = State.DISCONNECTED  # until the first session opens
         self.stats = Stats()
         self.paused_reason: str | None = None
         self._held: dict[bytes, bool] = {}  # a batch the brake stopped
@@ -284,6 +285,7 @@ class Daemon:
         self._session = session
         await session.open(Purpose.WRITE)
         self.stats.last_contact = self._wall()
+        self.state = State.RECONCILING
         return session
 
     def _drop_session(self) -> None:

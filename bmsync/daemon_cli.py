@@ -18,7 +18,7 @@ from bmsync.errors import BmsyncError, DaemonNotRunning
 # `bmsync status` exit codes: running and syncing; running but not syncing.
 STATUS_SYNCING = 0
 STATUS_NOT_SYNCING = 1
-HEALTHY = {"syncing", "reconciling", "starting"}
+HEALTHY = {"syncing", "reconciling"}
 # A resync through the daemon can take as long as a full reconcile.
 RESYNC_TIMEOUT_S = 3600.0
 
