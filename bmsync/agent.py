@@ -40,8 +40,10 @@ import structlog
 from bmsync import __version__
 from bmsync.config import Config
 from bmsync.config import load as load_config
+from bmsync.core.delta import DELTA_MAX_BYTES, DeltaError, apply_delta
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import (
+    BASE_MISMATCH,
     PROTOCOL_VERSION,
     Applied,
     Bye,
@@ -58,12 +60,13 @@ from bmsync.core.frames import (
     Put,
     PutAbort,
     PutChunk,
+    PutDelta,
     Refuse,
     Role,
     Welcome,
     encode,
 )
-from bmsync.core.manifest import Entry, Kind, new_hasher
+from bmsync.core.manifest import Entry, Kind, digest_bytes, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import basename, parent, show
 from bmsync.errors import BmsyncError, PeerRefused, ProtocolError
@@ -142,6 +145,7 @@ class Agent:
             PutChunk: self._put_chunk,
             Put: self._put,
             PutAbort: self._put_abort,
+            PutDelta: self._put_delta,
             Fetch: self._fetch,
             Mkdir: self._write_op(self._mkdir),
             Symlink: self._write_op(self._symlink),
@@ -300,9 +304,9 @@ class Agent:
 
         return run
 
-    def _fail(self, path: bytes, reason: str) -> None:
+    def _fail(self, path: bytes, reason: str, code: str = "") -> None:
         log.warning("op_failed", path=show(path), reason=reason)
-        self._batch.failures.append(Failure(path, reason))
+        self._batch.failures.append(Failure(path, reason, code))
 
     def _mkdir(self, op: Mkdir) -> None:
         if op.entry.kind != Kind.DIR:
@@ -455,6 +459,66 @@ class Agent:
             raise ProtocolError(f"Put {show(put.path)} with a {put.entry.kind.name} entry")
         self._receive(put.path, put.offset, put.data, put.entry)
         return []
+
+    def _put_delta(self, frame: PutDelta) -> list[Frame]:
+        self._require_write()
+        if frame.entry.kind != Kind.FILE:
+            raise ProtocolError(f"PutDelta {show(frame.path)} with a {frame.entry.kind.name} entry")
+        batch = self._batch
+        previous = batch.staged.pop(frame.path, None)
+        if previous is not None:
+            self._discard(previous)
+        if len(batch.staged) >= MAX_STAGED:
+            raise ProtocolError(f"more than {MAX_STAGED} files in one batch")
+        try:
+            self._check_covered(frame.path, False)
+            base = self._read_file(frame.path)
+            if base is None or digest_bytes(base) != frame.base:
+                batch.touched.append(frame.path)  # Applied tells what is here instead
+                self._fail(
+                    frame.path,
+                    "this node's copy is not the version the delta was made against; "
+                    "the whole file will be sent",
+                    BASE_MISMATCH,
+                )
+                return []
+            data = apply_delta(base, frame.ops)
+            staged = self._stage(frame.path)
+            batch.staged[frame.path] = staged
+            staged.size = len(data)
+            staged.hasher.update(data)
+            assert staged.fd is not None
+            _write_all(staged.fd, data)
+            self._finish(staged, frame.entry)
+        except DeltaError as exc:
+            self._fail(frame.path, f"bad delta: {exc}")
+        except (OpFailed, OSError) as exc:
+            self._fail(frame.path, _reason(exc))
+            staged_now = batch.staged.pop(frame.path, None)
+            if staged_now is not None:
+                self._discard(staged_now)
+        return []
+
+    def _read_file(self, path: bytes) -> bytes | None:
+        """The current content of a regular file here (``None``: none, or
+        too large to be a delta base)."""
+        dir_fd = self._open_parent(path)
+        try:
+            fd = os.open(basename(path), O_READ, dir_fd=dir_fd)
+        except OSError:
+            return None
+        finally:
+            os.close(dir_fd)
+        try:
+            st = os.fstat(fd)
+            if kind_of(st.st_mode) != Kind.FILE or st.st_size > DELTA_MAX_BYTES:
+                return None
+            chunks = []
+            while chunk := os.read(fd, 1024 * 1024):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
 
     def _fetch(self, fetch: Fetch) -> list[Frame]:
         """Send a file back (``bmsync resume --discard`` restores from here)."""

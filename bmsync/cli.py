@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from bmsync import __version__, config, daemon_cli
 from bmsync.agent import run_stdio
+from bmsync.bases import BaseStore
 from bmsync.core.frames import Purpose
 from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
@@ -240,6 +241,9 @@ async def _resync(conf: config.Config, args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             progress=reporter.step,
             on_plan=reporter.plan,
+            delta_bases=None
+            if args.dry_run
+            else BaseStore(conf.state_dir / "bases", conf.sync.delta_cache_mb << 20),
         )
     finally:
         reporter.finish()

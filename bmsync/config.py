@@ -50,6 +50,7 @@ class SyncConfig:
     delete_brake_count: int = 100
     delete_brake_share: float = 0.10
     delete_brake_window_s: float = 60.0
+    delta_cache_mb: int = 256
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,7 @@ SYNC_SCHEMA: Schema = {
     "delete_brake_count": (_ranged(_int, 1, 10**9), 100),
     "delete_brake_share": (_ranged(_float, 0.0, 1.0), 0.10),
     "delete_brake_window_s": (_ranged(_float, 0.0, 86_400), 60.0),
+    "delta_cache_mb": (_ranged(_int, 0, 1 << 20), 256),
 }
 
 

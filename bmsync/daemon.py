@@ -34,11 +34,13 @@ import structlog
 from bmsync import __version__
 from bmsync import config as config_module
 from bmsync.agent import Agent
+from bmsync.bases import BaseStore
 from bmsync.config import Config, PeerConfig
 from bmsync.control import ControlServer
 from bmsync.core.batcher import Batch, Batcher
 from bmsync.core.brake import BrakeLimits, DeleteBrake
 from bmsync.core.frames import (
+    BASE_MISMATCH,
     PROTOCOL_VERSION,
     Applied,
     Commit,
@@ -55,7 +57,7 @@ from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.errors import BmsyncError, ConfigError, LocalFsError
 from bmsync.fsutil import open_root
 from bmsync.notify import Notifier
-from bmsync.reconcile import resync
+from bmsync.reconcile import base_finder, keep_bases, resync
 from bmsync.scan import scan_paths, scan_tree
 from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, ensure_state_dir
@@ -131,6 +133,7 @@ class Daemon:
         self._brake = DeleteBrake(self._brake_limits())
         self._peer = ManifestTree()
         self._store = ManifestStore(config.state_dir)
+        self._bases = BaseStore(config.state_dir / "bases", config.sync.delta_cache_mb << 20)
         self._session: PeerSession | None = None
         self._watcher: Watcher | None = None
         self._control = ControlServer(config.control_socket, self._on_control)
@@ -351,6 +354,7 @@ class Daemon:
             self.config.sync.root,
             self.config.syncset(),
             guard=self._guard_reconcile,
+            delta_bases=self._bases,
         )
         self._peer = ManifestTree(report.peer)
         self._store.replace(session.peer.node if session.peer else "", report.peer)
@@ -438,7 +442,10 @@ class Daemon:
             elif (storm := self._brake.check(deletes, _files(self._peer), now)) is not None:
                 self._pause(storm, held=changed)
                 return
-            outcome = await session.apply(ops, root_fd)
+            outcome = await session.apply(
+                ops, root_fd, delta_base=base_finder(self._peer, self._bases)
+            )
+            keep_bases(root_fd, outcome.results, self._bases)
         finally:
             os.close(root_fd)
             self._inflight_oldest = None
@@ -450,10 +457,15 @@ class Daemon:
             self._store.replace(session.peer.node if session.peer else "", self._peer.as_dict())
         for path in outcome.changing:
             self._batcher.add(path, self._clock(), settled=False)
-        for failure in outcome.failures:
+        stale = [f.path for f in outcome.failures if f.code == BASE_MISMATCH]
+        for path in stale:  # the peer's copy was not our base: send it whole, now
+            log.info("delta_base_stale", path=show(path))
+            self._batcher.add(path, self._clock(), settled=True)
+        failed = [f for f in outcome.failures if f.code != BASE_MISMATCH]
+        for failure in failed:
             self._error(f"{show(failure.path)}: {failure.reason}")
-        if outcome.failures:
-            self._spawn(self._retry_later([f.path for f in outcome.failures]))
+        if failed:
+            self._spawn(self._retry_later([f.path for f in failed]))
         duration_ms = round((self._clock() - started) * 1000, 2)
         self.stats.batches += 1
         self.stats.files_sent += outcome.files_sent
@@ -463,6 +475,7 @@ class Daemon:
             "paths": len(changed),
             "ops": len(ops),
             "bytes": outcome.bytes_sent,
+            "deltas": outcome.deltas,
             "duration_ms": duration_ms,
             "failures": len(outcome.failures),
         }

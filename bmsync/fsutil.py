@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bmsync.core.frames import CHUNK_BYTES, Put, PutAbort, PutChunk
-from bmsync.core.manifest import Entry, Kind, new_hasher
+from bmsync.core.manifest import Entry, Kind, digest_bytes, new_hasher
 from bmsync.core.paths import basename, parent
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -157,3 +157,28 @@ def file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put | PutAbort
             chunk = following
     finally:
         os.close(fd)
+
+
+def read_whole(root_fd: int, path: bytes, max_bytes: int) -> tuple[bytes, Entry] | None:
+    """A regular file's content and entry, read in one piece; ``None`` if it
+    is larger than ``max_bytes`` or changed while it was read."""
+    dir_fd = open_dir(root_fd, parent(path))
+    try:
+        fd = os.open(basename(path), O_READ, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    try:
+        before = os.fstat(fd)
+        if kind_of(before.st_mode) != Kind.FILE or before.st_size > max_bytes:
+            return None
+        xattrs = read_xattrs(fd)
+        chunks = []
+        while chunk := os.read(fd, READ_BYTES):
+            chunks.append(chunk)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if not same_version(before, after) or len(data) != after.st_size:
+        return None
+    return data, entry_of(after, Kind.FILE, digest=digest_bytes(data), xattrs=xattrs)

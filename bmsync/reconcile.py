@@ -17,16 +17,18 @@ from pathlib import Path
 
 import structlog
 
+from bmsync.bases import BaseStore
+from bmsync.core.delta import DELTA_MAX_BYTES
 from bmsync.core.excludes import SyncSet
-from bmsync.core.frames import Failure
-from bmsync.core.manifest import Entry, differences
+from bmsync.core.frames import BASE_MISMATCH, Failure
+from bmsync.core.manifest import Entry, Kind, differences
 from bmsync.core.ops import Op
 from bmsync.core.paths import is_within
 from bmsync.core.planner import plan
 from bmsync.errors import LocalFsError
-from bmsync.fsutil import open_root
+from bmsync.fsutil import open_root, read_whole
 from bmsync.scan import Scan, scan_tree
-from bmsync.session import PeerSession, Progress
+from bmsync.session import DeltaBase, PeerSession, Progress
 
 log = structlog.get_logger("bmsync.reconcile")
 
@@ -67,6 +69,7 @@ async def resync(
     progress: Progress | None = None,
     on_plan: Callable[[list[Op]], None] | None = None,
     guard: Callable[[list[Op], Mapping[bytes, Entry]], str | None] | None = None,
+    delta_bases: BaseStore | None = None,
 ) -> ResyncReport:
     """Make the peer like this node. ``guard`` sees each pass's plan before
     it is applied and may halt the resync with a reason (the delete-storm
@@ -98,7 +101,7 @@ async def resync(
             if on_plan is not None:
                 on_plan(ops)
             report.passes = number
-            outcome = await session.apply(ops, root_fd, progress)
+            outcome = await session.apply(ops, root_fd, progress, base_finder(peer, delta_bases))
             report.ops_applied += len(ops) - len(outcome.failures)
             report.files_sent += outcome.files_sent
             report.bytes_sent += outcome.bytes_sent
@@ -108,12 +111,54 @@ async def resync(
                     peer.pop(path, None)
                 else:
                     peer[path] = entry
-            if outcome.failures:
-                report.failures = outcome.failures
+            keep_bases(root_fd, outcome.results, delta_bases)
+            final = [f for f in outcome.failures if f.code != BASE_MISMATCH]
+            if final:
+                report.failures = final
                 break  # resending would fail the same way
+            # a stale delta base: the next pass sends those files whole
     finally:
         os.close(root_fd)
     return report
+
+
+def base_finder(peer: Mapping[bytes, Entry], bases: BaseStore | None) -> DeltaBase | None:
+    """path -> the peer's version of it, if a copy is kept here."""
+    if bases is None:
+        return None
+    store = bases
+
+    def find(path: bytes) -> tuple[bytes, bytes] | None:
+        entry = peer.get(path)
+        if entry is None or entry.kind != Kind.FILE or not store.wanted(entry.size):
+            return None
+        data = store.get(entry.digest)
+        return None if data is None else (entry.digest, data)
+
+    return find
+
+
+def keep_bases(
+    root_fd: int, results: Mapping[bytes, Entry | None], bases: BaseStore | None
+) -> None:
+    """Keep a copy of each large file the peer now holds, as the base of the
+    next delta (only if this node's file still is that version)."""
+    if bases is None:
+        return
+    for path, entry in results.items():
+        if (
+            entry is None
+            or entry.kind != Kind.FILE
+            or not bases.wanted(entry.size)
+            or entry.digest in bases
+        ):
+            continue
+        try:
+            current = read_whole(root_fd, path, DELTA_MAX_BYTES)
+        except OSError:
+            continue
+        if current is not None and current[1].digest == entry.digest:
+            bases.put(entry.digest, current[0])
 
 
 async def verify(

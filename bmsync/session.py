@@ -18,6 +18,8 @@ from typing import Any
 import structlog
 
 from bmsync import __version__
+from bmsync.bases import BaseStore
+from bmsync.core.delta import DELTA_MAX_BYTES, literal_bytes, make_delta
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Applied,
@@ -32,6 +34,7 @@ from bmsync.core.frames import (
     Put,
     PutAbort,
     PutChunk,
+    PutDelta,
     Refuse,
     Role,
     Welcome,
@@ -46,7 +49,7 @@ from bmsync.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from bmsync.fsutil import file_frames
+from bmsync.fsutil import file_frames, read_whole
 from bmsync.transport import FrameChannel
 
 log = structlog.get_logger("bmsync.session")
@@ -58,6 +61,11 @@ BATCH_MAX_OPS = 1000
 BATCH_MAX_BYTES = 64 * 1024 * 1024
 
 Progress = Callable[[Op, int], None]
+# path -> (digest, content) of the version the peer holds, if known here
+DeltaBase = Callable[[bytes], tuple[bytes, bytes] | None]
+# A delta whose literal data exceeds this goes as a whole file instead (it
+# must fit one frame, and past it the saving is small).
+DELTA_LITERAL_MAX_BYTES = 1024 * 1024
 # Reads of a file that keeps changing before it is left for the next pass.
 SEND_ATTEMPTS = 3
 
@@ -73,6 +81,7 @@ class Outcome:
     skipped: list[tuple[bytes, str]] = field(default_factory=list)
     # files that kept changing while read: not sent, to be taken again
     changing: list[bytes] = field(default_factory=list)
+    deltas: int = 0  # files sent as deltas
 
 
 class PeerSession:
@@ -133,7 +142,15 @@ class PeerSession:
         finally:
             await self._channel.close()
 
-    async def apply(self, ops: list[Op], root_fd: int, progress: Progress | None = None) -> Outcome:
+    async def apply(
+        self,
+        ops: list[Op],
+        root_fd: int,
+        progress: Progress | None = None,
+        delta_base: DeltaBase | None = None,
+    ) -> Outcome:
+        """Send ``ops``; ``delta_base(path)`` may offer the version the peer
+        holds (digest, content) so that a modified file travels as a delta."""
         outcome = Outcome()
         batches = list(_batches(ops))
 
@@ -142,7 +159,8 @@ class PeerSession:
                 for op in batch:
                     sent = 0
                     if isinstance(op, PutFile):
-                        sent = await self._send_file(root_fd, op, outcome)
+                        base = delta_base(op.path) if delta_base is not None else None
+                        sent = await self._send_file(root_fd, op, outcome, base)
                     else:
                         await self._channel.send([op])
                     if progress is not None:
@@ -170,9 +188,15 @@ class PeerSession:
         )
         return outcome
 
-    async def _send_file(self, root_fd: int, op: PutFile, outcome: Outcome) -> int:
+    async def _send_file(
+        self, root_fd: int, op: PutFile, outcome: Outcome, base: tuple[bytes, bytes] | None
+    ) -> int:
         """Send one file; a file that changes while it is read is aborted on
         the agent (nothing of it applied) and read again, a few times."""
+        if base is not None and BaseStore.wanted(op.entry.size):
+            sent = await self._send_delta(root_fd, op, outcome, base)
+            if sent is not None:
+                return sent
         for _ in range(SEND_ATTEMPTS):
             sent = 0
             try:
@@ -192,6 +216,28 @@ class PeerSession:
             log.info("file_changed_while_sent", path=show(op.path))
         outcome.changing.append(op.path)
         return 0
+
+    async def _send_delta(
+        self, root_fd: int, op: PutFile, outcome: Outcome, base: tuple[bytes, bytes]
+    ) -> int | None:
+        """Send ``op`` as a delta if that is worth it; ``None``: send whole."""
+        try:
+            current = read_whole(root_fd, op.path, DELTA_MAX_BYTES)
+        except OSError:
+            return None
+        if current is None:
+            return None
+        data, entry = current
+        base_digest, base_data = base
+        ops = make_delta(base_data, data)
+        literal = literal_bytes(ops)
+        if literal > min(DELTA_LITERAL_MAX_BYTES, len(data) // 2):
+            return None
+        await self._channel.send([PutDelta(op.path, base_digest, ops, entry)])
+        outcome.files_sent += 1
+        outcome.deltas += 1
+        outcome.bytes_sent += literal
+        return literal
 
 
 def _batches(ops: list[Op]) -> Iterator[list[Op]]:

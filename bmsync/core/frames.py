@@ -9,7 +9,7 @@ A session, sender (active node) to agent (passive node)::
 
     -> Hello                      <- Welcome | Refuse
     -> ManifestRequest            <- ManifestPart ... (last=True)
-    -> Mkdir | PutChunk* (Put | PutAbort) | Symlink | Rename | Delete | SetMeta ...
+    -> Mkdir | PutChunk* (Put | PutAbort) | PutDelta | Symlink | Rename | Delete | SetMeta ...
     -> Commit(batch)              <- Applied(batch, results, failures)
     -> Fetch(path)                <- PutChunk* (Put | PutAbort)   (restoring)
     -> Bye
@@ -26,7 +26,8 @@ import struct
 
 import msgspec
 
-from bmsync.core.manifest import Entry
+from bmsync.core.delta import DeltaOp
+from bmsync.core.manifest import DIGEST_SIZE, Entry
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import check_relpath
 from bmsync.errors import ProtocolError
@@ -136,9 +137,30 @@ class Commit(msgspec.Struct, frozen=True, tag="commit"):
     batch: int
 
 
+class PutDelta(msgspec.Struct, frozen=True, tag="delta"):
+    """A file as a delta against the version the agent holds (``base``, its
+    xxh3-128 digest); ``entry`` describes the result. The agent applies it
+    only if its file matches ``base``, and checks the result's digest."""
+
+    path: bytes
+    base: bytes
+    ops: list[DeltaOp]
+    entry: Entry
+
+    def __post_init__(self) -> None:
+        check_relpath(self.path)
+        if len(self.base) != DIGEST_SIZE:
+            raise ProtocolError(f"delta base digest of {len(self.base)} bytes")
+
+
+# Failure codes the sender acts on.
+BASE_MISMATCH = "base-mismatch"
+
+
 class Failure(msgspec.Struct, frozen=True, array_like=True):
     path: bytes
     reason: str
+    code: str = ""  # machine-readable, e.g. BASE_MISMATCH
 
     def __post_init__(self) -> None:
         check_relpath(self.path)
@@ -174,6 +196,7 @@ Frame = (
     | PutChunk
     | Put
     | PutAbort
+    | PutDelta
     | Fetch
     | Mkdir
     | Symlink

@@ -12,8 +12,10 @@ import msgspec
 import pytest
 
 from bmsync.agent import Agent, AgentConnection
+from bmsync.core.delta import Copy, Literal, make_delta
 from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.frames import (
+    BASE_MISMATCH,
     CHUNK_BYTES,
     PROTOCOL_VERSION,
     Applied,
@@ -27,6 +29,7 @@ from bmsync.core.frames import (
     Purpose,
     Put,
     PutChunk,
+    PutDelta,
     Refuse,
     Role,
     Welcome,
@@ -264,3 +267,31 @@ def test_unreadable_root_is_reported_to_the_sender(node: Node) -> None:
     assert isinstance(reply, ErrorFrame)
     assert f"cannot open sync root {node.root}" in reply.message
     assert node.connection.finished and node.connection.exit_code == 7
+
+
+def test_delta_applies_to_its_base_only(node: Node) -> None:
+    base = b"line\n" * 20_000
+    new = base.replace(b"line\n", b"LINE\n", 1)
+    target = node.root / "etc/big.conf"
+    target.write_bytes(base)
+    node.hello()
+    delta = PutDelta(b"etc/big.conf", digest_bytes(base), make_delta(base, new), file_entry(new))
+    applied = node.commit(delta)
+    assert applied.failures == []
+    assert target.read_bytes() == new
+
+    # the file is no longer that base: refused with the code that asks for it whole
+    applied = node.commit(delta)
+    assert [(f.path, f.code) for f in applied.failures] == [(b"etc/big.conf", BASE_MISMATCH)]
+    assert dict(applied.results)[b"etc/big.conf"] is not None  # what is here instead
+    assert target.read_bytes() == new
+
+    # a delta whose result is not what its entry says is not applied
+    wrong = PutDelta(b"etc/big.conf", digest_bytes(new), [Literal(b"x")], file_entry(b"y"))
+    applied = node.commit(wrong)
+    assert "the sender announced" in applied.failures[0].reason
+    assert target.read_bytes() == new
+    bad = PutDelta(b"etc/big.conf", digest_bytes(new), [Copy(0, 10**9)], file_entry(b"y"))
+    applied = node.commit(bad)
+    assert "bad delta: copy of 0+1000000000 past the base" in applied.failures[0].reason
+    assert os.listdir(node.root / "etc") == ["big.conf"]

@@ -431,3 +431,28 @@ def test_resync_while_the_daemon_runs_goes_through_it(daemon: RunningDaemon) -> 
     done = daemon.pair.bmsync("resync")
     assert done.returncode == 0, done.stderr
     assert "through the running daemon" in done.stdout and "peer in sync" in done.stdout
+
+
+def test_one_line_in_a_20_mb_file_travels_as_a_small_delta(daemon: RunningDaemon) -> None:
+    pair = daemon.pair
+    rng = random.Random(20)
+    lines = [b"setting.%d = %s" % (i, b"x" * rng.randrange(20, 100)) for i in range(300_000)]
+    big = pair.active / "etc" / "big.txt"
+    big.write_bytes(b"\n".join(lines) + b"\n")
+    assert big.stat().st_size > 20_000_000
+    converge(pair, timeout_s=30)
+
+    lines[150_000] = b"setting.150000 = changed"
+    big.write_bytes(b"\n".join(lines) + b"\n")
+    converge(pair, timeout_s=10)
+    last = daemon.status()["last_batch"]
+    assert last["deltas"] == 1 and last["bytes"] <= 8 * 1024, last
+
+    # the passive copy diverged behind our back: the delta is refused, the
+    # whole file goes instead, and nothing is reported as an error
+    (pair.passive / "etc/big.txt").write_bytes(b"edited on the passive\n")
+    lines[7] = b"setting.7 = changed too"
+    big.write_bytes(b"\n".join(lines) + b"\n")
+    converge(pair, timeout_s=10)
+    assert daemon.status()["errors"] == []
+    assert "delta_base_stale" in daemon.log()

@@ -13,8 +13,9 @@ SCRIPT = textwrap.dedent(
     for banned in ("asyncssh", "watchdog", "structlog", "yaml", "rich", "asyncio"):
         sys.modules[banned] = None  # importing it now raises ImportError
     before = set(sys.modules)
+    import bmsync.core.batcher, bmsync.core.brake, bmsync.core.delta
     import bmsync.core.excludes, bmsync.core.frames, bmsync.core.manifest
-    import bmsync.core.ops, bmsync.core.paths, bmsync.core.planner
+    import bmsync.core.ops, bmsync.core.paths, bmsync.core.planner, bmsync.core.tree
     ours = sorted(m for m in set(sys.modules) - before if m.startswith("bmsync"))
     print(" ".join(ours))
     """
@@ -29,6 +30,10 @@ def test_core_imports_without_io_libraries() -> None:
         "bmsync",
         "bmsync.errors",
         "bmsync.core",
+        "bmsync.core.batcher",
+        "bmsync.core.brake",
+        "bmsync.core.delta",
+        "bmsync.core.tree",
         "bmsync.core.excludes",
         "bmsync.core.frames",
         "bmsync.core.manifest",

@@ -8,7 +8,9 @@ from typing import Any, get_args
 import msgspec
 import pytest
 
+from bmsync.core.delta import Copy, Literal
 from bmsync.core.frames import (
+    BASE_MISMATCH,
     MAX_FRAME_BYTES,
     Applied,
     Bye,
@@ -25,6 +27,7 @@ from bmsync.core.frames import (
     Put,
     PutAbort,
     PutChunk,
+    PutDelta,
     Refuse,
     Role,
     Welcome,
@@ -61,6 +64,8 @@ SAMPLES: list[Any] = [
     Put(b"etc/empty", 0, b"", Entry(Kind.FILE, 0o600, 0, 0, 0, 0, digest_bytes(b""))),
     PutAbort(b"etc/a"),
     Fetch(b"etc/a"),
+    PutDelta(b"etc/a", digest_bytes(b"hello"), [Copy(0, 3), Literal(b"p!")], FILE),
+    Applied(9, [(b"etc/a", None)], [Failure(b"etc/a", "not the base", BASE_MISMATCH)]),
     Mkdir(b"etc/d", DIR),
     Symlink(b"etc/l", LINK),
     Rename(b"etc/old", b"etc/new dir/\xfe", FILE),

@@ -1,0 +1,82 @@
+"""Deltas: what a one-line edit of a large file costs, and that a delta is
+applied only to the base it was made for."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from bmsync.core.delta import (
+    Copy,
+    DeltaError,
+    Literal,
+    apply_delta,
+    chunk_bounds,
+    literal_bytes,
+    make_delta,
+)
+
+
+def text(lines: int, seed: int = 1) -> list[bytes]:
+    rng = random.Random(seed)
+    return [b"key%d = %s" % (i, b"v" * rng.randrange(10, 90)) for i in range(lines)]
+
+
+def test_one_line_changed_in_20_mb_of_text_costs_that_line() -> None:
+    lines = text(260_000)
+    base = b"\n".join(lines) + b"\n"
+    assert len(base) > 15_000_000
+    lines[123_456] = b"key123456 = changed"
+    new = b"\n".join(lines) + b"\n"
+    ops = make_delta(base, new)
+    assert apply_delta(base, ops) == new
+    assert literal_bytes(ops) <= len(b"key123456 = changed") + 100
+    assert [type(op) for op in ops] == [Copy, Literal, Copy]
+
+
+def test_an_inserted_line_does_not_shift_everything_after_it() -> None:
+    lines = text(50_000)
+    base = b"\n".join(lines) + b"\n"
+    for k in range(20):
+        lines[k * 2_000 + 7] = b"edited %d" % k
+    lines.insert(10_000, b"a brand new line")
+    new = b"\n".join(lines) + b"\n"
+    ops = make_delta(base, new)
+    assert apply_delta(base, ops) == new
+    # 21 edits, each costing a chunk or two, not the rest of the file
+    assert literal_bytes(ops) < len(new) // 20
+
+
+def test_binary_data_without_newlines() -> None:
+    base = random.Random(3).randbytes(3_000_000)
+    new = base[:1_000_000] + b"XYZ" + base[1_000_003:]
+    ops = make_delta(base, new)
+    assert apply_delta(base, ops) == new
+    assert literal_bytes(ops) == 3
+
+
+def test_identical_empty_and_unrelated() -> None:
+    data = b"same\n" * 1000
+    assert make_delta(data, data) == [Copy(0, len(data))]
+    assert apply_delta(data, make_delta(data, b"")) == b""
+    other = random.Random(4).randbytes(50_000)
+    ops = make_delta(data, other)
+    assert apply_delta(data, ops) == other
+    assert literal_bytes(ops) == len(other)
+
+
+def test_a_copy_past_the_base_is_refused() -> None:
+    with pytest.raises(DeltaError, match="past the base's 10 bytes"):
+        apply_delta(b"0123456789", [Copy(5, 10)])
+    with pytest.raises(ValueError, match="bad copy range"):
+        Copy(-1, 3)
+
+
+def test_chunks_cover_the_data_exactly() -> None:
+    data = b"\n".join(text(5_000)) + b"tail without newline"
+    bounds = chunk_bounds(data)
+    assert bounds[0][0] == 0
+    assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(bounds))
+    assert sum(n for _, n in bounds) == len(data)
