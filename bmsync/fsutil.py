@@ -8,6 +8,7 @@ outside the root. Both the scanner and the agent use these helpers.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -182,3 +183,13 @@ def read_whole(root_fd: int, path: bytes, max_bytes: int) -> tuple[bytes, Entry]
     if not same_version(before, after) or len(data) != after.st_size:
         return None
     return data, entry_of(after, Kind.FILE, digest=digest_bytes(data), xattrs=xattrs)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sync_filesystem(fd: int) -> None:
+    """syncfs(2): flush everything of the filesystem holding ``fd``."""
+    if _libc.syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))

@@ -10,6 +10,7 @@ passive one by a resync of the whole set.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -75,7 +76,12 @@ async def resync(
     it is applied and may halt the resync with a reason (the delete-storm
     brake); ``report.peer`` is the peer's manifest at the end."""
     report = ResyncReport()
-    peer = await session.fetch_manifest()
+    # this node scans while the agent scans its own tree: two processes, two cores
+    first_scan = asyncio.ensure_future(asyncio.to_thread(scan_tree, root, syncset))
+    try:
+        peer = await session.fetch_manifest()
+    finally:
+        scan = await first_scan
     report.peer = peer
     try:
         root_fd = open_root(root)
@@ -83,7 +89,8 @@ async def resync(
         raise LocalFsError(f"cannot open sync root {root}: {exc.strerror}") from exc
     try:
         for number in range(1, MAX_PASSES + 1):
-            scan = scan_tree(root, syncset)
+            if number > 1:
+                scan = scan_tree(root, syncset)
             ops = plan(scan.entries, _peer_view(peer, scan))
             if number == 1:
                 report.planned = ops
