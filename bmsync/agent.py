@@ -69,6 +69,7 @@ from bmsync.core.frames import (
 from bmsync.core.manifest import Entry, Kind, digest_bytes, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import basename, parent, show
+from bmsync.digests import DigestCache
 from bmsync.errors import BmsyncError, PeerRefused, ProtocolError
 from bmsync.fsutil import (
     O_DIR,
@@ -139,6 +140,7 @@ class Agent:
         self.state_dir = state_dir
         self.epoch = 0  # fencing token; enforced from the split-brain guard on
         self._lock = SenderLock(state_dir)
+        self._digests = DigestCache(state_dir)
         self._purpose: Purpose | None = None
         self._batch = _Batch()
         self._root_fd: int | None = None
@@ -216,8 +218,8 @@ class Agent:
         self.finished = True
         return []
 
-    def _manifest(self, _: ManifestRequest) -> list[Frame]:
-        scan = scan_tree(self.root, self.syncset)
+    def _manifest(self, request: ManifestRequest) -> list[Frame]:
+        scan = scan_tree(self.root, self.syncset, None if request.fresh else self._digests)
         for path, reason in scan.problems:
             log.warning("scan_problem", path=show(path), reason=reason)
         if self._purpose == Purpose.WRITE:

@@ -25,6 +25,7 @@ from bmsync.bases import BaseStore
 from bmsync.core.frames import Purpose
 from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
+from bmsync.digests import DigestCache
 from bmsync.errors import ApplyIncomplete, BmsyncError, ConfigError, LocalFsError, UsageError
 from bmsync.log import configure
 from bmsync.reconcile import resync, verify
@@ -244,6 +245,7 @@ async def _resync(conf: config.Config, args: argparse.Namespace) -> int:
             delta_bases=None
             if args.dry_run
             else BaseStore(conf.state_dir / "bases", conf.sync.delta_cache_mb << 20),
+            digests=None if args.dry_run else DigestCache(conf.state_dir),
         )
     finally:
         reporter.finish()

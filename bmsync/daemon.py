@@ -54,6 +54,7 @@ from bmsync.core.ops import Delete, Op, PutFile, Rename, Symlink
 from bmsync.core.paths import show
 from bmsync.core.planner import plan
 from bmsync.core.tree import ManifestTree, plan_changes
+from bmsync.digests import DigestCache
 from bmsync.errors import BmsyncError, ConfigError, LocalFsError
 from bmsync.fsutil import open_root
 from bmsync.notify import Notifier
@@ -133,6 +134,7 @@ class Daemon:
         self._brake = DeleteBrake(self._brake_limits())
         self._peer = ManifestTree()
         self._store = ManifestStore(config.state_dir)
+        self._digests = DigestCache(config.state_dir)
         self._bases = BaseStore(config.state_dir / "bases", config.sync.delta_cache_mb << 20)
         self._session: PeerSession | None = None
         self._watcher: Watcher | None = None
@@ -355,6 +357,7 @@ class Daemon:
             self.config.syncset(),
             guard=self._guard_reconcile,
             delta_bases=self._bases,
+            digests=self._digests,
         )
         self._peer = ManifestTree(report.peer)
         self._store.replace(session.peer.node if session.peer else "", report.peer)

@@ -26,6 +26,7 @@ from bmsync.core.manifest import Entry, Kind, differences
 from bmsync.core.ops import Op
 from bmsync.core.paths import is_within
 from bmsync.core.planner import plan
+from bmsync.digests import DigestCache
 from bmsync.errors import LocalFsError
 from bmsync.fsutil import open_root, read_whole
 from bmsync.scan import Scan, scan_tree
@@ -71,13 +72,14 @@ async def resync(
     on_plan: Callable[[list[Op]], None] | None = None,
     guard: Callable[[list[Op], Mapping[bytes, Entry]], str | None] | None = None,
     delta_bases: BaseStore | None = None,
+    digests: DigestCache | None = None,
 ) -> ResyncReport:
     """Make the peer like this node. ``guard`` sees each pass's plan before
     it is applied and may halt the resync with a reason (the delete-storm
     brake); ``report.peer`` is the peer's manifest at the end."""
     report = ResyncReport()
     # this node scans while the agent scans its own tree: two processes, two cores
-    first_scan = asyncio.ensure_future(asyncio.to_thread(scan_tree, root, syncset))
+    first_scan = asyncio.ensure_future(asyncio.to_thread(scan_tree, root, syncset, digests))
     try:
         peer = await session.fetch_manifest()
     finally:
@@ -90,7 +92,7 @@ async def resync(
     try:
         for number in range(1, MAX_PASSES + 1):
             if number > 1:
-                scan = scan_tree(root, syncset)
+                scan = scan_tree(root, syncset, digests)
             ops = plan(scan.entries, _peer_view(peer, scan))
             if number == 1:
                 report.planned = ops
@@ -171,8 +173,9 @@ def keep_bases(
 async def verify(
     session: PeerSession, root: Path, syncset: SyncSet
 ) -> tuple[list[tuple[bytes, list[str]]], Scan]:
-    """Differences between this node's tree and the peer's, path by path."""
-    peer = await session.fetch_manifest()
+    """Differences between this node's tree and the peer's, path by path:
+    every file on both sides is read (no digest cache)."""
+    peer = await session.fetch_manifest(fresh=True)
     scan = scan_tree(root, syncset)
     peer = _peer_view(peer, scan)
     found = []

@@ -14,9 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from bmsync.core.excludes import SyncSet
 from bmsync.core.manifest import Entry, Kind
 from bmsync.core.paths import ancestors, basename, is_within, join, parent
+from bmsync.digests import DigestCache
 from bmsync.errors import LocalFsError
 from bmsync.fsutil import (
     O_DIR,
@@ -29,6 +32,8 @@ from bmsync.fsutil import (
     read_xattrs,
     same_version,
 )
+
+log = structlog.get_logger("bmsync.scan")
 
 # A file rewritten faster than it can be read is reported, not looped on.
 READ_ATTEMPTS = 3
@@ -48,19 +53,28 @@ class Scan:
     unsupported: list[bytes] = field(default_factory=list)
     # temporary files a killed agent left behind (never part of a manifest)
     leftovers: list[bytes] = field(default_factory=list)
+    # where unchanged files' digests come from (an input, not a result)
+    digests: DigestCache | None = None
 
 
-def scan_tree(root: Path, syncset: SyncSet) -> Scan:
+def scan_tree(root: Path, syncset: SyncSet, digests: DigestCache | None = None) -> Scan:
+    """The whole sync set. With ``digests``, unchanged files are not read,
+    and the cache is saved for the next scan."""
     try:
         root_fd = open_root(root)
     except OSError as exc:
         raise LocalFsError(f"cannot open sync root {root}: {exc.strerror}") from exc
-    result = Scan()
+    result = Scan(digests=digests)
     try:
         for top in syncset.tops:
             _scan_top(root_fd, top, syncset, result)
     finally:
         os.close(root_fd)
+    if digests is not None:
+        try:
+            digests.save()
+        except OSError as exc:
+            log.warning("digest_cache_not_saved", error=str(exc))
     return result
 
 
@@ -130,11 +144,19 @@ def _scan_one(
             target = os.readlink(name, dir_fd=dir_fd)
             result.entries[path] = entry_of(st, kind, target=target)
         elif kind == Kind.FILE:
-            entry = read_file_entry(dir_fd, name)
-            if entry is None:
+            cached = result.digests.lookup(path, st) if result.digests is not None else None
+            if cached is not None:
+                digest, xattrs = cached
+                result.entries[path] = entry_of(st, kind, digest=digest, xattrs=xattrs)
+                return
+            read = read_file(dir_fd, name)
+            if read is None:
                 result.problems.append((path, "kept changing while being read"))
-            else:
-                result.entries[path] = entry
+                return
+            entry, seen = read
+            result.entries[path] = entry
+            if result.digests is not None:
+                result.digests.store(path, seen, entry.digest, entry.xattrs)
         else:
             child_fd = os.open(name, O_DIR, dir_fd=dir_fd)
             try:
@@ -193,6 +215,12 @@ def read_file_entry(dir_fd: int, name: bytes) -> Entry | None:
 
     Raises OSError if it vanished or is no longer a regular file.
     """
+    read = read_file(dir_fd, name)
+    return None if read is None else read[0]
+
+
+def read_file(dir_fd: int, name: bytes) -> tuple[Entry, os.stat_result] | None:
+    """``read_file_entry``, with the stat of the version that was read."""
     for _ in range(READ_ATTEMPTS):
         fd = os.open(name, O_READ, dir_fd=dir_fd)
         try:
@@ -205,5 +233,5 @@ def read_file_entry(dir_fd: int, name: bytes) -> Entry | None:
         finally:
             os.close(fd)
         if same_version(before, after):
-            return entry_of(after, Kind.FILE, digest=digest, xattrs=xattrs)
+            return entry_of(after, Kind.FILE, digest=digest, xattrs=xattrs), after
     return None

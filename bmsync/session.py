@@ -106,8 +106,9 @@ class PeerSession:
         log.info("session_open", peer=answer.node, purpose=str(purpose))
         return answer
 
-    async def fetch_manifest(self) -> dict[bytes, Entry]:
-        await self._channel.send([ManifestRequest()])
+    async def fetch_manifest(self, fresh: bool = False) -> dict[bytes, Entry]:
+        """The agent's manifest; ``fresh``: every file read, none cached."""
+        await self._channel.send([ManifestRequest(fresh)])
         entries: dict[bytes, Entry] = {}
         while True:
             part = await self._channel.receive()

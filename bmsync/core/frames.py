@@ -75,7 +75,9 @@ class Refuse(msgspec.Struct, frozen=True, tag="refuse"):
 
 
 class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):
-    pass
+    """``fresh``: read every file (``verify``), not the agent's digest cache."""
+
+    fresh: bool = False
 
 
 class ManifestPart(msgspec.Struct, frozen=True, tag="manifest"):
