@@ -19,7 +19,7 @@ import structlog
 
 from bmsync import __version__
 from bmsync.bases import BaseStore
-from bmsync.core.delta import DELTA_MAX_BYTES, literal_bytes, make_delta
+from bmsync.core.delta import DELTA_MAX_BYTES, compress_literals, literal_bytes, make_delta
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Applied,
@@ -230,7 +230,7 @@ class PeerSession:
             return None
         data, entry = current
         base_digest, base_data = base
-        ops = make_delta(base_data, data)
+        ops = compress_literals(make_delta(base_data, data))
         literal = literal_bytes(ops)
         if literal > min(DELTA_LITERAL_MAX_BYTES, len(data) // 2):
             return None

@@ -15,6 +15,8 @@ copied, the rest sent as literals.
 
 from __future__ import annotations
 
+import zlib
+
 import msgspec
 import xxhash
 
@@ -29,6 +31,8 @@ _BOUNDARY_MASK = 0x1F
 _BLOCK_BYTES = 8 * 1024
 # Prefix/suffix comparison step.
 _STRIDE = 64 * 1024
+# Literals shorter than this are not worth compressing.
+_COMPRESS_FROM = 256
 
 
 class Copy(msgspec.Struct, frozen=True, array_like=True, tag=0):
@@ -42,6 +46,20 @@ class Copy(msgspec.Struct, frozen=True, array_like=True, tag=0):
 
 class Literal(msgspec.Struct, frozen=True, array_like=True, tag=1):
     data: bytes
+    compressed: bool = False  # zlib; see compress_literals
+
+    def content(self, limit: int) -> bytes:
+        """The literal bytes, at most ``limit`` of them once inflated."""
+        if not self.compressed:
+            return self.data
+        inflate = zlib.decompressobj()
+        try:
+            out = inflate.decompress(self.data, limit + 1)
+        except zlib.error as exc:
+            raise DeltaError(f"literal data is not valid zlib: {exc}") from exc
+        if len(out) > limit or inflate.unconsumed_tail:
+            raise DeltaError(f"literal data inflates past {limit} bytes")
+        return out
 
 
 DeltaOp = Copy | Literal
@@ -52,7 +70,21 @@ class DeltaError(ValueError):
 
 
 def literal_bytes(ops: list[DeltaOp]) -> int:
+    """Bytes of literal data as sent (compressed where it is)."""
     return sum(len(op.data) for op in ops if isinstance(op, Literal))
+
+
+def compress_literals(ops: list[DeltaOp]) -> list[DeltaOp]:
+    """zlib each literal where that saves at least a tenth of it."""
+    out: list[DeltaOp] = []
+    for op in ops:
+        if isinstance(op, Literal) and not op.compressed and len(op.data) >= _COMPRESS_FROM:
+            packed = zlib.compress(op.data, 6)
+            if len(packed) < len(op.data) * 0.9:
+                out.append(Literal(packed, compressed=True))
+                continue
+        out.append(op)
+    return out
 
 
 def _common_prefix(a: memoryview, b: memoryview) -> int:
@@ -157,7 +189,9 @@ def make_delta(base: bytes, new: bytes) -> list[DeltaOp]:
     return ops
 
 
-def apply_delta(base: bytes, ops: list[DeltaOp]) -> bytes:
+def apply_delta(base: bytes, ops: list[DeltaOp], limit: int = DELTA_MAX_BYTES) -> bytes:
+    """Rebuild the new version; a result larger than ``limit`` is refused
+    (a hostile delta must not exhaust the agent's memory)."""
     out = bytearray()
     for op in ops:
         if isinstance(op, Copy):
@@ -167,5 +201,7 @@ def apply_delta(base: bytes, ops: list[DeltaOp]) -> bytes:
                 )
             out += base[op.offset : op.offset + op.length]
         else:
-            out += op.data
+            out += op.content(limit - len(out))
+        if len(out) > limit:
+            raise DeltaError(f"the result grows past {limit} bytes")
     return bytes(out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import zlib
 
 import pytest
 
@@ -14,6 +15,7 @@ from bmsync.core.delta import (
     Literal,
     apply_delta,
     chunk_bounds,
+    compress_literals,
     literal_bytes,
     make_delta,
 )
@@ -80,3 +82,22 @@ def test_chunks_cover_the_data_exactly() -> None:
     assert bounds[0][0] == 0
     assert all(a + n == b for (a, n), (b, _) in itertools.pairwise(bounds))
     assert sum(n for _, n in bounds) == len(data)
+
+
+def test_literals_are_compressed_when_it_helps() -> None:
+    base = b"header\n" + b"x" * 100_000
+    new = b"header\n" + b"configuration line\n" * 2_000 + b"x" * 100_000
+    ops = compress_literals(make_delta(base, new))
+    assert any(isinstance(op, Literal) and op.compressed for op in ops)
+    assert literal_bytes(ops) < 2_000
+    assert apply_delta(base, ops) == new
+    random_bytes = random.Random(5).randbytes(5_000)
+    assert compress_literals([Literal(random_bytes)]) == [Literal(random_bytes)]
+
+
+def test_a_literal_that_inflates_too_far_or_is_not_zlib_is_refused() -> None:
+    bomb = Literal(zlib.compress(b"\0" * 10_000_000), compressed=True)
+    with pytest.raises(DeltaError, match="inflates past 1000 bytes"):
+        apply_delta(b"", [bomb], limit=1000)
+    with pytest.raises(DeltaError, match="not valid zlib"):
+        apply_delta(b"", [Literal(b"not zlib", compressed=True)])
