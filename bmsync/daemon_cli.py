@@ -23,20 +23,6 @@ HEALTHY = {"syncing", "reconciling"}
 RESYNC_TIMEOUT_S = 3600.0
 
 
-def add_commands(commands: Any) -> None:
-    commands.add_parser("run", help="the real-time sync daemon (systemd starts it)")
-    status = commands.add_parser("status", help="what the daemon is doing (exit 3 if it is down)")
-    status.add_argument("--json", action="store_true", help="print the status as JSON")
-    pause = commands.add_parser("pause", help="stop sending changes until 'bmsync resume'")
-    pause.add_argument("--reason", default="", help="recorded and shown by 'bmsync status'")
-    resume = commands.add_parser("resume", help="send changes again (after pause or a brake)")
-    resume.add_argument(
-        "--discard",
-        action="store_true",
-        help="after a delete storm: restore the deleted files from the peer instead",
-    )
-
-
 def cmd_run(conf: Config) -> int:
     return run_daemon(conf, dict(os.environ))
 

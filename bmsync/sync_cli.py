@@ -1,0 +1,201 @@
+"""The commands that talk to the peer directly: resync and verify."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from bmsync import config
+from bmsync.bases import BaseStore
+from bmsync.core.frames import Purpose
+from bmsync.core.ops import Op, describe
+from bmsync.core.paths import show
+from bmsync.digests import DigestCache
+from bmsync.errors import ApplyIncomplete, LocalFsError
+from bmsync.reconcile import resync, verify
+from bmsync.session import PeerSession
+from bmsync.state import ensure_state_dir
+from bmsync.transport import connect
+
+EXIT_DIFFERENT = 1
+
+
+async def _connect(conf: config.Config, purpose: Purpose) -> PeerSession:
+    peer = conf.require_peer()
+    ensure_state_dir(conf.state_dir)
+    channel = await connect(peer)
+    session = PeerSession(channel, conf.node)
+    try:
+        await session.open(purpose)
+    except BaseException:
+        await channel.close()
+        raise
+    return session
+
+
+class _Reporter:
+    """Progress on a terminal (rich), plain lines otherwise."""
+
+    def __init__(self, json_output: bool) -> None:
+        self.quiet = json_output
+        self.tty = sys.stdout.isatty() and not json_output
+        self._bar: Any = None
+        self._task: Any = None
+
+    def plan(self, ops: list[Op]) -> None:
+        if self.quiet:
+            return
+        if not self.tty:
+            return
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+        self.finish()
+        self._bar = Progress(
+            TextColumn("resync"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} ops"),
+            DownloadColumn(),
+            TextColumn("{task.fields[path]}"),
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("resync", total=len(ops), path="")
+
+    def step(self, op: Op, sent: int) -> None:
+        if self.quiet:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, path=describe(op)[8:][-50:])
+        else:
+            print(describe(op), flush=True)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+async def cmd_resync(conf: config.Config, args: argparse.Namespace) -> int:
+    purpose = Purpose.READ if args.dry_run else Purpose.WRITE
+    session = await _connect(conf, purpose)
+    reporter = _Reporter(args.json)
+    try:
+        report = await resync(
+            session,
+            conf.sync.root,
+            conf.syncset(),
+            dry_run=args.dry_run,
+            progress=reporter.step,
+            on_plan=reporter.plan,
+            delta_bases=None
+            if args.dry_run
+            else BaseStore(conf.state_dir / "bases", conf.sync.delta_cache_mb << 20),
+            digests=None if args.dry_run else DigestCache(conf.state_dir),
+        )
+    finally:
+        reporter.finish()
+        await session.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": args.dry_run,
+                    "planned": [describe(op) for op in report.planned],
+                    "passes": report.passes,
+                    "ops_applied": report.ops_applied,
+                    "files_sent": report.files_sent,
+                    "bytes_sent": report.bytes_sent,
+                    "failures": [
+                        {"path": show(f.path), "reason": f.reason} for f in report.failures
+                    ],
+                    "local_problems": [
+                        {"path": show(p), "reason": r} for p, r in report.local_problems
+                    ],
+                    "missing_here": [show(p) for p in report.missing_tops],
+                    "unsupported": [show(p) for p in report.unsupported],
+                    "converged": report.converged,
+                },
+                indent=2,
+            )
+        )
+    else:
+        if args.dry_run:
+            for op in report.planned:
+                print(describe(op))
+            print(f"dry run: {len(report.planned)} change(s) would be made; nothing was changed")
+        for top in report.missing_tops:
+            print(f"note: {show(top)} does not exist here; the peer's copy is left alone")
+        for path in report.unsupported:
+            print(f"note: {show(path)} is a FIFO, socket or device node; not synced")
+        for path, reason in report.local_problems:
+            print(f"warning: {show(path)}: {reason}", file=sys.stderr)
+        for failure in report.failures:
+            print(f"failed: {show(failure.path)}: {failure.reason}", file=sys.stderr)
+        if not args.dry_run:
+            state = "in sync" if report.converged else "NOT in sync"
+            print(
+                f"resync: {report.ops_applied} change(s) applied, {report.files_sent} file(s), "
+                f"{report.bytes_sent} bytes sent in {report.passes} pass(es); peer {state}"
+            )
+    if report.failures:
+        raise ApplyIncomplete(
+            f"{len(report.failures)} path(s) could not be applied on the peer; see above, "
+            "fix the cause and run 'bmsync resync' again"
+        )
+    if report.local_problems and not args.dry_run:
+        raise LocalFsError(
+            f"{len(report.local_problems)} path(s) on this node could not be read (see the "
+            "warnings above); the peer keeps its copies of them"
+        )
+    if not args.dry_run and not report.converged:
+        raise ApplyIncomplete(
+            f"this node's tree kept changing during {report.passes} passes; "
+            "run 'bmsync resync' again once it is quiet"
+        )
+    return 0
+
+
+def print_daemon_resync(answer: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(answer, indent=2))
+    else:
+        for failure in answer["failures"]:
+            print(f"failed: {failure['path']}: {failure['reason']}", file=sys.stderr)
+        state = "in sync" if answer["converged"] else "NOT in sync"
+        print(
+            f"resync (through the running daemon): {answer['ops_applied']} change(s) applied, "
+            f"{answer['files_sent']} file(s), {answer['bytes_sent']} bytes sent; peer {state}"
+        )
+    if answer.get("halted"):
+        raise ApplyIncomplete(f"resync halted: {answer['halted']}")
+    if answer["failures"]:
+        raise ApplyIncomplete(f"{len(answer['failures'])} path(s) could not be applied")
+    return 0
+
+
+async def cmd_verify(conf: config.Config, args: argparse.Namespace) -> int:
+    session = await _connect(conf, Purpose.READ)
+    try:
+        found, scan = await verify(session, conf.sync.root, conf.syncset())
+    finally:
+        await session.close()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "in_sync": not found,
+                    "differences": [{"path": show(p), "what": w} for p, w in found],
+                    "checked": len(scan.entries),
+                },
+                indent=2,
+            )
+        )
+    else:
+        for path, what in found:
+            print(f"differs {show(path)}: {', '.join(what)}")
+        for path, reason in scan.problems:
+            print(f"warning: {show(path)}: {reason}", file=sys.stderr)
+        verdict = "in sync" if not found else f"{len(found)} difference(s)"
+        print(f"verify: {len(scan.entries)} path(s) checked; {verdict}")
+    return EXIT_DIFFERENT if found else 0
