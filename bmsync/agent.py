@@ -66,7 +66,7 @@ from bmsync.core.frames import (
     Welcome,
     encode,
 )
-from bmsync.core.manifest import Entry, Kind, digest_bytes, new_hasher
+from bmsync.core.manifest import Entry, Kind, digest_bytes, manifest_digest, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import basename, parent, show
 from bmsync.digests import DigestCache
@@ -225,6 +225,8 @@ class Agent:
         if self._purpose == Purpose.WRITE:
             # We hold the one-sender lock, so these are not another session's.
             self._remove_leftovers(scan.leftovers)
+        if request.expect and manifest_digest(scan.entries) == request.expect:
+            return [ManifestPart([], last=True, unchanged=True)]
         parts: list[Frame] = []
         chunk: list[tuple[bytes, Entry]] = []
         size = 0

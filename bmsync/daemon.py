@@ -49,16 +49,16 @@ from bmsync.core.frames import (
     Role,
     Welcome,
 )
-from bmsync.core.manifest import Entry, Kind
+from bmsync.core.manifest import Entry, Kind, manifest_digest
 from bmsync.core.ops import Delete, Op, PutFile, Rename, Symlink
 from bmsync.core.paths import show
 from bmsync.core.planner import plan
 from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.digests import DigestCache
 from bmsync.errors import BmsyncError, ConfigError, LocalFsError
-from bmsync.fsutil import open_root
+from bmsync.fsutil import open_root, release_free_memory
 from bmsync.notify import Notifier
-from bmsync.reconcile import base_finder, keep_bases, resync
+from bmsync.reconcile import Expected, base_finder, keep_bases, resync
 from bmsync.scan import scan_paths, scan_tree
 from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, ensure_state_dir
@@ -71,6 +71,10 @@ log = structlog.get_logger("bmsync.daemon")
 Connect = Callable[[PeerConfig], Awaitable[FrameChannel]]
 # Errors kept for `bmsync status`.
 ERRORS_KEPT = 10
+# A batch this large (bytes of files read, or operations) leaves freed
+# buffers behind; they go back to the system when the daemon is next idle.
+TRIM_AFTER_BYTES = 1 << 20
+TRIM_AFTER_OPS = 1000
 # A path whose apply failed on the peer is tried again after this long.
 RETRY_FAILED_S = 5.0
 
@@ -138,6 +142,8 @@ class Daemon:
         self._bases = BaseStore(config.state_dir / "bases", config.sync.delta_cache_mb << 20)
         self._session: PeerSession | None = None
         self._watcher: Watcher | None = None
+        self._watches_fresh = False  # set up since the last reconcile
+        self._trim_pending = False  # large buffers freed since the last idle
         self._control = ControlServer(config.control_socket, self._on_control)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -256,6 +262,7 @@ class Daemon:
             self._on_lost,
         )
         self._watcher.start()
+        self._watches_fresh = True
 
     async def _main(self) -> None:
         attempt = 0
@@ -334,6 +341,9 @@ class Daemon:
             lost.cancel()
 
     async def _idle(self, timeout_s: float | None) -> None:
+        if self._trim_pending and timeout_s is None:
+            self._trim_pending = False
+            release_free_memory()
         self._wake.clear()
         if self.state != State.PAUSED:
             self.state = State.SYNCING
@@ -344,13 +354,17 @@ class Daemon:
 
     async def _reconcile(self, session: PeerSession) -> None:
         self._reconcile_wanted = False
+        self._trim_pending = True
         self.state = State.RECONCILING
         self._notifier.status("reconciling with the peer")
         # Events from now on are kept; older queued ones are covered by this scan.
         self._batcher = self._new_batcher()
-        if self._watcher is not None:
+        if self._watcher is not None and not self._watches_fresh:
             self._watcher.refresh()
+        self._watches_fresh = False
         started = self._clock()
+        peer_node = session.peer.node if session.peer else ""
+        known = len(self._peer) > 0
         report = await resync(
             session,
             self.config.sync.root,
@@ -358,9 +372,12 @@ class Daemon:
             guard=self._guard_reconcile,
             delta_bases=self._bases,
             digests=self._digests,
+            expected=self._expected_peer(peer_node),
         )
-        self._peer = ManifestTree(report.peer)
-        self._store.replace(session.peer.node if session.peer else "", report.peer)
+        if not (report.peer_unchanged and known):
+            self._peer = ManifestTree(report.peer)
+        if not report.peer_unchanged:
+            self._store.replace(peer_node, report.peer)
         self.stats.last_contact = self._wall()
         self.stats.files_sent += report.files_sent
         self.stats.bytes_sent += report.bytes_sent
@@ -399,6 +416,19 @@ class Daemon:
         if self.paused_reason is None:
             self.state = State.SYNCING
             self._notifier.status(f"syncing to {self.config.require_peer().host}")
+
+    def _expected_peer(self, peer_node: str) -> Expected | None:
+        """What the peer should hold: the agent confirms it with one digest
+        instead of sending every entry."""
+        if len(self._peer) > 0:
+            tree = self._peer
+            return Expected(tree.digest(), tree.as_dict)
+        stored = self._store.load(peer_node)
+        if not stored:
+            return None
+        digest = manifest_digest(stored)
+        del stored  # reloaded only if this node's scan differs from it
+        return Expected(digest, lambda: self._store.load(peer_node))
 
     def _guard_reconcile(self, ops: list[Op], peer: Mapping[bytes, Entry]) -> str | None:
         if self._brake_released:
@@ -453,6 +483,9 @@ class Daemon:
             os.close(root_fd)
             self._inflight_oldest = None
         self._brake.record(deletes, self._clock())
+        read = sum(op.entry.size for op in ops if isinstance(op, PutFile))
+        if read >= TRIM_AFTER_BYTES or len(ops) >= TRIM_AFTER_OPS:
+            self._trim_pending = True
         for path, entry in outcome.results.items():
             self._peer.set(path, entry)
         self._store.record(list(outcome.results.items()))

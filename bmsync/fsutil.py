@@ -188,6 +188,16 @@ def read_whole(root_fd: int, path: bytes, max_bytes: int) -> tuple[bytes, Entry]
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def release_free_memory() -> None:
+    """Hand memory freed by Python back to the system. glibc keeps freed
+    heap memory, and after a large buffer is freed it raises its mmap
+    threshold, so the next 20 MB file read lands on the heap and stays
+    resident after it is freed too; malloc_trim(3) returns it."""
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:  # glibc only
+        trim(0)
+
+
 def sync_filesystem(fd: int) -> None:
     """syncfs(2): flush everything of the filesystem holding ``fd``."""
     if _libc.syncfs(fd) != 0:

@@ -22,7 +22,7 @@ from bmsync.bases import BaseStore
 from bmsync.core.delta import DELTA_MAX_BYTES
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import BASE_MISMATCH, Failure
-from bmsync.core.manifest import Entry, Kind, differences
+from bmsync.core.manifest import Entry, Kind, differences, manifest_digest
 from bmsync.core.ops import Op
 from bmsync.core.paths import is_within
 from bmsync.core.planner import plan
@@ -36,6 +36,16 @@ log = structlog.get_logger("bmsync.reconcile")
 
 # Passes before a resync gives up chasing a tree that keeps changing.
 MAX_PASSES = 3
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What this node believes the peer holds (its acknowledged manifest):
+    the digest up front, the entries only if they turn out to be needed
+    (100,000 of them need not sit in memory beside a scan of as many)."""
+
+    digest: bytes
+    entries: Callable[[], dict[bytes, Entry]]
 
 
 @dataclass
@@ -52,6 +62,9 @@ class ResyncReport:
     converged: bool = False
     halted: str | None = None  # why the guard stopped it
     peer: dict[bytes, Entry] = field(default_factory=dict)
+    # the agent confirmed the expected manifest and nothing was applied:
+    # ``peer`` is that manifest, and a record of it need not be rewritten
+    peer_unchanged: bool = False
 
 
 def _peer_view(peer: dict[bytes, Entry], scan: Scan) -> dict[bytes, Entry]:
@@ -73,17 +86,37 @@ async def resync(
     guard: Callable[[list[Op], Mapping[bytes, Entry]], str | None] | None = None,
     delta_bases: BaseStore | None = None,
     digests: DigestCache | None = None,
+    expected: Expected | None = None,
 ) -> ResyncReport:
     """Make the peer like this node. ``guard`` sees each pass's plan before
     it is applied and may halt the resync with a reason (the delete-storm
-    brake); ``report.peer`` is the peer's manifest at the end."""
+    brake); ``report.peer`` is the peer's manifest at the end.
+
+    With ``expected``, the agent sends its manifest only if it is not the
+    expected one; when it is, and this node's scan matches it too (the
+    usual start), ``report.peer`` is a copy of the scan."""
     report = ResyncReport()
     # this node scans while the agent scans its own tree: two processes, two cores
     first_scan = asyncio.ensure_future(asyncio.to_thread(scan_tree, root, syncset, digests))
     try:
-        peer = await session.fetch_manifest()
+        if expected is not None:
+            fetched = await session.fetch_manifest_if_changed(expected.digest)
+        else:
+            fetched = await session.fetch_manifest()
     finally:
         scan = await first_scan
+    if fetched is not None:
+        peer = fetched
+        if expected is not None:
+            log.info("peer_manifest_differs", entries=len(peer), why="not what was acknowledged")
+    else:
+        assert expected is not None
+        report.peer_unchanged = True
+        if manifest_digest(scan.entries) == expected.digest:
+            peer = dict(scan.entries)  # the same entries: nothing to plan
+        else:
+            peer = expected.entries()
+        log.info("peer_manifest_confirmed", entries=len(peer))
     report.peer = peer
     try:
         root_fd = open_root(root)
@@ -111,6 +144,8 @@ async def resync(
                 on_plan(ops)
             report.passes = number
             outcome = await session.apply(ops, root_fd, progress, base_finder(peer, delta_bases))
+            if outcome.results:
+                report.peer_unchanged = False
             report.ops_applied += len(ops) - len(outcome.failures)
             report.files_sent += outcome.files_sent
             report.bytes_sent += outcome.bytes_sent

@@ -146,8 +146,7 @@ def _scan_one(
         elif kind == Kind.FILE:
             cached = result.digests.lookup(path, st) if result.digests is not None else None
             if cached is not None:
-                digest, xattrs = cached
-                result.entries[path] = entry_of(st, kind, digest=digest, xattrs=xattrs)
+                result.entries[path] = cached
                 return
             read = read_file(dir_fd, name)
             if read is None:
@@ -156,7 +155,7 @@ def _scan_one(
             entry, seen = read
             result.entries[path] = entry
             if result.digests is not None:
-                result.digests.store(path, seen, entry.digest, entry.xattrs)
+                result.digests.store(path, seen, entry)
         else:
             child_fd = os.open(name, O_DIR, dir_fd=dir_fd)
             try:

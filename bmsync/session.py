@@ -108,12 +108,27 @@ class PeerSession:
 
     async def fetch_manifest(self, fresh: bool = False) -> dict[bytes, Entry]:
         """The agent's manifest; ``fresh``: every file read, none cached."""
-        await self._channel.send([ManifestRequest(fresh)])
+        entries = await self._manifest(ManifestRequest(fresh))
+        assert entries is not None  # only an 'expect' can be answered 'unchanged'
+        return entries
+
+    async def fetch_manifest_if_changed(self, expect: bytes) -> dict[bytes, Entry] | None:
+        """The agent's manifest, or ``None`` if it is the one whose
+        ``manifest_digest`` is ``expect`` (nothing else crosses the link)."""
+        return await self._manifest(ManifestRequest(expect=expect))
+
+    async def _manifest(self, request: ManifestRequest) -> dict[bytes, Entry] | None:
+        expect = request.expect
+        await self._channel.send([request])
         entries: dict[bytes, Entry] = {}
         while True:
             part = await self._channel.receive()
             if not isinstance(part, ManifestPart):
                 raise ProtocolError(f"expected ManifestPart, got {type(part).__name__}")
+            if part.unchanged:
+                if not expect or entries:
+                    raise ProtocolError("the agent said 'unchanged' to a request expecting nothing")
+                return None
             entries.update(part.entries)
             if part.last:
                 return entries

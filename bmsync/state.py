@@ -107,7 +107,8 @@ class ManifestStore:
         """The last acknowledged manifest of ``peer`` (empty if none, or if
         what is stored belongs to another node)."""
         try:
-            snap = msgspec.msgpack.decode(self._snapshot.read_bytes(), type=_Snapshot)
+            data = self._snapshot.read_bytes()
+            snap = msgspec.msgpack.decode(data, type=_Snapshot)
         except FileNotFoundError:
             return {}
         except (msgspec.MsgspecError, ValueError, OSError) as exc:
@@ -115,6 +116,7 @@ class ManifestStore:
             return {}
         if snap.peer != peer:
             return {}
+        self._snapshot_bytes = len(data)
         entries = dict(snap.entries)
         try:
             journal = self._journal.read_bytes()
@@ -137,6 +139,11 @@ class ManifestStore:
                 else:
                     entries[path] = entry
             offset += _LENGTH.size + length
+        if offset < len(journal):
+            # Records appended after a torn one would never be read: cut it.
+            log.warning("journal_truncated", path=str(self._journal), kept_bytes=offset)
+            os.truncate(self._journal, offset)
+        self._journal_bytes = offset
         return entries
 
     def replace(self, peer: str, entries: Mapping[bytes, Entry]) -> None:

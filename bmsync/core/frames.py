@@ -27,7 +27,7 @@ import struct
 import msgspec
 
 from bmsync.core.delta import DeltaOp
-from bmsync.core.manifest import DIGEST_SIZE, Entry
+from bmsync.core.manifest import DIGEST_SIZE, Entry, check_entry
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import check_relpath
 from bmsync.errors import ProtocolError
@@ -75,18 +75,30 @@ class Refuse(msgspec.Struct, frozen=True, tag="refuse"):
 
 
 class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):
-    """``fresh``: read every file (``verify``), not the agent's digest cache."""
+    """``fresh``: read every file (``verify``), not the agent's digest cache.
+    ``expect``: the ``manifest_digest`` of the manifest the sender believes
+    the agent holds; if the agent's scan gives exactly that, it answers
+    ``ManifestPart([], last=True, unchanged=True)`` instead of every entry."""
 
     fresh: bool = False
+    expect: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.expect and len(self.expect) != DIGEST_SIZE:
+            raise ValueError(f"expect is {len(self.expect)} bytes, not a digest")
 
 
 class ManifestPart(msgspec.Struct, frozen=True, tag="manifest"):
     entries: list[tuple[bytes, Entry]]
     last: bool
+    unchanged: bool = False  # the manifest is the one ManifestRequest.expect named
 
     def __post_init__(self) -> None:
-        for path, _ in self.entries:
+        if self.unchanged and (self.entries or not self.last):
+            raise ValueError("an unchanged manifest carries no entries and is the last part")
+        for path, entry in self.entries:
             check_relpath(path)
+            check_entry(entry)
 
 
 class PutChunk(msgspec.Struct, frozen=True, tag="chunk"):
@@ -114,6 +126,7 @@ class Put(msgspec.Struct, frozen=True, tag="put"):
         check_relpath(self.path)
         if self.offset < 0:
             raise ProtocolError(f"negative offset {self.offset}")
+        check_entry(self.entry)
 
 
 class PutAbort(msgspec.Struct, frozen=True, tag="abort"):
@@ -153,6 +166,7 @@ class PutDelta(msgspec.Struct, frozen=True, tag="delta"):
         check_relpath(self.path)
         if len(self.base) != DIGEST_SIZE:
             raise ProtocolError(f"delta base digest of {len(self.base)} bytes")
+        check_entry(self.entry)
 
 
 # Failure codes the sender acts on.
@@ -177,8 +191,10 @@ class Applied(msgspec.Struct, frozen=True, tag="applied"):
     failures: list[Failure]
 
     def __post_init__(self) -> None:
-        for path, _ in self.results:
+        for path, entry in self.results:
             check_relpath(path)
+            if entry is not None:
+                check_entry(entry)
 
 
 class ErrorFrame(msgspec.Struct, frozen=True, tag="error"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from bmsync.core.manifest import Entry, Kind
+from bmsync.core.manifest import Entry, Kind, check_entry
 from bmsync.core.paths import check_relpath, show
 
 
@@ -19,6 +19,7 @@ class Mkdir(msgspec.Struct, frozen=True, tag="mkdir"):
 
     def __post_init__(self) -> None:
         check_relpath(self.path)
+        check_entry(self.entry)
 
 
 class PutFile(msgspec.Struct, frozen=True, tag="putfile"):
@@ -27,6 +28,7 @@ class PutFile(msgspec.Struct, frozen=True, tag="putfile"):
 
     def __post_init__(self) -> None:
         check_relpath(self.path)
+        check_entry(self.entry)
 
 
 class Symlink(msgspec.Struct, frozen=True, tag="symlink"):
@@ -35,6 +37,7 @@ class Symlink(msgspec.Struct, frozen=True, tag="symlink"):
 
     def __post_init__(self) -> None:
         check_relpath(self.path)
+        check_entry(self.entry)
 
 
 class Rename(msgspec.Struct, frozen=True, tag="rename"):
@@ -48,6 +51,7 @@ class Rename(msgspec.Struct, frozen=True, tag="rename"):
     def __post_init__(self) -> None:
         check_relpath(self.src)
         check_relpath(self.dst)
+        check_entry(self.entry)
 
 
 class Delete(msgspec.Struct, frozen=True, tag="delete"):
@@ -64,6 +68,7 @@ class SetMeta(msgspec.Struct, frozen=True, tag="setmeta"):
 
     def __post_init__(self) -> None:
         check_relpath(self.path)
+        check_entry(self.entry)
 
 
 Op = Mkdir | PutFile | Symlink | Rename | Delete | SetMeta

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
-from bmsync.core.manifest import Entry, Kind
+from bmsync.core.manifest import Entry, Kind, manifest_digest
 from bmsync.core.ops import Op
 from bmsync.core.paths import ancestors, parent
 from bmsync.core.planner import plan
@@ -67,6 +67,9 @@ class ManifestTree(Mapping[bytes, Entry]):
 
     def as_dict(self) -> dict[bytes, Entry]:
         return dict(self._entries)
+
+    def digest(self) -> bytes:
+        return manifest_digest(self._entries)
 
 
 def plan_changes(

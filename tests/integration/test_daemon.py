@@ -456,3 +456,36 @@ def test_one_line_in_a_20_mb_file_travels_as_a_small_delta(daemon: RunningDaemon
     converge(pair, timeout_s=10)
     assert daemon.status()["errors"] == []
     assert "delta_base_stale" in daemon.log()
+
+
+def test_restart_checks_the_acknowledged_manifest_against_the_passive(etc_pair: Pair) -> None:
+    """On start the agent only confirms the acknowledged manifest by digest;
+    an edit made on the passive while the daemon was stopped breaks that
+    confirmation, and the full comparison puts the active's version back."""
+    etc, passive_etc = etc_pair.active / "etc", etc_pair.passive / "etc"
+    (etc / "app.conf").write_text("port 8080\n")
+    first = RunningDaemon(etc_pair)
+    try:
+        first.wait_state("syncing")
+        converge(etc_pair)
+    finally:
+        assert first.stop() == 0
+
+    second = RunningDaemon(etc_pair)
+    try:
+        second.wait_state("syncing")
+        assert "peer_manifest_confirmed" in second.log()
+    finally:
+        assert second.stop() == 0
+
+    (passive_etc / "app.conf").write_text("port 9999\n")  # someone on the passive
+    (passive_etc / "stray.conf").write_text("not on the active\n")
+    third = RunningDaemon(etc_pair)
+    try:
+        third.wait_state("syncing")
+        assert "peer_manifest_differs" in third.log()
+        converge(etc_pair, timeout_s=5)
+        assert (passive_etc / "app.conf").read_text() == "port 8080\n"
+        assert not (passive_etc / "stray.conf").exists()
+    finally:
+        assert third.stop() == 0

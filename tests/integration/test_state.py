@@ -37,6 +37,24 @@ def test_a_record_torn_by_a_crash_is_ignored(tmp_path: Path) -> None:
     assert ManifestStore(tmp_path).load("bm2") == {b"etc": DIR, b"etc/a": entry(b"a")}
 
 
+def test_records_appended_after_a_torn_one_are_kept(tmp_path: Path) -> None:
+    store = ManifestStore(tmp_path)
+    store.replace("bm2", {b"etc": DIR})
+    store.record([(b"etc/a", entry(b"a"))])
+    store.close()
+    journal = tmp_path / JOURNAL_NAME
+    journal.write_bytes(journal.read_bytes() + b"\x00\x00\x01")  # a crash mid-append
+    restarted = ManifestStore(tmp_path)
+    assert restarted.load("bm2") == {b"etc": DIR, b"etc/a": entry(b"a")}
+    restarted.record([(b"etc/b", entry(b"b"))])  # the next acknowledged batch
+    restarted.close()
+    assert ManifestStore(tmp_path).load("bm2") == {
+        b"etc": DIR,
+        b"etc/a": entry(b"a"),
+        b"etc/b": entry(b"b"),
+    }
+
+
 def test_replace_folds_the_journal_into_a_new_snapshot(tmp_path: Path) -> None:
     store = ManifestStore(tmp_path)
     store.replace("bm2", {b"etc": DIR})

@@ -389,3 +389,17 @@ def test_invalid_utf8_in_a_string_is_a_protocol_error(frame: Any, field: str) ->
     decoder.feed(struct.pack(">I", len(body)) + body)
     with pytest.raises(ProtocolError):
         decoder.next_frame()
+
+
+def test_a_manifest_request_expecting_a_short_digest_is_refused() -> None:
+    fields = raw(ManifestRequest(expect=b"\0" * DIGEST_SIZE))
+    fields["expect"] = b"\0" * 3
+    with pytest.raises(ProtocolError, match="not a digest"):
+        decode_body(body_of(fields))
+
+
+def test_an_unchanged_manifest_carrying_entries_is_refused() -> None:
+    fields = raw(ManifestPart([(b"etc/a", FILE)], last=True))
+    fields["unchanged"] = True
+    with pytest.raises(ProtocolError, match="unchanged manifest"):
+        decode_body(body_of(fields))
