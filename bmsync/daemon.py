@@ -375,7 +375,7 @@ class Daemon:
             expected=self._expected_peer(peer_node),
         )
         if not (report.peer_unchanged and known):
-            self._peer = ManifestTree(report.peer)
+            self._peer = ManifestTree.owning(report.peer)
         if not report.peer_unchanged:
             self._store.replace(peer_node, report.peer)
         self.stats.last_contact = self._wall()

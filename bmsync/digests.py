@@ -32,9 +32,10 @@ CACHE_NAME = "digests"
 
 
 class _Record(msgspec.Struct, array_like=True, frozen=True, gc=False):  # no cycles
+    """The entry holds the file's size and mtime; with the inode and ctime
+    that is the whole key."""
+
     ino: int
-    size: int
-    mtime_ns: int
     ctime_ns: int
     entry: Entry
 
@@ -65,11 +66,12 @@ class DigestCache:
         if self._old is None:
             self._old = self._load()
         record = self._old.get(path)
-        if record is None or (record.ino, record.size, record.mtime_ns, record.ctime_ns) != (
-            st.st_ino,
-            st.st_size,
-            st.st_mtime_ns,
-            st.st_ctime_ns,
+        if (
+            record is None
+            or record.ctime_ns != st.st_ctime_ns
+            or record.ino != st.st_ino
+            or record.entry.size != st.st_size
+            or record.entry.mtime_ns != st.st_mtime_ns
         ):
             self.misses += 1
             return None
@@ -80,7 +82,8 @@ class DigestCache:
     def store(self, path: bytes, st: os.stat_result, entry: Entry) -> None:
         if st.st_ctime_ns >= self._clock_ns() - RACY_NS:
             return  # racy: it may change again within the same tick
-        self._new[path] = _Record(st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, entry)
+        assert (entry.size, entry.mtime_ns) == (st.st_size, st.st_mtime_ns)
+        self._new[path] = _Record(st.st_ino, st.st_ctime_ns, entry)
 
     def save(self) -> None:
         """Keep what the last full scan used (paths gone are dropped)."""

@@ -22,6 +22,18 @@ class ManifestTree(Mapping[bytes, Entry]):
         for path, entry in (entries or {}).items():
             self.set(path, entry)
 
+    @classmethod
+    def owning(cls, entries: dict[bytes, Entry]) -> ManifestTree:
+        """A tree over ``entries`` itself (no copy: 100,000 entries are not
+        held twice); the caller gives it up. ``entries`` must be a whole
+        manifest, every path's parent directory in it."""
+        tree = cls()
+        tree._entries = entries
+        children = tree._children
+        for path in entries:
+            children.setdefault(parent(path), set()).add(path)
+        return tree
+
     def __getitem__(self, path: bytes) -> Entry:
         return self._entries[path]
 

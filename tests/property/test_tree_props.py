@@ -73,6 +73,7 @@ def test_tree_index_does_not_depend_on_insertion_order(model: Tree, rnd: random.
     items = list(model.items())
     rnd.shuffle(items)
     check_index(ManifestTree(dict(items)), model)
+    check_index(ManifestTree.owning(dict(items)), model)
 
 
 @settings(max_examples=300, deadline=None)
