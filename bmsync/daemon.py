@@ -144,6 +144,8 @@ class Daemon:
         self._watcher: Watcher | None = None
         self._watches_fresh = False  # set up since the last reconcile
         self._trim_pending = False  # large buffers freed since the last idle
+        self._stored: asyncio.Future[tuple[str, bytes] | None] | None = None
+        self._peer_node = ""  # whose manifest self._peer is
         self._control = ControlServer(config.control_socket, self._on_control)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -213,6 +215,8 @@ class Daemon:
         ):
             loop.add_signal_handler(signum, handler)
         self._restart_watcher()
+        # the stored manifest's digest, worked out while SSH connects
+        self._stored = asyncio.ensure_future(asyncio.to_thread(self._stored_digest))
         if self._notifier.watchdog_interval_s is not None:
             self._spawn(self._watchdog_pings(self._notifier.watchdog_interval_s))
         log.info("daemon_started", node=self.config.node, pid=os.getpid())
@@ -230,6 +234,9 @@ class Daemon:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._control.close()
+            if self._store.has_journal() and self._peer_node:
+                # the next start then confirms the peer from the header alone
+                self._store.replace(self._peer_node, self._peer.as_dict())
             self._store.close()
             self._notifier.close()
             log.info("daemon_stopped")
@@ -364,6 +371,7 @@ class Daemon:
         self._watches_fresh = False
         started = self._clock()
         peer_node = session.peer.node if session.peer else ""
+        self._peer_node = peer_node
         known = len(self._peer) > 0
         report = await resync(
             session,
@@ -372,7 +380,7 @@ class Daemon:
             guard=self._guard_reconcile,
             delta_bases=self._bases,
             digests=self._digests,
-            expected=self._expected_peer(peer_node),
+            expected=await self._expected_peer(peer_node),
         )
         if not (report.peer_unchanged and known):
             self._peer = ManifestTree.owning(report.peer)
@@ -417,18 +425,31 @@ class Daemon:
             self.state = State.SYNCING
             self._notifier.status(f"syncing to {self.config.require_peer().host}")
 
-    def _expected_peer(self, peer_node: str) -> Expected | None:
+    async def _expected_peer(self, peer_node: str) -> Expected | None:
         """What the peer should hold: the agent confirms it with one digest
         instead of sending every entry."""
         if len(self._peer) > 0:
             tree = self._peer
             return Expected(tree.digest(), tree.as_dict)
-        stored = self._store.load(peer_node)
-        if not stored:
+        stored, self._stored = self._stored, None
+        found = None if stored is None else await stored
+        if found is None or found[0] != peer_node:
             return None
-        digest = manifest_digest(stored)
-        del stored  # reloaded only if this node's scan differs from it
-        return Expected(digest, lambda: self._store.load(peer_node))
+        return Expected(found[1], lambda: self._store.load(peer_node))
+
+    def _stored_digest(self) -> tuple[str, bytes] | None:
+        """The stored manifest's peer and digest: from the snapshot's header
+        after a clean stop; after a crash, from the snapshot and journal,
+        whose entries are then dropped (reloaded only if this node's scan
+        differs from them)."""
+        found = self._store.stored_digest()
+        if found is not None:
+            return found
+        peer, entries = self._store.load_any()
+        found = (peer, manifest_digest(entries)) if entries else None
+        del entries
+        release_free_memory()  # before the scan fills memory again
+        return found
 
     def _guard_reconcile(self, ops: list[Op], peer: Mapping[bytes, Entry]) -> str | None:
         if self._brake_released:

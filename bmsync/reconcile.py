@@ -113,7 +113,7 @@ async def resync(
         assert expected is not None
         report.peer_unchanged = True
         if manifest_digest(scan.entries) == expected.digest:
-            peer = dict(scan.entries)  # the same entries: nothing to plan
+            peer = scan.entries  # the same entries: nothing to plan, nothing to change
         else:
             peer = expected.entries()
         log.info("peer_manifest_confirmed", entries=len(peer))

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from bmsync.core.manifest import Entry
+from bmsync.core.manifest import Entry, manifest_digest
 from bmsync.errors import ConfigError, PeerRefused
 
 log = structlog.get_logger("bmsync.state")
@@ -76,6 +76,14 @@ class SenderLock:
             self._fd = None
 
 
+class _Header(msgspec.Struct, frozen=True):
+    """The start of a snapshot: enough to confirm it with the agent without
+    decoding 100,000 entries."""
+
+    peer: str
+    digest: bytes  # manifest_digest of the entries
+
+
 class _Snapshot(msgspec.Struct, frozen=True):
     peer: str
     entries: list[tuple[bytes, Entry]]
@@ -106,16 +114,40 @@ class ManifestStore:
     def load(self, peer: str) -> dict[bytes, Entry]:
         """The last acknowledged manifest of ``peer`` (empty if none, or if
         what is stored belongs to another node)."""
+        stored_peer, entries = self.load_any()
+        return entries if stored_peer == peer else {}
+
+    def stored_digest(self) -> tuple[str, bytes] | None:
+        """The peer and ``manifest_digest`` of the stored manifest, read from
+        the snapshot's header alone; ``None`` when there is none, or when a
+        journal follows the snapshot (after a crash: ``load_any`` then)."""
+        try:
+            if self._journal.stat().st_size > 0:
+                return None
+        except FileNotFoundError:
+            pass
+        try:
+            with open(self._snapshot, "rb") as f:
+                (length,) = _LENGTH.unpack(f.read(_LENGTH.size))
+                header = msgspec.msgpack.decode(f.read(length), type=_Header)
+        except FileNotFoundError:
+            return None
+        except (msgspec.MsgspecError, ValueError, OSError, struct.error) as exc:
+            log.warning("manifest_unreadable", path=str(self._snapshot), error=str(exc))
+            return None
+        return header.peer, header.digest
+
+    def load_any(self) -> tuple[str, dict[bytes, Entry]]:
+        """The peer the stored manifest belongs to, and that manifest."""
         try:
             data = self._snapshot.read_bytes()
-            snap = msgspec.msgpack.decode(data, type=_Snapshot)
+            (length,) = _LENGTH.unpack_from(data)
+            snap = msgspec.msgpack.decode(memoryview(data)[_LENGTH.size + length :], type=_Snapshot)
         except FileNotFoundError:
-            return {}
-        except (msgspec.MsgspecError, ValueError, OSError) as exc:
+            return "", {}
+        except (msgspec.MsgspecError, ValueError, OSError, struct.error) as exc:
             log.warning("manifest_unreadable", path=str(self._snapshot), error=str(exc))
-            return {}
-        if snap.peer != peer:
-            return {}
+            return "", {}
         self._snapshot_bytes = len(data)
         entries = dict(snap.entries)
         try:
@@ -144,10 +176,12 @@ class ManifestStore:
             log.warning("journal_truncated", path=str(self._journal), kept_bytes=offset)
             os.truncate(self._journal, offset)
         self._journal_bytes = offset
-        return entries
+        return snap.peer, entries
 
     def replace(self, peer: str, entries: Mapping[bytes, Entry]) -> None:
-        data = msgspec.msgpack.encode(_Snapshot(peer, sorted(entries.items())))
+        header = msgspec.msgpack.encode(_Header(peer, manifest_digest(entries)))
+        body = msgspec.msgpack.encode(_Snapshot(peer, sorted(entries.items())))
+        data = _LENGTH.pack(len(header)) + header + body
         write_atomic(self._snapshot, data)
         self._snapshot_bytes = len(data)
         self.close()
@@ -169,6 +203,9 @@ class ManifestStore:
 
     def needs_compaction(self) -> bool:
         return self._journal_bytes > max(JOURNAL_COMPACT_BYTES, self._snapshot_bytes)
+
+    def has_journal(self) -> bool:
+        return self._journal_bytes > 0
 
     def close(self) -> None:
         if self._journal_fd is not None:

@@ -92,12 +92,19 @@ def check_entry(entry: Entry) -> None:
 
 
 _ENCODER = msgspec.msgpack.Encoder()
+_DIGEST_SLICE = 4096
 
 
 def manifest_digest(entries: Mapping[bytes, Entry]) -> bytes:
     """One digest for a whole manifest, the same on both nodes for the same
-    entries whatever their order (the encoding lists them by path)."""
-    return digest_bytes(_ENCODER.encode(sorted(entries.items())))
+    entries whatever their order: the entries by path, encoded a slice at a
+    time (100,000 of them are never copied into one list or buffer)."""
+    paths = sorted(entries)
+    hasher = new_hasher()
+    for start in range(0, len(paths), _DIGEST_SLICE):
+        part = paths[start : start + _DIGEST_SLICE]
+        hasher.update(_ENCODER.encode([(p, entries[p]) for p in part]))
+    return hasher.digest()
 
 
 def digest_bytes(data: bytes) -> bytes:

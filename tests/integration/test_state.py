@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bmsync.core.manifest import Entry, Kind, digest_bytes
+from bmsync.core.manifest import Entry, Kind, digest_bytes, manifest_digest
 from bmsync.state import JOURNAL_NAME, SNAPSHOT_NAME, ManifestStore, write_atomic
 
 
@@ -53,6 +53,18 @@ def test_records_appended_after_a_torn_one_are_kept(tmp_path: Path) -> None:
         b"etc/a": entry(b"a"),
         b"etc/b": entry(b"b"),
     }
+
+
+def test_the_snapshot_header_names_its_manifest_until_a_journal_follows(tmp_path: Path) -> None:
+    manifest = {b"etc": DIR, b"etc/a": entry(b"a")}
+    store = ManifestStore(tmp_path)
+    assert store.stored_digest() is None
+    store.replace("bm2", manifest)
+    assert store.stored_digest() == ("bm2", manifest_digest(manifest))
+    store.record([(b"etc/b", entry(b"b"))])  # acknowledged after the snapshot
+    assert store.stored_digest() is None  # the header no longer tells the whole story
+    assert ManifestStore(tmp_path).load("bm2") == {**manifest, b"etc/b": entry(b"b")}
+    store.close()
 
 
 def test_replace_folds_the_journal_into_a_new_snapshot(tmp_path: Path) -> None:
