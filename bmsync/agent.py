@@ -62,15 +62,15 @@ from bmsync.core.frames import (
     PutChunk,
     PutDelta,
     Refuse,
-    Role,
     Welcome,
     encode,
 )
+from bmsync.core.guard import NodeRole, RefusalCode, Refused, Stamp, judge_sender
 from bmsync.core.manifest import Entry, Kind, digest_bytes, manifest_digest, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import basename, parent, show
 from bmsync.digests import DigestCache
-from bmsync.errors import BmsyncError, PeerRefused, ProtocolError
+from bmsync.errors import BmsyncError, PeerRefused, ProtocolError, RoleStateError
 from bmsync.fsutil import (
     O_DIR,
     O_READ,
@@ -85,7 +85,7 @@ from bmsync.fsutil import (
     write_xattrs,
 )
 from bmsync.scan import TMP_PREFIX, read_file_entry, scan_tree
-from bmsync.state import SenderLock, ensure_state_dir
+from bmsync.state import RoleStore, SenderLock, ensure_state_dir
 
 log = structlog.get_logger("bmsync.agent")
 
@@ -133,12 +133,17 @@ class Agent:
     operation (that becomes a ``Failure`` in ``Applied``); it raises
     ``ProtocolError`` for a frame that breaks the protocol."""
 
-    def __init__(self, node: str, root: Path, syncset: SyncSet, state_dir: Path) -> None:
+    def __init__(
+        self, node: str, root: Path, syncset: SyncSet, state_dir: Path, *, local: bool = False
+    ) -> None:
+        """``local``: this node writing into its own tree (the daemon's
+        restore from the peer's copies), not a peer: no role rule."""
         self.node = node
         self.root = root
         self.syncset = syncset
         self.state_dir = state_dir
-        self.epoch = 0  # fencing token; enforced from the split-brain guard on
+        self._roles = RoleStore(state_dir, node)
+        self._local = local
         self._lock = SenderLock(state_dir)
         self._digests = DigestCache(state_dir)
         self._purpose: Purpose | None = None
@@ -181,10 +186,40 @@ class Agent:
             self._root_fd = None
         self._lock.release()
 
-    def _refuse(self, reason: str) -> list[Frame]:
-        log.warning("session_refused", reason=reason)
+    def _refuse(self, reason: str, code: RefusalCode, me: NodeRole | None = None) -> list[Frame]:
+        log.warning("session_refused", reason=reason, code=str(code))
         self.finished = True
-        return [Refuse(reason=reason, node=self.node, role=Role.PASSIVE, epoch=self.epoch)]
+        if me is None:
+            try:
+                me = self._roles.load()
+            except RoleStateError:
+                me = NodeRole(self.node)
+        return [
+            Refuse(
+                reason=reason,
+                node=self.node,
+                role=me.role,
+                epoch=me.epoch,
+                code=str(code),
+                seen_epoch=me.highest_seen.epoch,
+                seen_node=me.highest_seen.node,
+            )
+        ]
+
+    def _judge(self, hello: Hello) -> NodeRole | list[Frame]:
+        """The handshake rule for a writer: this node's role afterwards
+        (fsynced before the Welcome), or the refusal to send."""
+        try:
+            me = self._roles.load()
+        except RoleStateError as exc:
+            return self._refuse(str(exc), RefusalCode.INCOMPATIBLE)
+        verdict = judge_sender(me, Stamp(hello.epoch, hello.node), hello.role)
+        if isinstance(verdict, Refused):
+            return self._refuse(verdict.reason, verdict.code, me)
+        if verdict.role != me:
+            self._roles.save(verdict.role, f"accepted {hello.node} at epoch {hello.epoch}")
+            log.info("highest_seen", epoch=hello.epoch, node=hello.node)
+        return verdict.role
 
     def _hello(self, hello: Hello) -> list[Frame]:
         if self._purpose is not None:
@@ -193,26 +228,52 @@ class Agent:
             return self._refuse(
                 f"protocol version {hello.version} (bmsync {hello.software}) is not "
                 f"{PROTOCOL_VERSION} (bmsync {__version__} on {self.node}); "
-                "install the same bmsync version on both nodes"
+                "install the same bmsync version on both nodes",
+                RefusalCode.INCOMPATIBLE,
             )
         if hello.node == self.node:
             return self._refuse(
                 f"the sender calls itself {hello.node!r}, which is this node's own id; "
-                "check peer.host and each node's 'node:'"
+                "check peer.host and each node's 'node:'",
+                RefusalCode.INCOMPATIBLE,
             )
         if hello.purpose == Purpose.WRITE:
             try:
                 self._lock.acquire(f"{hello.node} epoch {hello.epoch}")
             except PeerRefused as exc:
-                return self._refuse(str(exc))
+                return self._refuse(str(exc), RefusalCode.BUSY)
+            # under the lock: one sender's update of highest_seen at a time
+            judged = self._roles.load() if self._local else self._judge(hello)
+            if isinstance(judged, list):
+                self._lock.release()
+                return judged
+            me = judged
+        else:
+            try:
+                me = self._roles.load()
+            except RoleStateError as exc:
+                return self._refuse(str(exc), RefusalCode.INCOMPATIBLE)
         try:
             self._root_fd = open_root(self.root)
         except OSError as exc:
             self._lock.release()
-            return self._refuse(f"cannot open this node's sync root {self.root}: {exc.strerror}")
+            return self._refuse(
+                f"cannot open this node's sync root {self.root}: {exc.strerror}",
+                RefusalCode.INCOMPATIBLE,
+                me,
+            )
         self._purpose = hello.purpose
         log.info("session_started", peer=hello.node, purpose=str(hello.purpose))
-        return [Welcome(PROTOCOL_VERSION, self.node, Role.PASSIVE, self.epoch)]
+        return [
+            Welcome(
+                PROTOCOL_VERSION,
+                self.node,
+                me.role,
+                me.epoch,
+                me.highest_seen.epoch,
+                me.highest_seen.node,
+            )
+        ]
 
     def _bye(self, _: Bye) -> list[Frame]:
         self.finished = True

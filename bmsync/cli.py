@@ -75,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="after a delete storm: restore the deleted files from the peer instead",
     )
+    resume.add_argument(
+        "--force",
+        action="store_true",
+        help="clear a split-brain suspension without evidence (needs --reason; recorded)",
+    )
+    resume.add_argument("--reason", default="", help="why --force is safe (recorded)")
+    commands.add_parser(
+        "promote", help="make this node the active one, at an epoch above every one seen"
+    )
+    commands.add_parser("demote", help="make this node passive (it then only receives)")
 
     conf = commands.add_parser("config", help="configuration commands")
     conf_cmds = conf.add_subparsers(
@@ -121,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return daemon_cli.cmd_pause(conf, args)
         if args.command == "resume":
             return daemon_cli.cmd_resume(conf, args)
+        if args.command in ("promote", "demote"):
+            return daemon_cli.cmd_role(conf, args.command)
         raise UsageError(f"unknown command {args.command!r}")
     except BmsyncError as exc:
         print(f"bmsync: error: {exc}", file=sys.stderr)

@@ -49,19 +49,30 @@ from bmsync.core.frames import (
     Role,
     Welcome,
 )
+from bmsync.core.guard import (
+    ForcedResume,
+    Guard,
+    GuardState,
+    Observation,
+    PeerRefused,
+    PeerWelcomed,
+    RefusalCode,
+    RoleChanged,
+    Stamp,
+)
 from bmsync.core.manifest import Entry, Kind, manifest_digest
 from bmsync.core.ops import Delete, Op, PutFile, Rename, Symlink
 from bmsync.core.paths import show
 from bmsync.core.planner import plan
 from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.digests import DigestCache
-from bmsync.errors import BmsyncError, ConfigError, LocalFsError
+from bmsync.errors import BmsyncError, ConfigError, LocalFsError, NotActive, SplitBrainSuspected
 from bmsync.fsutil import open_root, release_free_memory
 from bmsync.notify import Notifier
 from bmsync.reconcile import Expected, base_finder, keep_bases, resync
 from bmsync.scan import scan_paths, scan_tree
 from bmsync.session import PeerSession
-from bmsync.state import ManifestStore, ensure_state_dir
+from bmsync.state import ManifestStore, RoleStore, ensure_state_dir
 from bmsync.transport import FrameChannel
 from bmsync.transport import connect as ssh_connect
 from bmsync.watch import Change, Watcher
@@ -86,6 +97,8 @@ class State(enum.StrEnum):
     SYNCING = "syncing"
     PAUSED = "paused"
     DISCONNECTED = "disconnected"
+    SUSPENDED = "suspended"  # the guard: a split-brain is suspected
+    MAINTENANCE = "maintenance"
     STOPPED = "stopped"
 
 
@@ -103,6 +116,10 @@ class Stats:
 
 class _LinkLost(Exception):
     pass
+
+
+class _Suspended(Exception):
+    """The guard forbids sending: wait for evidence, retrying the handshake."""
 
 
 def _iso(wall: float | None) -> str | None:
@@ -146,6 +163,10 @@ class Daemon:
         self._trim_pending = False  # large buffers freed since the last idle
         self._stored: asyncio.Future[tuple[str, bytes] | None] | None = None
         self._peer_node = ""  # whose manifest self._peer is
+        self._roles = RoleStore(config.state_dir, config.node)
+        self._guard = Guard.starting(self._roles.load(), wall())
+        self._peer_role: Role | None = None
+        self._peer_epoch: int | None = None
         self._control = ControlServer(config.control_socket, self._on_control)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -207,6 +228,13 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         ensure_state_dir(self.config.state_dir)
+        role = self._guard.role
+        if role.role is not Role.ACTIVE:
+            raise NotActive(
+                f"{role.node} is passive (epoch {role.epoch}, highest seen "
+                f"{role.highest_seen}); only the active node sends. Run 'bmsync promote' "
+                "on the node that must send (the HA module does it on failover)"
+            )
         await self._control.start()
         for signum, handler in (
             (signal.SIGTERM, self.stop),
@@ -278,6 +306,21 @@ class Daemon:
                 session = await self._open_session()
                 attempt = 0
                 await self._serve(session)
+            except (SplitBrainSuspected, _Suspended) as exc:
+                await self._close_session()
+                if self._stopping.is_set():
+                    break
+                self.state = (
+                    State.MAINTENANCE
+                    if self._guard.state is GuardState.MAINTENANCE
+                    else State.SUSPENDED
+                )
+                self._notifier.status(f"{self.state}: {self._guard.reason}")
+                if isinstance(exc, SplitBrainSuspected):
+                    self._error(f"peer refused: {exc}")
+                # ask again now and then: the peer may have been demoted or fenced
+                await self._sleep(self.config.require_peer().reconnect_max_s)
+                self._reconcile_wanted = True
             except (BmsyncError, _LinkLost) as exc:
                 await self._close_session()
                 if self._stopping.is_set():
@@ -300,12 +343,42 @@ class Daemon:
     async def _open_session(self) -> PeerSession:
         peer = self.config.require_peer()
         channel = await self._connect_channel(peer)
-        session = PeerSession(channel, self.config.node)
+        me = self._guard.role
+        session = PeerSession(channel, self.config.node, me.epoch, me.role)
         self._session = session
-        await session.open(Purpose.WRITE)
+        try:
+            welcome = await session.open(Purpose.WRITE)
+        except SplitBrainSuspected as exc:
+            self.stats.last_contact = self._wall()
+            self._peer_role, self._peer_epoch = Role(exc.peer_role), None
+            self._observe(
+                PeerRefused(
+                    exc.peer, Role(exc.peer_role), Stamp(*exc.seen), RefusalCode(exc.code), str(exc)
+                )
+            )
+            raise
         self.stats.last_contact = self._wall()
+        self._peer_role, self._peer_epoch = welcome.role, welcome.epoch
+        self._observe(PeerWelcomed(welcome.node, Stamp(welcome.seen_epoch, welcome.seen_node)))
+        if not self._guard.may_send:
+            raise _Suspended(self._guard.reason or "the guard forbids sending")
         self.state = State.RECONCILING
         return session
+
+    def _observe(self, observation: Observation) -> None:
+        """Feed the guard; log each transition with its evidence; persist
+        a higher stamp seen (fsynced) before acting on it."""
+        before = self._guard.role
+        for change in self._guard.observe(observation, self._wall()):
+            log.warning(
+                "guard",
+                old=str(change.old),
+                new=str(change.new),
+                reason=change.reason,
+                evidence=change.evidence,
+            )
+        if self._guard.role != before:
+            self._roles.save(self._guard.role, f"saw {self._guard.role.highest_seen}")
 
     def _drop_session(self) -> None:
         if self._session is not None:
@@ -326,6 +399,8 @@ class Daemon:
             while not self._stopping.is_set():
                 if lost.done() or self._session is not session:
                     raise _LinkLost("the SSH session to the agent ended")
+                if not self._guard.may_send:
+                    raise _Suspended(self._guard.reason or "the guard forbids sending")
                 if self.paused_reason is not None:  # no writes at all, not even a reconcile
                     await self._idle(None)
                     continue
@@ -599,7 +674,7 @@ class Daemon:
             for op in plan(wanted, here)
             if not isinstance(op, Delete)
         ]
-        local = Agent(self.config.node, root, syncset, self.config.state_dir)
+        local = Agent(self.config.node, root, syncset, self.config.state_dir, local=True)
         try:
             hello = Hello(
                 PROTOCOL_VERSION, session.peer.node, Role.ACTIVE, 0, Purpose.WRITE, __version__
@@ -657,6 +732,23 @@ class Daemon:
             "paused_reason": self.paused_reason,
             "errors": [{"time": _iso(t), "message": m} for t, m in self.stats.errors],
             "error_count": self.stats.error_count,
+            **self._guard_status(),
+        }
+
+    def _guard_status(self) -> dict[str, Any]:
+        guard, me = self._guard, self._guard.role
+        suspended = guard.state is not GuardState.SYNCING
+        return {
+            "role": str(me.role),
+            "epoch": me.epoch,
+            "highest_seen": {"epoch": me.highest_seen.epoch, "node": me.highest_seen.node},
+            "peer_role": None if self._peer_role is None else str(self._peer_role),
+            "peer_epoch": self._peer_epoch,
+            "peer_seen": {"epoch": guard.peer_seen.epoch, "node": guard.peer_seen.node},
+            "reason": guard.reason if suspended else self.paused_reason,
+            "since": _iso(guard.since) if suspended else None,
+            "clears": guard.clears,
+            "forced": guard.forced_reason,
         }
 
     async def _on_control(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -666,6 +758,25 @@ class Daemon:
         if command == "pause":
             reason = str(request.get("reason") or "paused by an operator (bmsync pause)")
             self._pause(reason, held={})
+            return {"ok": True, "state": str(self.state)}
+        if command == "resume" and request.get("force"):
+            reason = str(request.get("reason") or "")
+            if not reason:
+                raise BmsyncError("'resume --force' needs '--reason \"...\"' (it is recorded)")
+            self._observe(ForcedResume(reason))
+            self._roles.save(
+                self._guard.role, "resume --force", forced=f"{_iso(self._wall())} {reason}"
+            )
+            log.warning("forced_resume", reason=reason, state=str(self._guard.state))
+            self._wake.set()
+            return {"ok": True, "state": str(self._guard.state), "reason": self._guard.reason}
+        if command == "role":  # `bmsync promote` / `demote` changed the persisted role
+            role = self._roles.load()
+            self._observe(RoleChanged(role))
+            if role.role is not Role.ACTIVE:
+                log.warning("demoted", epoch=role.epoch)
+                self.stop()
+            self._wake.set()
             return {"ok": True, "state": str(self.state)}
         if command == "resume":
             if request.get("discard"):

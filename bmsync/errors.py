@@ -13,6 +13,9 @@
     │   ├── AuthRefused                       the peer refused our key
     │   └── AgentFailed                       `bmsync agent` did not run
     ├── PeerRefused                  exit 5   the agent declined the session
+    │   └── SplitBrainSuspected               ...because of roles or epochs
+    ├── NotActive                    exit 8   this node may not send (passive, suspended)
+    ├── RoleStateError               exit 8   the persisted role is missing or damaged
     ├── ApplyIncomplete              exit 6   some paths could not be applied
     ├── LocalFsError                 exit 7   reading this node's tree failed
     └── DaemonNotRunning             exit 3   no daemon on the control socket
@@ -74,6 +77,30 @@ class PeerRefused(BmsyncError):
     """The agent answered the handshake with a refusal (busy, wrong role...)."""
 
     exit_code = 5
+
+
+class SplitBrainSuspected(PeerRefused):
+    """The agent refused because of roles or epochs (it is active, or has
+    seen a higher promotion): not a transient error, never retried past."""
+
+    def __init__(
+        self, message: str, *, peer: str, peer_role: str, code: str, seen: tuple[int, str]
+    ) -> None:
+        super().__init__(message)
+        self.peer = peer
+        self.peer_role = peer_role
+        self.code = code
+        self.seen = seen
+
+
+class NotActive(BmsyncError):
+    """This node is not the active one, or its guard stopped sync."""
+
+    exit_code = 8
+
+
+class RoleStateError(BmsyncError):
+    exit_code = 8
 
 
 class ApplyIncomplete(BmsyncError):

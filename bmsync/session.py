@@ -39,6 +39,7 @@ from bmsync.core.frames import (
     Role,
     Welcome,
 )
+from bmsync.core.guard import SPLIT_BRAIN
 from bmsync.core.manifest import Entry
 from bmsync.core.ops import Op, PutFile
 from bmsync.core.paths import show
@@ -47,6 +48,7 @@ from bmsync.errors import (
     PeerRefused,
     ProtocolError,
     RemoteProtocolError,
+    SplitBrainSuspected,
     TransportError,
 )
 from bmsync.fsutil import file_frames, read_whole
@@ -85,21 +87,33 @@ class Outcome:
 
 
 class PeerSession:
-    def __init__(self, channel: FrameChannel, node: str, epoch: int = 0) -> None:
+    def __init__(
+        self, channel: FrameChannel, node: str, epoch: int = 0, role: Role = Role.ACTIVE
+    ) -> None:
         self._channel = channel
         self.node = node
         self.epoch = epoch
+        self.role = role
         self.peer: Welcome | None = None
 
     async def open(self, purpose: Purpose) -> Welcome:
-        hello = Hello(PROTOCOL_VERSION, self.node, Role.ACTIVE, self.epoch, purpose, __version__)
+        hello = Hello(PROTOCOL_VERSION, self.node, self.role, self.epoch, purpose, __version__)
         await self._channel.send([hello])
         try:
             answer = await self._channel.receive()
         except RemoteProtocolError as exc:
             raise AgentFailed(f"the peer's agent cannot start: {exc}") from exc
         if isinstance(answer, Refuse):
-            raise PeerRefused(f"peer {answer.node} refused the session: {answer.reason}")
+            message = f"peer {answer.node} refused the session: {answer.reason}"
+            if answer.code in SPLIT_BRAIN:
+                raise SplitBrainSuspected(
+                    message,
+                    peer=answer.node,
+                    peer_role=answer.role,
+                    code=answer.code,
+                    seen=(answer.seen_epoch, answer.seen_node),
+                )
+            raise PeerRefused(message)
         if not isinstance(answer, Welcome):
             raise ProtocolError(f"expected Welcome, the agent sent {type(answer).__name__}")
         self.peer = answer

@@ -1,5 +1,5 @@
-"""This node's state directory: the agent's one-sender lock, and the
-sender's record of what the peer has acknowledged."""
+"""This node's state directory: its role and epochs, the agent's
+one-sender lock, and the sender's record of what the peer has acknowledged."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from pathlib import Path
 import msgspec
 import structlog
 
+from bmsync.core.frames import Role
+from bmsync.core.guard import NodeRole, Stamp
 from bmsync.core.manifest import Entry, manifest_digest
-from bmsync.errors import ConfigError, PeerRefused
+from bmsync.errors import ConfigError, PeerRefused, RoleStateError
 
 log = structlog.get_logger("bmsync.state")
 
@@ -40,6 +42,73 @@ def ensure_state_dir(path: Path) -> Path:
             f"{stat.S_IMODE(st.st_mode):04o}); run 'chmod 700 {path}'"
         )
     return path
+
+
+ROLE_NAME = "role.json"
+
+
+class _Seen(msgspec.Struct, frozen=True):
+    epoch: int
+    node: str
+
+
+class _RoleFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    node: str
+    role: Role
+    epoch: int
+    highest_seen: _Seen
+    forced: str | None = None  # the last `resume --force` reason, with its time
+    changed: str = ""  # when, and by what
+
+
+class RoleStore:
+    """``state_dir/role.json``: role, epoch and highest (epoch, node) seen,
+    replaced atomically and fsynced. A node without one is passive at
+    epoch 0; a damaged one is an error, never a reset (a reset
+    ``highest_seen`` would let a superseded active write again)."""
+
+    def __init__(self, state_dir: Path, node: str) -> None:
+        self.path = state_dir / ROLE_NAME
+        self._node = node
+
+    def load(self) -> NodeRole:
+        return self.load_record()[0]
+
+    def load_record(self) -> tuple[NodeRole, _RoleFile | None]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return NodeRole(self._node), None
+        except OSError as exc:
+            raise RoleStateError(f"{self.path}: cannot read it ({exc.strerror})") from exc
+        try:
+            record = msgspec.json.decode(data, type=_RoleFile)
+        except (msgspec.MsgspecError, ValueError) as exc:
+            raise RoleStateError(
+                f"{self.path} is damaged ({exc}); restore it from a backup, or write it by "
+                "hand from the peer's 'bmsync status --json' (role, epoch, highest seen)"
+            ) from exc
+        if record.node != self._node:
+            raise RoleStateError(
+                f"{self.path} belongs to node {record.node!r}, but this node is "
+                f"{self._node!r}; check 'node:' in the configuration"
+            )
+        seen = Stamp(record.highest_seen.epoch, record.highest_seen.node)
+        return NodeRole(record.node, record.role, record.epoch, seen), record
+
+    def save(self, role: NodeRole, changed: str, forced: str | None = None) -> None:
+        if forced is None:
+            _, old = self.load_record()
+            forced = None if old is None else old.forced
+        record = _RoleFile(
+            role.node,
+            role.role,
+            role.epoch,
+            _Seen(role.highest_seen.epoch, role.highest_seen.node),
+            forced,
+            changed,
+        )
+        write_atomic(self.path, msgspec.json.format(msgspec.json.encode(record)) + b"\n")
 
 
 class SenderLock:

@@ -9,14 +9,15 @@ from typing import Any
 
 from bmsync import config
 from bmsync.bases import BaseStore
-from bmsync.core.frames import Purpose
+from bmsync.core.frames import Purpose, Role
+from bmsync.core.guard import Stamp
 from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
 from bmsync.digests import DigestCache
-from bmsync.errors import ApplyIncomplete, LocalFsError
+from bmsync.errors import ApplyIncomplete, LocalFsError, NotActive, SplitBrainSuspected
 from bmsync.reconcile import resync, verify
 from bmsync.session import PeerSession
-from bmsync.state import ensure_state_dir
+from bmsync.state import RoleStore, ensure_state_dir
 from bmsync.transport import connect
 
 EXIT_DIFFERENT = 1
@@ -25,10 +26,24 @@ EXIT_DIFFERENT = 1
 async def _connect(conf: config.Config, purpose: Purpose) -> PeerSession:
     peer = conf.require_peer()
     ensure_state_dir(conf.state_dir)
+    roles = RoleStore(conf.state_dir, conf.node)
+    me = roles.load()
+    if purpose is Purpose.WRITE and me.role is not Role.ACTIVE:
+        raise NotActive(
+            f"{me.node} is passive (epoch {me.epoch}); only the active node sends. "
+            "Run 'bmsync promote' here first if this node must become the active one, "
+            "or 'bmsync resync --dry-run' / 'bmsync verify' to compare without writing"
+        )
     channel = await connect(peer)
-    session = PeerSession(channel, conf.node)
+    session = PeerSession(channel, conf.node, me.epoch, me.role)
     try:
         await session.open(purpose)
+    except SplitBrainSuspected as exc:
+        await channel.close()
+        seen = Stamp(*exc.seen)
+        if seen > me.highest_seen:
+            roles.save(me.saw(seen), f"refused by {exc.peer}, which has seen {seen}")
+        raise
     except BaseException:
         await channel.close()
         raise

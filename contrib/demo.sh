@@ -79,6 +79,9 @@ show() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
 echo "active node tree: $work/bm1   passive node tree: $work/bm2   sshd on 127.0.0.1:$port"
 step bm config check
 
+show "a fresh node is passive at epoch 0: make bm1 the active one (the HA module would)"
+step bm promote
+
 show "start the daemon (systemd would: Type=notify, READY after the first reconcile)"
 "$python" -m bmsync -c "$work/bm1.yaml" --log-level info run 2>"$work/daemon.log" &
 daemon_pid=$!

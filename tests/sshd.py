@@ -13,6 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bmsync.core.frames import Role
+from bmsync.state import RoleStore, ensure_state_dir
+
 SSHD = Path("/usr/sbin/sshd")
 
 
@@ -134,7 +137,10 @@ def write_config(
     port: int | None = None,
     known_hosts: Path | None = None,
     extra_sync: tuple[str, ...] = (),
+    promote: bool | None = None,
 ) -> Path:
+    """A node's config. ``promote`` (by default: when it has a peer to send
+    to) makes the node active, as 'bmsync promote' would."""
     lines = [
         f"node: {node}",
         f"state_dir: {state_dir}",
@@ -157,4 +163,10 @@ def write_config(
     lines.append("  exclude: [" + ", ".join(json.dumps(e) for e in exclude) + "]")
     lines += [f"  {line}" for line in extra_sync]
     path.write_text("\n".join(lines) + "\n")
+    if promote if promote is not None else sshd is not None:
+        ensure_state_dir(state_dir)
+        roles = RoleStore(state_dir, node)
+        role = roles.load()
+        if role.role is not Role.ACTIVE:
+            roles.save(role.promote(), "promoted by the test set-up")
     return path

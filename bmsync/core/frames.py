@@ -52,6 +52,8 @@ class Purpose(enum.StrEnum):
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello"):
+    """The sender's (node, role, epoch): its claim, judged by the agent."""
+
     version: int
     node: str
     role: Role
@@ -61,17 +63,28 @@ class Hello(msgspec.Struct, frozen=True, tag="hello"):
 
 
 class Welcome(msgspec.Struct, frozen=True, tag="welcome"):
+    """The agent's node, role and epoch, and the highest (epoch, node) it
+    has seen, which now includes the sender's."""
+
     version: int
     node: str
     role: Role
     epoch: int
+    seen_epoch: int = 0
+    seen_node: str = ""
 
 
 class Refuse(msgspec.Struct, frozen=True, tag="refuse"):
+    """``code``: a ``RefusalCode``; the role and highest (epoch, node) seen
+    on the refusing node travel back so the sender can record them."""
+
     reason: str
     node: str
     role: Role
     epoch: int
+    code: str = ""
+    seen_epoch: int = 0
+    seen_node: str = ""
 
 
 class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):

@@ -1,0 +1,429 @@
+"""Roles, epochs and the split-brain guard (DESIGN.md, "Roles, epochs, and
+the guard"). Pure: observations in, decisions out; the caller persists
+``NodeRole`` and passes the time in.
+
+Three parts:
+
+- ``NodeRole``: what a node persists (role, epoch, highest ``Stamp`` seen)
+  and how promotion and demotion change it;
+- ``judge_sender``: the agent's handshake rule, which decides whether a
+  sender may write here;
+- ``Guard``: this node's state machine (SYNCING, SUSPENDED, MAINTENANCE),
+  fed by observations, each transition carrying its evidence.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from typing import NamedTuple
+
+from bmsync.core.frames import Role
+
+
+class Stamp(NamedTuple):
+    """A promotion: its epoch, then the node promoted (which breaks ties
+    between two promotions to the same epoch). Ordered like a tuple."""
+
+    epoch: int
+    node: str
+
+    def __str__(self) -> str:
+        return f"epoch {self.epoch} ({self.node})" if self.node else f"epoch {self.epoch}"
+
+
+NO_STAMP = Stamp(0, "")
+
+
+class AlreadyActive(Exception):
+    """``promote`` on an active node: nothing changes."""
+
+
+@dataclass(frozen=True)
+class NodeRole:
+    """What a node persists under its state_dir. ``epoch`` is the epoch of
+    its last promotion; ``highest_seen`` the highest stamp it has seen: its
+    own promotions, the senders it accepted, and those reported to it in
+    refusals."""
+
+    node: str
+    role: Role = Role.PASSIVE
+    epoch: int = 0
+    highest_seen: Stamp = NO_STAMP
+
+    @property
+    def stamp(self) -> Stamp:
+        return Stamp(self.epoch, self.node)
+
+    def promote(self) -> NodeRole:
+        """Active, with an epoch above every one seen: a fencing token no
+        earlier promotion of either node can equal."""
+        if self.role is Role.ACTIVE:
+            raise AlreadyActive(f"{self.node} is already active ({self.stamp})")
+        epoch = self.highest_seen.epoch + 1
+        return replace(self, role=Role.ACTIVE, epoch=epoch, highest_seen=Stamp(epoch, self.node))
+
+    def demote(self) -> NodeRole:
+        return replace(self, role=Role.PASSIVE)
+
+    def saw(self, stamp: Stamp) -> NodeRole:
+        return self if stamp <= self.highest_seen else replace(self, highest_seen=stamp)
+
+    def is_stale(self) -> bool:
+        """Active, but a node has been promoted to a higher epoch since (two
+        promotions to the same epoch are a conflict, not staleness)."""
+        return self.role is Role.ACTIVE and self.highest_seen.epoch > self.epoch
+
+
+# -- the handshake rule (on the receiving node) ------------------------------
+
+
+class RefusalCode(enum.StrEnum):
+    """Why an agent refused a sender. The first three mean a possible
+    split-brain: the sender suspends rather than retrying past them."""
+
+    RECEIVER_ACTIVE = "receiver-active"  # this node is active itself
+    SENDER_STALE = "sender-stale"  # a higher promotion has been seen here
+    SENDER_NOT_ACTIVE = "sender-not-active"  # the sender does not claim active
+    SUSPENDED = "suspended"  # this node's guard stopped all writes
+    BUSY = "busy"  # another sender holds the lock
+    INCOMPATIBLE = "incompatible"  # protocol version, node ids, root
+
+
+SPLIT_BRAIN = frozenset(
+    {RefusalCode.RECEIVER_ACTIVE, RefusalCode.SENDER_STALE, RefusalCode.SENDER_NOT_ACTIVE}
+)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Write ``role`` (``highest_seen`` raised to the sender) to disk and
+    fsync it, then welcome the sender."""
+
+    role: NodeRole
+
+
+@dataclass(frozen=True)
+class Refused:
+    code: RefusalCode
+    reason: str
+
+
+def judge_sender(me: NodeRole, sender: Stamp, sender_role: Role) -> Accepted | Refused:
+    """May ``sender`` write to this node? Only when this node is passive,
+    the sender claims active, and its stamp is the highest seen here (or
+    equals it: the same sender again)."""
+    if me.role is Role.ACTIVE:
+        return Refused(
+            RefusalCode.RECEIVER_ACTIVE,
+            f"{me.node} is active itself ({me.stamp}); two active nodes mean a possible "
+            f"split-brain, so it accepts no writes from {sender.node}",
+        )
+    if sender_role is not Role.ACTIVE:
+        return Refused(
+            RefusalCode.SENDER_NOT_ACTIVE,
+            f"{sender.node} does not claim to be active; only an active node may send",
+        )
+    if sender < me.highest_seen:
+        return Refused(
+            RefusalCode.SENDER_STALE,
+            f"{sender.node} is active with {sender}, but {me.node} has seen "
+            f"{me.highest_seen}: {sender.node} has been superseded and must not write",
+        )
+    return Accepted(me.saw(sender))
+
+
+# -- the guard (on this node) ------------------------------------------------
+
+
+class GuardState(enum.StrEnum):
+    SYNCING = "syncing"
+    SUSPENDED = "suspended"
+    MAINTENANCE = "maintenance"
+
+
+class Suspicion(enum.StrEnum):
+    PEER_ACTIVE = "peer-active"  # the peer refused us: it is active too
+    STALE = "stale"  # a higher promotion exists: this node was superseded
+    VIP_ELSEWHERE = "vip-elsewhere"  # the VIP answers from another MAC
+    VIP_MISSING = "vip-missing"  # active, but this node does not hold the VIP
+
+
+# What clears each suspicion, for `bmsync status`.
+CLEARS = {
+    Suspicion.PEER_ACTIVE: (
+        "the peer confirmed passive with a lower epoch (after 'bmsync demote' there), "
+        "the peer fenced, or 'bmsync resume --force --reason ...'"
+    ),
+    Suspicion.STALE: (
+        "'bmsync demote' here (the peer is the active node now), or, if this node "
+        "must stay active, 'bmsync demote' on the peer then 'bmsync resume --force'"
+    ),
+    Suspicion.VIP_ELSEWHERE: (
+        "the VIP no longer answering from another MAC, then the peer confirmed "
+        "passive or fenced; or 'bmsync resume --force --reason ...'"
+    ),
+    Suspicion.VIP_MISSING: (
+        "this node holding the VIP again, then the peer confirmed passive or "
+        "fenced; or 'bmsync demote'"
+    ),
+}
+
+
+# -- observations --
+
+
+@dataclass(frozen=True)
+class PeerWelcomed:
+    """A handshake succeeded: the peer is passive and accepted our stamp."""
+
+    peer: str
+    peer_seen: Stamp
+
+
+@dataclass(frozen=True)
+class PeerRefused:
+    peer: str
+    peer_role: Role
+    peer_seen: Stamp
+    code: RefusalCode
+    reason: str
+
+
+@dataclass(frozen=True)
+class PeerLost:
+    """The peer cannot be reached (no conflict: roles were never compared)."""
+
+    detail: str
+
+
+@dataclass(frozen=True)
+class VipSeen:
+    """Whether this node holds the VIP, and MACs other than ours that
+    answer for it (duplicate address detection)."""
+
+    held: bool
+    other_macs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PeerFenced:
+    """Fencing confirmed the peer powered off."""
+
+    peer: str
+
+
+@dataclass(frozen=True)
+class MaintenanceSet:
+    on: bool
+
+
+@dataclass(frozen=True)
+class ForcedResume:
+    """An operator clears every suspicion, with a reason for the record."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RoleChanged:
+    """This node was promoted or demoted (persisted by the caller)."""
+
+    role: NodeRole
+
+
+Observation = (
+    PeerWelcomed
+    | PeerRefused
+    | PeerLost
+    | VipSeen
+    | PeerFenced
+    | MaintenanceSet
+    | ForcedResume
+    | RoleChanged
+)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of state, with what caused it (for the log)."""
+
+    old: GuardState
+    new: GuardState
+    reason: str
+    evidence: str
+
+
+@dataclass
+class _Raised:
+    reason: str
+    since: float
+
+
+@dataclass
+class Guard:
+    """May this node send (``may_send``) or accept writes (``may_accept``)?
+
+    Suspicions are raised by observations and cleared only by evidence
+    (``CLEARS``) or an operator's ``ForcedResume``; each is kept with its
+    reason and time. ``observe`` returns the transitions it caused."""
+
+    role: NodeRole
+    vip_configured: bool = False
+    maintenance: bool = False
+    peer_seen: Stamp = NO_STAMP  # the peer's highest_seen, as last reported
+    forced_reason: str | None = None
+    _raised: dict[Suspicion, _Raised] = field(default_factory=dict)
+    _vip_ok: bool = True  # the last VIP observation showed nothing wrong
+    _state_since: float = 0.0
+
+    @classmethod
+    def starting(cls, role: NodeRole, now: float, vip_configured: bool = False) -> Guard:
+        """The guard of a node (re)starting from its persisted role: a stale
+        active stays suspended across restarts."""
+        guard = cls(role, vip_configured, _state_since=now)
+        if role.is_stale():
+            guard._raise(
+                Suspicion.STALE,
+                f"this node is stale: it has seen {role.highest_seen}, above its own {role.stamp}",
+                now,
+            )
+        return guard
+
+    @property
+    def state(self) -> GuardState:
+        if self.maintenance:
+            return GuardState.MAINTENANCE
+        return GuardState.SUSPENDED if self._raised else GuardState.SYNCING
+
+    @property
+    def since(self) -> float:
+        return self._state_since
+
+    @property
+    def suspicions(self) -> dict[Suspicion, str]:
+        return {s: r.reason for s, r in self._raised.items()}
+
+    @property
+    def reason(self) -> str | None:
+        if self.maintenance:
+            return "maintenance mode: sync is off on this node ('bmsync maintenance off')"
+        if not self._raised:
+            return None
+        first = min(self._raised.values(), key=lambda r: r.since)
+        return first.reason
+
+    @property
+    def clears(self) -> list[str]:
+        return [CLEARS[s] for s in self._raised]
+
+    @property
+    def may_send(self) -> bool:
+        return self.role.role is Role.ACTIVE and self.state is GuardState.SYNCING
+
+    @property
+    def may_accept(self) -> bool:
+        return self.role.role is Role.PASSIVE and self.state is GuardState.SYNCING
+
+    def observe(self, obs: Observation, now: float) -> list[Transition]:
+        before = self.state
+        evidence = self._apply(obs, now)
+        after = self.state
+        if before is after:
+            return []
+        self._state_since = now
+        return [Transition(before, after, self.reason or "no suspicion left", evidence)]
+
+    def _raise(self, what: Suspicion, reason: str, now: float) -> None:
+        if what not in self._raised:
+            self._raised[what] = _Raised(reason, now)
+        else:
+            self._raised[what].reason = reason
+
+    def _clear_on_evidence(self) -> None:
+        """The peer is confirmed passive below us, or fenced."""
+        self._raised.pop(Suspicion.PEER_ACTIVE, None)
+        if not self.role.is_stale():
+            self._raised.pop(Suspicion.STALE, None)
+        if self._vip_ok:
+            self._raised.pop(Suspicion.VIP_ELSEWHERE, None)
+            self._raised.pop(Suspicion.VIP_MISSING, None)
+
+    def _apply(self, obs: Observation, now: float) -> str:
+        match obs:
+            case PeerWelcomed(peer=peer, peer_seen=seen):
+                self.peer_seen = seen
+                self.role = self.role.saw(seen)
+                if seen <= self.role.stamp and self.role.role is Role.ACTIVE:
+                    self._clear_on_evidence()
+                    return f"{peer} confirmed passive; the highest it has seen is {seen}"
+                return f"{peer} welcomed us, having seen {seen}"
+            case PeerRefused(peer=peer, peer_role=peer_role, peer_seen=seen, code=code):
+                self.peer_seen = seen
+                self.role = self.role.saw(seen)
+                said = f"{peer} ({peer_role}, has seen {seen}) refused: {obs.reason}"
+                if self.role.is_stale():
+                    self._raise(
+                        Suspicion.STALE,
+                        f"this node is stale: {peer} has seen {self.role.highest_seen}, "
+                        f"above this node's {self.role.stamp}",
+                        now,
+                    )
+                elif code in SPLIT_BRAIN and peer_role is Role.ACTIVE:
+                    self._raise(
+                        Suspicion.PEER_ACTIVE,
+                        f"split-brain suspected: {peer} claims active too (has seen {seen}; "
+                        f"this node is {self.role.stamp})",
+                        now,
+                    )
+                elif code in SPLIT_BRAIN:
+                    self._raise(
+                        Suspicion.PEER_ACTIVE,
+                        f"split-brain suspected: {peer} refused this node as a sender "
+                        f"({obs.reason})",
+                        now,
+                    )
+                return said
+            case PeerLost(detail=detail):
+                return f"peer unreachable: {detail}"
+            case VipSeen(held=held, other_macs=others):
+                if not self.vip_configured:
+                    return "VIP observation ignored: no VIP configured"
+                self._vip_ok = not others and (held or self.role.role is not Role.ACTIVE)
+                if others:
+                    self._raise(
+                        Suspicion.VIP_ELSEWHERE,
+                        f"split-brain suspected: the VIP also answers from {', '.join(others)}",
+                        now,
+                    )
+                if self.role.role is Role.ACTIVE and not held:
+                    self._raise(
+                        Suspicion.VIP_MISSING,
+                        "this node is active but does not hold the VIP",
+                        now,
+                    )
+                return f"VIP held={held}, other MACs={list(others) or 'none'}"
+            case PeerFenced(peer=peer):
+                self._vip_ok = self._vip_ok or not self.vip_configured
+                self._clear_on_evidence()
+                return f"{peer} fenced (powered off, confirmed)"
+            case MaintenanceSet(on=on):
+                self.maintenance = on
+                return f"maintenance {'on' if on else 'off'}"
+            case ForcedResume(reason=reason):
+                # Not past STALE: the peer would refuse a superseded sender
+                # anyway; demote this node (and promote it again if it must
+                # be the active one).
+                stale = self._raised.get(Suspicion.STALE) if self.role.is_stale() else None
+                self._raised.clear()
+                if stale is not None:
+                    self._raised[Suspicion.STALE] = stale
+                self.forced_reason = reason
+                return f"forced by an operator: {reason}"
+            case RoleChanged(role=role):
+                self.role = role
+                if not role.is_stale():
+                    self._raised.pop(Suspicion.STALE, None)
+                if role.role is Role.PASSIVE:
+                    self._raised.pop(Suspicion.VIP_MISSING, None)
+                return f"role now {role.role} ({role.stamp})"

@@ -1,0 +1,146 @@
+"""Roles and epochs end to end, over a private sshd: promote and demote,
+a passive node that refuses to send, both nodes promoted, and an old active
+coming back after a failover. (The same scenarios across network
+namespaces, with the VIP and link cuts, are in tests/ha.)"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from bmsync.state import RoleStore
+from tests.integration.conftest import Pair
+from tests.integration.daemon_helpers import RunningDaemon, converge
+
+NOT_ACTIVE = 8
+REFUSED = 5
+
+
+def role_of(pair: Pair, node: str) -> dict[str, Any]:
+    conf = pair.active_conf if node == "bm1" else pair.passive_conf
+    done = pair.bmsync("status", "--json", conf=conf)
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+def test_promote_and_demote(pair: Pair) -> None:
+    bm2 = pair.passive_conf
+    assert role_of(pair, "bm2")["role"] == "passive" and role_of(pair, "bm2")["epoch"] == 0
+    done = pair.bmsync("promote", conf=bm2)
+    assert done.returncode == 0 and "active at epoch 1" in done.stdout
+    again = pair.bmsync("promote", conf=bm2)
+    assert again.returncode == 0 and "already active at epoch 1; nothing changed" in again.stdout
+    assert pair.bmsync("demote", conf=bm2).returncode == 0
+    status = role_of(pair, "bm2")
+    assert (status["state"], status["role"], status["epoch"]) == ("stopped", "passive", 1)
+    assert status["highest_seen"] == {"epoch": 1, "node": "bm2"}
+    assert "bmsync demote" in status["role_changed"]
+    assert "epoch 2" in pair.bmsync("promote", conf=bm2).stdout
+    record = json.loads((pair.base / "state2" / "role.json").read_text())
+    assert record["role"] == "active" and record["epoch"] == 2
+
+
+def test_a_passive_node_refuses_to_send(pair: Pair) -> None:
+    (pair.active / "etc").mkdir()
+    (pair.active / "etc" / "a.conf").write_text("x\n")
+    RoleStore(pair.base / "state1", "bm1").save(
+        RoleStore(pair.base / "state1", "bm1").load().demote(), "test"
+    )
+    for command in (("resync",), ("run",)):
+        done = pair.bmsync(*command)
+        assert done.returncode == NOT_ACTIVE, done.stderr
+        assert "bm1 is passive" in done.stderr and "bmsync promote" in done.stderr
+    assert not (pair.passive / "etc").exists()
+    assert pair.bmsync("resync", "--dry-run").returncode == 0  # comparing writes nothing
+
+
+def test_a_damaged_role_file_is_an_error_not_a_reset(pair: Pair) -> None:
+    (pair.base / "state1" / "role.json").write_text('{"node": "bm1", "role": "act')
+    done = pair.bmsync("resync")
+    assert done.returncode == NOT_ACTIVE
+    assert "role.json is damaged" in done.stderr
+
+
+def test_both_promoted_neither_writes_and_both_say_why(pair: Pair) -> None:
+    (pair.active / "etc").mkdir()
+    (pair.active / "etc" / "a.conf").write_text("from bm1\n")
+    assert pair.bmsync("promote", conf=pair.passive_conf).returncode == 0  # the second operator
+    daemon = RunningDaemon(pair)
+    try:
+        t0 = time.monotonic()
+        status = daemon.wait_state("suspended", timeout_s=10)
+        assert time.monotonic() - t0 < 2.0
+        assert status["exit_code"] == 1
+        assert "split-brain suspected: bm2 claims active too" in status["reason"]
+        assert status["since"] is not None and status["clears"]
+        assert (status["role"], status["epoch"], status["peer_role"]) == ("active", 1, "active")
+        (pair.active / "etc" / "b.conf").write_text("still from bm1\n")
+        time.sleep(0.5)
+        assert not (pair.passive / "etc").exists()  # nothing written on bm2
+        human = pair.bmsync("status").stdout
+        assert "suspended" in human and "cleared by" in human
+
+        # evidence: bm2 demoted, then bm1 promoted above it by an operator
+        assert pair.bmsync("demote", conf=pair.passive_conf).returncode == 0
+        assert pair.bmsync("demote").returncode == 0  # the daemon stops: bm1 is passive now
+        assert daemon.process.wait(timeout=10) == 0
+    finally:
+        daemon.stop()
+    assert "epoch 2" in pair.bmsync("promote").stdout
+    daemon = RunningDaemon(pair)
+    try:
+        daemon.wait_state("syncing", timeout_s=10)
+        converge(pair)
+        assert role_of(pair, "bm1")["peer_seen"] == {"epoch": 2, "node": "bm1"}
+    finally:
+        daemon.stop()
+
+
+def test_the_old_active_returning_after_a_failover_is_refused_and_told_it_is_stale(
+    pair: Pair,
+) -> None:
+    etc = pair.active / "etc"
+    etc.mkdir()
+    (etc / "a.conf").write_text("v1\n")
+    old = RunningDaemon(pair)
+    try:
+        old.wait_state("syncing")
+        converge(pair)
+    finally:
+        assert old.stop() == 0
+    # failover: bm2 is promoted while bm1 is down; it has seen bm1's epoch 1
+    done = pair.bmsync("promote", conf=pair.passive_conf)
+    assert "active at epoch 2" in done.stdout
+    (pair.passive / "etc" / "a.conf").write_text("written on the new active\n")
+    (etc / "a.conf").write_text("v2 on the old active\n")
+    before = {p.name: p.read_text() for p in (pair.passive / "etc").iterdir()}
+
+    back = RunningDaemon(pair)
+    try:
+        status = back.wait_state("suspended", timeout_s=10)
+        assert "this node is stale" in status["reason"]
+        assert status["highest_seen"] == {"epoch": 2, "node": "bm2"}
+        forced = pair.bmsync("resume", "--force", "--reason", "I am sure")
+        assert forced.returncode == 0 and "stale" in forced.stdout  # not past a newer epoch
+        time.sleep(0.5)
+        assert {p.name: p.read_text() for p in (pair.passive / "etc").iterdir()} == before
+    finally:
+        back.stop()
+    stopped = role_of(pair, "bm1")
+    assert stopped["state"] == "stopped" and "stale" in stopped["reason"]
+    assert stopped["highest_seen"] == {"epoch": 2, "node": "bm2"}  # persisted
+    done = pair.bmsync("resync")
+    assert done.returncode == REFUSED and "bm2 is active itself" in done.stderr
+
+
+def test_resume_force_needs_a_reason(pair: Pair) -> None:
+    done = pair.bmsync("resume", "--force")
+    assert done.returncode == 2 and "--reason" in done.stderr
+
+
+def test_the_passive_records_the_highest_sender_it_accepted(pair: Pair) -> None:
+    (pair.active / "etc").mkdir()
+    pair.resync_json()
+    seen = RoleStore(pair.base / "state2", "bm2").load().highest_seen
+    assert (seen.epoch, seen.node) == (1, "bm1")

@@ -1,0 +1,189 @@
+"""Roles, epochs, the handshake rule and the guard, one scenario at a time."""
+
+from __future__ import annotations
+
+import pytest
+
+from bmsync.core.frames import Role
+from bmsync.core.guard import (
+    Accepted,
+    AlreadyActive,
+    ForcedResume,
+    Guard,
+    GuardState,
+    MaintenanceSet,
+    NodeRole,
+    PeerFenced,
+    PeerLost,
+    PeerRefused,
+    PeerWelcomed,
+    RefusalCode,
+    Refused,
+    RoleChanged,
+    Stamp,
+    Suspicion,
+    VipSeen,
+    judge_sender,
+)
+
+
+def test_a_fresh_node_is_passive_at_epoch_0() -> None:
+    role = NodeRole("bm1")
+    assert (role.role, role.epoch, role.highest_seen) == (Role.PASSIVE, 0, Stamp(0, ""))
+
+
+def test_promotion_takes_the_epoch_above_every_one_seen() -> None:
+    role = NodeRole("bm2").saw(Stamp(4, "bm1")).promote()
+    assert (role.role, role.epoch, role.highest_seen) == (Role.ACTIVE, 5, Stamp(5, "bm2"))
+
+
+def test_promoting_an_active_node_changes_nothing() -> None:
+    role = NodeRole("bm1").promote()
+    with pytest.raises(AlreadyActive, match="already active"):
+        role.promote()
+
+
+def test_demotion_keeps_the_epochs() -> None:
+    role = NodeRole("bm1").promote().demote()
+    assert (role.role, role.epoch, role.highest_seen) == (Role.PASSIVE, 1, Stamp(1, "bm1"))
+
+
+def test_a_passive_node_accepts_the_highest_active_and_remembers_it() -> None:
+    verdict = judge_sender(NodeRole("bm2"), Stamp(3, "bm1"), Role.ACTIVE)
+    assert isinstance(verdict, Accepted)
+    assert verdict.role.highest_seen == Stamp(3, "bm1")
+    again = judge_sender(verdict.role, Stamp(3, "bm1"), Role.ACTIVE)  # same sender, same epoch
+    assert isinstance(again, Accepted)
+
+
+@pytest.mark.parametrize(
+    ("receiver", "sender", "sender_role", "code"),
+    [
+        (NodeRole("bm2").promote(), Stamp(9, "bm1"), Role.ACTIVE, RefusalCode.RECEIVER_ACTIVE),
+        (NodeRole("bm2").saw(Stamp(5, "bm1")), Stamp(4, "bm1"), Role.ACTIVE, "sender-stale"),
+        (NodeRole("bm2").saw(Stamp(5, "bm3")), Stamp(5, "bm1"), Role.ACTIVE, "sender-stale"),
+        (NodeRole("bm2"), Stamp(1, "bm1"), Role.PASSIVE, RefusalCode.SENDER_NOT_ACTIVE),
+    ],
+    ids=["receiver active", "lower epoch", "same epoch, lower node", "sender passive"],
+)
+def test_refusals(receiver: NodeRole, sender: Stamp, sender_role: Role, code: str) -> None:
+    verdict = judge_sender(receiver, sender, sender_role)
+    assert isinstance(verdict, Refused)
+    assert verdict.code == code
+    assert sender.node in verdict.reason
+
+
+def refused_by(peer: NodeRole, me: NodeRole) -> PeerRefused:
+    verdict = judge_sender(peer, me.stamp, me.role)
+    assert isinstance(verdict, Refused)
+    return PeerRefused(peer.node, peer.role, peer.highest_seen, verdict.code, verdict.reason)
+
+
+def test_both_promoted_both_suspend_with_the_reason() -> None:
+    bm1, bm2 = NodeRole("bm1").promote(), NodeRole("bm2").promote()  # a partition, two operators
+    g1, g2 = Guard.starting(bm1, 0), Guard.starting(bm2, 0)
+    assert g1.may_send and g2.may_send
+    g1.observe(refused_by(bm2, bm1), 10)
+    g2.observe(refused_by(bm1, bm2), 11)
+    for guard, peer in ((g1, "bm2"), (g2, "bm1")):
+        assert guard.state is GuardState.SUSPENDED and not guard.may_send
+        assert f"split-brain suspected: {peer} claims active too" in (guard.reason or "")
+        assert guard.clears and "demote" in guard.clears[0]
+    assert (g1.since, g2.since) == (10, 11)
+
+
+def test_the_old_active_learns_it_is_stale_and_stays_so_across_restarts() -> None:
+    old = NodeRole("bm1").promote()  # epoch 1
+    new = NodeRole("bm2").saw(old.stamp).promote()  # failover: epoch 2
+    guard = Guard.starting(old, 0)
+    transitions = guard.observe(refused_by(new, old), 5)
+    assert transitions[0].new is GuardState.SUSPENDED
+    assert "bm2 (active, has seen epoch 2 (bm2))" in transitions[0].evidence
+    assert "stale" in (guard.reason or "")
+    assert guard.role.is_stale()
+    restarted = Guard.starting(guard.role, 6)  # what was persisted
+    assert restarted.state is GuardState.SUSPENDED and "stale" in (restarted.reason or "")
+    restarted.observe(ForcedResume("I know better"), 7)  # not past a superseded epoch
+    assert not restarted.may_send
+    restarted.observe(RoleChanged(restarted.role.demote()), 8)
+    assert restarted.state is GuardState.SYNCING and not restarted.may_send  # passive now
+
+
+def test_a_lost_peer_is_not_a_suspicion() -> None:
+    guard = Guard.starting(NodeRole("bm1").promote(), 0)
+    assert guard.observe(PeerLost("connection refused"), 1) == []
+    assert guard.may_send
+
+
+def test_two_promotions_to_one_epoch_need_a_new_promotion() -> None:
+    bm1, bm2 = NodeRole("bm1").promote(), NodeRole("bm2").promote()  # both epoch 1
+    guard = Guard.starting(bm1, 0)
+    bm2 = bm2.demote()  # the operator on bm2
+    refusal = refused_by(bm2, bm1)  # (1, bm1) is below bm2's own (1, bm2)
+    assert refusal.code is RefusalCode.SENDER_STALE
+    guard.observe(refusal, 1)
+    assert "refused this node as a sender" in (guard.reason or "")
+    bm1 = guard.role.demote().promote()  # the operator on bm1: epoch 2
+    verdict = judge_sender(bm2, bm1.stamp, Role.ACTIVE)
+    assert isinstance(verdict, Accepted)
+    guard.observe(RoleChanged(bm1), 2)
+    guard.observe(PeerWelcomed("bm2", verdict.role.highest_seen), 3)
+    assert guard.may_send
+
+
+def test_evidence_clears_a_peer_active_suspicion() -> None:
+    bm2 = NodeRole("bm2").promote()  # epoch 1
+    bm1 = NodeRole("bm1").saw(bm2.stamp).promote()  # epoch 2
+    guard = Guard.starting(bm1, 0)
+    guard.observe(refused_by(bm2, bm1), 1)  # bm2 still claims active
+    assert guard.suspicions.keys() == {Suspicion.PEER_ACTIVE}
+    bm2 = bm2.demote()
+    verdict = judge_sender(bm2, bm1.stamp, Role.ACTIVE)
+    assert isinstance(verdict, Accepted)
+    transitions = guard.observe(PeerWelcomed("bm2", verdict.role.highest_seen), 2)
+    assert [t.new for t in transitions] == [GuardState.SYNCING]
+    assert "bm2 confirmed passive" in transitions[0].evidence
+
+
+def test_fencing_clears_and_forcing_is_recorded() -> None:
+    bm1 = NodeRole("bm1").saw(Stamp(1, "bm2")).promote()
+    guard = Guard.starting(bm1, 0)
+    guard.observe(refused_by(NodeRole("bm2").promote(), bm1), 1)
+    guard.observe(PeerFenced("bm2"), 2)
+    assert guard.may_send
+    guard.observe(refused_by(NodeRole("bm2").promote(), bm1), 3)
+    guard.observe(ForcedResume("bm2 is powered off, checked by hand"), 4)
+    assert guard.may_send and guard.forced_reason == "bm2 is powered off, checked by hand"
+
+
+def test_vip_answered_from_another_mac_suspends_until_clean_and_confirmed() -> None:
+    bm1 = NodeRole("bm1").promote()
+    guard = Guard.starting(bm1, 0, vip_configured=True)
+    guard.observe(VipSeen(held=True, other_macs=("02:00:00:00:00:02",)), 1)
+    assert "VIP also answers from 02:00:00:00:00:02" in (guard.reason or "")
+    guard.observe(PeerWelcomed("bm2", bm1.stamp), 2)  # still answered elsewhere: no
+    assert guard.state is GuardState.SUSPENDED
+    guard.observe(VipSeen(held=True), 3)  # clean, but no confirmation yet
+    assert guard.state is GuardState.SUSPENDED
+    guard.observe(PeerWelcomed("bm2", bm1.stamp), 4)
+    assert guard.may_send
+
+
+def test_an_active_node_without_its_vip_suspends() -> None:
+    guard = Guard.starting(NodeRole("bm1").promote(), 0, vip_configured=True)
+    guard.observe(VipSeen(held=False), 1)
+    assert guard.suspicions.keys() == {Suspicion.VIP_MISSING}
+
+
+def test_vip_observations_without_a_vip_are_ignored() -> None:
+    guard = Guard.starting(NodeRole("bm1").promote(), 0)
+    assert guard.observe(VipSeen(held=False, other_macs=("x",)), 1) == []
+
+
+def test_maintenance_stops_sending_and_accepting() -> None:
+    guard = Guard.starting(NodeRole("bm1").promote(), 0)
+    guard.observe(MaintenanceSet(True), 1)
+    assert guard.state is GuardState.MAINTENANCE and not guard.may_send
+    assert "maintenance" in (guard.reason or "")
+    guard.observe(MaintenanceSet(False), 2)
+    assert guard.may_send
