@@ -9,6 +9,7 @@ missing files are all errors; nothing is guessed.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,22 @@ class SyncConfig:
     delete_brake_share: float = 0.10
     delete_brake_window_s: float = 60.0
     delta_cache_mb: int = 256
+    queue_limit: int = 50_000
+
+
+@dataclass(frozen=True)
+class VipConfig:
+    """The floating IP: the guard checks that the active node holds it and
+    that no other MAC answers for it (duplicate address detection)."""
+
+    address: str
+    interface: str
+    check_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class HaConfig:
+    vip: VipConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,7 @@ class Config:
     peer: PeerConfig | None
     sync: SyncConfig
     control_socket: Path = Path("/run/bmsync/control.sock")
+    ha: HaConfig = HaConfig()
 
     def sync_paths(self) -> list[PresetPath]:
         preset = PRESETS[self.sync.preset]
@@ -155,6 +173,21 @@ def _nonempty(node: yaml.Node, key: str, ctx: _Ctx) -> str:
     value = _str(node, key, ctx)
     if not value.strip():
         raise ctx.error(node, key, "must not be empty")
+    return value
+
+
+def _ipv4(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    value = _str(node, key, ctx)
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError as exc:
+        raise ctx.error(node, key, f"{value!r} is not an IPv4 address") from exc
+
+
+def _interface(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    value = _str(node, key, ctx)
+    if not re.fullmatch(r"[A-Za-z0-9._@-]{1,15}", value):
+        raise ctx.error(node, key, f"{value!r} is not a network interface name")
     return value
 
 
@@ -256,6 +289,17 @@ SYNC_SCHEMA: Schema = {
     "delete_brake_share": (_ranged(_float, 0.0, 1.0), 0.10),
     "delete_brake_window_s": (_ranged(_float, 0.0, 86_400), 60.0),
     "delta_cache_mb": (_ranged(_int, 0, 1 << 20), 256),
+    "queue_limit": (_ranged(_int, 1, 10**8), 50_000),
+}
+
+
+VIP_SCHEMA: Schema = {
+    "address": (_ipv4, REQUIRED),
+    "interface": (_interface, REQUIRED),
+    "check_interval_s": (_ranged(_float, 0.5, 3600), 5.0),
+}
+HA_SCHEMA: Schema = {
+    "vip": (lambda n, k, c: VipConfig(**_section(n, k, VIP_SCHEMA, c)), None),
 }
 
 
@@ -295,6 +339,7 @@ TOP_SCHEMA: Schema = {
     "control_socket": (_abs_path, Path("/run/bmsync/control.sock")),
     "peer": (lambda n, k, c: PeerConfig(**_section(n, k, PEER_SCHEMA, c)), None),
     "sync": (lambda n, k, c: SyncConfig(**_section(n, k, SYNC_SCHEMA, c)), None),
+    "ha": (lambda n, k, c: HaConfig(**_section(n, k, HA_SCHEMA, c)), HaConfig()),
 }
 
 

@@ -35,7 +35,7 @@ from bmsync import __version__
 from bmsync import config as config_module
 from bmsync.agent import Agent
 from bmsync.bases import BaseStore
-from bmsync.config import Config, PeerConfig
+from bmsync.config import Config, PeerConfig, VipConfig
 from bmsync.control import ControlServer
 from bmsync.core.batcher import Batch, Batcher
 from bmsync.core.brake import BrakeLimits, DeleteBrake
@@ -68,6 +68,7 @@ from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.digests import DigestCache
 from bmsync.errors import BmsyncError, ConfigError, LocalFsError, NotActive, SplitBrainSuspected
 from bmsync.fsutil import open_root, release_free_memory
+from bmsync.ha.vip import Runner, observe_vip, run_command
 from bmsync.notify import Notifier
 from bmsync.reconcile import Expected, base_finder, keep_bases, resync
 from bmsync.scan import scan_paths, scan_tree
@@ -138,6 +139,7 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rng: Callable[[], float] = random.random,
+        run: Runner = run_command,
     ) -> None:
         self.config = config
         self._connect_channel = connect
@@ -145,6 +147,7 @@ class Daemon:
         self._clock = clock
         self._wall = wall
         self._rng = rng
+        self._run = run
         self.state = State.DISCONNECTED  # until the first session opens
         self.stats = Stats()
         self.paused_reason: str | None = None
@@ -164,7 +167,9 @@ class Daemon:
         self._stored: asyncio.Future[tuple[str, bytes] | None] | None = None
         self._peer_node = ""  # whose manifest self._peer is
         self._roles = RoleStore(config.state_dir, config.node)
-        self._guard = Guard.starting(self._roles.load(), wall())
+        self._guard = Guard.starting(
+            self._roles.load(), wall(), vip_configured=config.ha.vip is not None
+        )
         self._peer_role: Role | None = None
         self._peer_epoch: int | None = None
         self._control = ControlServer(config.control_socket, self._on_control)
@@ -210,6 +215,10 @@ class Daemon:
         now = self._clock()
         for path, settled, deep, delete in changes:
             self._batcher.add(path, now, settled=settled, deep=deep, delete=delete)
+        if self._batcher.queued > self.config.sync.queue_limit:
+            # bounded while the peer is away: the full reconcile finds it all
+            log.warning("queue_full", limit=self.config.sync.queue_limit)
+            self._batcher.rescan(now)
         self._wake.set()
 
     def _on_lost(self, reason: str) -> None:
@@ -247,6 +256,8 @@ class Daemon:
         self._stored = asyncio.ensure_future(asyncio.to_thread(self._stored_digest))
         if self._notifier.watchdog_interval_s is not None:
             self._spawn(self._watchdog_pings(self._notifier.watchdog_interval_s))
+        if self.config.ha.vip is not None:
+            self._spawn(self._watch_vip(self.config.ha.vip))
         log.info("daemon_started", node=self.config.node, pid=os.getpid())
         try:
             await self._main()
@@ -280,6 +291,18 @@ class Daemon:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _watch_vip(self, vip: VipConfig) -> None:
+        """The guard's VIP observations, every ``check_interval_s``."""
+        while True:
+            try:
+                seen = await observe_vip(vip, self._run)
+            except BmsyncError as exc:
+                self._error(f"VIP check: {exc}")
+            else:
+                self._observe(seen)
+                self._wake.set()
+            await asyncio.sleep(vip.check_interval_s)
 
     async def _watchdog_pings(self, interval_s: float) -> None:
         while True:

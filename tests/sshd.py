@@ -47,9 +47,11 @@ class Sshd:
     known_hosts: Path
     authorized_keys: Path
     process: subprocess.Popen[bytes] | None = None
+    address: str = "127.0.0.1"
+    netns: str | None = None  # run inside this network namespace
 
     @classmethod
-    def create(cls, base: Path) -> Sshd:
+    def create(cls, base: Path, address: str = "127.0.0.1", netns: str | None = None) -> Sshd:
         if not SSHD.exists():
             raise RuntimeError(f"{SSHD} is missing: apt-get install openssh-server")
         base.mkdir(parents=True, exist_ok=True)
@@ -57,12 +59,12 @@ class Sshd:
         client_pub = keygen(base / "client_key")
         port = free_port()
         known_hosts = base / "known_hosts"
-        known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+        known_hosts.write_text(f"[{address}]:{port} {host_pub}\n")
         authorized = base / "authorized_keys"
         authorized.write_text("")
         (base / "sshd_config").write_text(
             f"Port {port}\n"
-            "ListenAddress 127.0.0.1\n"
+            f"ListenAddress {address}\n"
             f"HostKey {base / 'host_key'}\n"
             f"AuthorizedKeysFile {authorized}\n"
             f"PidFile {base / 'sshd.pid'}\n"
@@ -70,7 +72,17 @@ class Sshd:
             "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
             "LogLevel VERBOSE\n"
         )
-        return cls(base, port, host_pub, base / "client_key", client_pub, known_hosts, authorized)
+        return cls(
+            base,
+            port,
+            host_pub,
+            base / "client_key",
+            client_pub,
+            known_hosts,
+            authorized,
+            address=address,
+            netns=netns,
+        )
 
     def authorize(self, config: Path, forced: str | None = None) -> None:
         """Let the client key in, forced to run the agent with ``config``."""
@@ -87,9 +99,10 @@ class Sshd:
                 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
                 resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
 
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
         with open(self.base / "sshd.log", "ab") as log:
             self.process = subprocess.Popen(
-                [str(SSHD), "-D", "-e", "-f", str(self.base / "sshd_config")],
+                [*inside, str(SSHD), "-D", "-e", "-f", str(self.base / "sshd_config")],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 preexec_fn=limit,
@@ -98,8 +111,13 @@ class Sshd:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sshd exited: {(self.base / 'sshd.log').read_text()}")
+            if self.netns is not None:  # not reachable from here: its own log says
+                if f"Server listening on {self.address} port {self.port}" in self.log():
+                    return
+                time.sleep(0.05)
+                continue
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection((self.address, self.port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.05)
@@ -138,6 +156,8 @@ def write_config(
     known_hosts: Path | None = None,
     extra_sync: tuple[str, ...] = (),
     promote: bool | None = None,
+    extra_top: tuple[str, ...] = (),
+    extra_peer: tuple[str, ...] = (),
 ) -> Path:
     """A node's config. ``promote`` (by default: when it has a peer to send
     to) makes the node active, as 'bmsync promote' would."""
@@ -149,7 +169,7 @@ def write_config(
     if sshd is not None:
         lines += [
             "peer:",
-            "  host: 127.0.0.1",
+            f"  host: {sshd.address}",
             f"  port: {port or sshd.port}",
             "  user: root",
             f"  identity: {sshd.client_key}",
@@ -157,11 +177,13 @@ def write_config(
             "  connect_timeout_s: 5",
             "  reconnect_min_s: 0.5",
             "  reconnect_max_s: 2",
+            *(f"  {line}" for line in extra_peer),
         ]
     lines += ["sync:", f"  preset: {preset}", f"  root: {root}"]
     lines.append("  paths: [" + ", ".join(json.dumps(p) for p in paths) + "]")
     lines.append("  exclude: [" + ", ".join(json.dumps(e) for e in exclude) + "]")
     lines += [f"  {line}" for line in extra_sync]
+    lines += list(extra_top)
     path.write_text("\n".join(lines) + "\n")
     if promote if promote is not None else sshd is not None:
         ensure_state_dir(state_dir)

@@ -52,6 +52,7 @@ class Batcher:
         self.max_delay_s = max(max_delay_s, window_s)
         self._pending: dict[bytes, _Pending] = {}
         self._rescan_since: float | None = None
+        self._rescan_oldest = 0.0  # first event among those the rescan covers
         self._last_delete_s = float("-inf")
 
     def add(
@@ -62,6 +63,8 @@ class Batcher:
         removed the path (the latest event decides)."""
         if delete:
             self._last_delete_s = max(self._last_delete_s, now)
+        if self._rescan_since is not None:
+            return  # the full reconcile to come covers it
         entry = self._pending.get(path)
         if entry is None:
             self._pending[path] = _Pending(now, now, settled, deep, delete)
@@ -72,9 +75,14 @@ class Batcher:
         entry.delete = delete
 
     def rescan(self, now: float) -> None:
-        """Events were lost (queue overflow, lost watch): reconcile everything."""
+        """Events were lost (queue overflow, lost watch), or too many are
+        queued: reconcile everything. Queued paths are dropped, and later
+        ones not kept, since that reconcile covers them all: the queue
+        stays bounded however long the peer is away."""
         if self._rescan_since is None:
             self._rescan_since = now
+            self._rescan_oldest = min((p.first_s for p in self._pending.values()), default=now)
+        self._pending.clear()
 
     @property
     def queued(self) -> int:
@@ -84,7 +92,7 @@ class Batcher:
         """First-event time of the oldest queued change (for lag)."""
         times = [p.first_s for p in self._pending.values()]
         if self._rescan_since is not None:
-            times.append(self._rescan_since)
+            times.append(self._rescan_oldest)
         return min(times, default=None)
 
     def _ready_at(self, pending: _Pending) -> float:

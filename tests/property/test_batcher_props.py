@@ -140,7 +140,9 @@ def simulate(schedule: Schedule) -> Trace:
     b = Batcher(schedule.window_s, schedule.max_delay_s)
     trace = Trace(schedule, bound_s=b.max_delay_s)
     model: dict[bytes, Episode] = {}
+    covered: list[Episode] = []  # adds the pending rescan carries (not kept by path)
     rescan_due: float | None = None
+    rescan_oldest = 0.0
     last_delete = float("-inf")
     times: list[float] = []
     now = 0.0
@@ -163,7 +165,7 @@ def simulate(schedule: Schedule) -> Trace:
     def snapshot() -> None:
         firsts = [e.first for e in model.values()]
         if rescan_due is not None:
-            firsts.append(rescan_due)
+            firsts.append(rescan_oldest)
         trace.states.append(
             State(
                 now=now,
@@ -195,8 +197,8 @@ def simulate(schedule: Schedule) -> Trace:
                 batch = b.take(now)
                 closed: dict[bytes, Episode] = {}
                 if batch is not None and batch.rescan:
-                    closed = dict(model)
-                    model.clear()
+                    closed = {str(n).encode(): e for n, e in enumerate(covered)}
+                    covered.clear()
                     rescan_due = None
                 elif batch is not None:
                     for path in batch.paths:
@@ -220,11 +222,17 @@ def simulate(schedule: Schedule) -> Trace:
             b.rescan(now)
             if rescan_due is None:
                 rescan_due = now
+                rescan_oldest = min([e.first for e in model.values()] + [now])
+            covered.extend(model.values())
+            model.clear()
             continue
         trace.adds += 1
         b.add(event.path, now, settled=event.settled, deep=event.deep, delete=event.delete)
         if event.delete:
             last_delete = now
+        if rescan_due is not None:
+            covered.append(Episode(now, now, event.settled, event.deep, event.delete))
+            continue
         episode = model.get(event.path)
         if episode is None:
             model[event.path] = Episode(now, now, event.settled, event.deep, event.delete)

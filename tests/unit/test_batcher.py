@@ -203,10 +203,11 @@ def test_rescan_replaces_pending_paths() -> None:
     b.add(b"etc/a", 1.0, settled=False)
     b.add(b"etc/b", 2.0, settled=True, deep=True)
     b.rescan(3.0)
-    assert b.queued == 3
-    assert b.oldest() == 1.0
+    assert b.queued == 1  # the paths are dropped: the reconcile covers them
+    assert b.oldest() == 1.0  # the lag still counts from the oldest of them
     assert b.next_deadline() == 3.0  # due at once, whatever is pending
-    b.add(b"etc/c", 3.5, settled=False)  # covered by the reconcile too
+    b.add(b"etc/c", 3.5, settled=False)  # covered by the reconcile too, not kept
+    assert b.queued == 1
     b.rescan(4.0)  # a second overflow changes nothing
     assert b.next_deadline() == 3.0
     assert b.take(4.0) == Batch(rescan=True, oldest_s=1.0)

@@ -413,3 +413,28 @@ def test_unknown_yaml_tag_is_a_config_error() -> None:
 def test_impossible_date_is_a_config_error() -> None:
     message = error_of("node: bm1\nstate_dir: 2024-13-01\n")
     assert f"{SOURCE} line 2: state_dir:" in message
+
+
+def test_the_vip_is_read() -> None:
+    conf = parse("node: bm1\nha:\n  vip:\n    address: 10.0.0.10\n    interface: eth0\n", SOURCE)
+    assert conf.ha.vip is not None
+    assert (conf.ha.vip.address, conf.ha.vip.interface) == ("10.0.0.10", "eth0")
+    assert parse("node: bm1\n", SOURCE).ha.vip is None
+
+
+@pytest.mark.parametrize(
+    ("vip", "line", "expected"),
+    [
+        (
+            "    address: 10.0.0.300\n    interface: eth0\n",
+            4,
+            "ha.vip.address: '10.0.0.300' is not",
+        ),
+        ("    address: 10.0.0.1\n    interface: 'eth 0'\n", 5, "is not a network interface name"),
+        ("    address: 10.0.0.1\n", 4, "ha.vip.interface: missing"),
+        ("    address: 10.0.0.1\n    interface: e\n    ttl: 3\n", 6, "ha.vip.ttl: unknown key"),
+    ],
+)
+def test_bad_vip(vip: str, line: int, expected: str) -> None:
+    message = error_of(f"node: bm1\nha:\n  vip:\n{vip}")
+    assert f"{SOURCE} line {line}: " in message and expected in message

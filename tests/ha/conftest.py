@@ -1,0 +1,172 @@
+"""Two nodes, each in its own network namespace, joined by a veth pair:
+each with its own sshd (whose forced command runs its agent), its own tree,
+state directory and daemon. Everything is created per test and removed
+after it (namespaces by name, processes by the pids started here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.sshd import Sshd, write_config
+
+SUBNET = "10.231.0"
+VIP = f"{SUBNET}.100"
+
+
+def ip(*args: str, netns: str | None = None) -> str:
+    where = ["-n", netns] if netns else []
+    done = subprocess.run(["ip", *where, *args], capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(where + list(args))}: {done.stderr.strip()}")
+    return done.stdout
+
+
+@dataclass
+class Node:
+    name: str  # bmsync node id, bm1 / bm2
+    netns: str
+    iface: str
+    address: str
+    base: Path
+    root: Path = field(init=False)
+    state: Path = field(init=False)
+    conf: Path = field(init=False)
+    sshd: Sshd = field(init=False)
+    daemon: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.root = self.base / "root"
+        self.state = self.base / "state"
+        self.conf = self.base / "bmsync.yaml"
+        self.root.mkdir(parents=True)
+        self.sshd = Sshd.create(self.base / "sshd", self.address, self.netns)
+
+    def configure(self, peer: Node, vip: bool = False, promote: bool = False) -> None:
+        vip_lines = ("ha:", "  vip:", f"    address: {VIP}", f"    interface: {self.iface}")
+        extra = [*vip_lines, "    check_interval_s: 0.5"] if vip else []
+        write_config(
+            self.conf,
+            self.name,
+            self.root,
+            self.state,
+            peer.sshd,
+            promote=promote,
+            extra_top=tuple(extra),
+            # a cut link is noticed in seconds, not minutes
+            extra_peer=("keepalive_interval_s: 1",),
+        )
+        # the peer's sshd lets this node's key in, forced to run the peer's agent
+        peer.sshd.authorize(peer.conf)
+
+    def bmsync(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bmsync", "-c", str(self.conf), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    def status(self) -> dict[str, Any]:
+        answer: dict[str, Any] = json.loads(self.bmsync("status", "--json").stdout)
+        return answer
+
+    def start(self) -> None:
+        log = open(self.base / "daemon.log", "ab")  # noqa: SIM115
+        inside = ("ip", "netns", "exec", self.netns)
+        command = (sys.executable, "-m", "bmsync", "-c", str(self.conf), "--log-level", "info")
+        self.daemon = subprocess.Popen(
+            [*inside, *command, "run"],
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+
+    def stop(self) -> int | None:
+        if self.daemon is None:
+            return None
+        if self.daemon.poll() is None:
+            self.daemon.send_signal(signal.SIGTERM)
+            try:
+                self.daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+        code, self.daemon = self.daemon.returncode, None
+        return code
+
+    def log(self) -> str:
+        return (self.base / "daemon.log").read_text(errors="replace")[-4000:]
+
+    def wait_state(self, state: str, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            assert self.daemon is not None and self.daemon.poll() is None, self.log()
+            last = self.status()
+            if last["state"] == state:
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name}: not {state!r}: {last}\n{self.log()}")
+
+
+@dataclass
+class Cluster:
+    a: Node
+    b: Node
+
+    def cut(self) -> None:
+        ip("link", "set", self.a.iface, "down", netns=self.a.netns)
+
+    def heal(self) -> None:
+        ip("link", "set", self.a.iface, "up", netns=self.a.netns)
+        ip("link", "set", self.b.iface, "up", netns=self.b.netns)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """bm1 (promoted, active) in one namespace, bm2 (passive) in another,
+    each sshd started; the daemons are the tests' to start."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    tag = f"{os.getpid() % 100000}"
+    names = (f"bmA{tag}", f"bmB{tag}")
+    ifaces = (f"bmvA{tag}", f"bmvB{tag}")
+    created: list[str] = []
+    nodes: list[Node] = []
+    try:
+        for ns in names:
+            ip("netns", "add", ns)
+            created.append(ns)
+            ip("link", "set", "lo", "up", netns=ns)
+        ip(
+            "link", "add", ifaces[0], "netns", names[0], "type", "veth",
+            "peer", "name", ifaces[1], "netns", names[1],
+        )  # fmt: skip
+        for number, (ns, iface) in enumerate(zip(names, ifaces, strict=True), start=1):
+            ip("addr", "add", f"{SUBNET}.{number}/24", "dev", iface, netns=ns)
+            ip("link", "set", iface, "up", netns=ns)
+        a = Node("bm1", names[0], ifaces[0], f"{SUBNET}.1", tmp_path / "bm1")
+        b = Node("bm2", names[1], ifaces[1], f"{SUBNET}.2", tmp_path / "bm2")
+        nodes = [a, b]
+        a.configure(b, promote=True)
+        b.configure(a)
+        for node in nodes:
+            node.sshd.start()
+        yield Cluster(a, b)
+    finally:
+        for node in nodes:
+            node.stop()
+            node.sshd.stop()
+        for ns in created:
+            ip("netns", "del", ns)

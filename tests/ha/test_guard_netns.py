@@ -1,0 +1,119 @@
+"""The split-brain guard between two nodes in their own network
+namespaces, each with its own sshd, state directory and daemon."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.ha.conftest import VIP, Cluster, Node, ip
+from tests.helpers import walk
+
+
+def tree(node: Node) -> dict[str, object]:
+    return walk(node.root)
+
+
+def wait_identical(a: Node, b: Node, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if tree(a) == tree(b):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not identical after {timeout_s} s\n{a.log()}")
+
+
+def test_both_promoted_neither_writes_and_both_suspend_within_2_s(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    b.configure(a, promote=True)  # the second operator, during a partition
+    for node in (a, b):
+        (node.root / "etc").mkdir()
+        (node.root / "etc" / f"{node.name}.conf").write_text(f"written on {node.name}\n")
+    t0 = time.monotonic()
+    a.start()
+    b.start()
+    for node, peer in ((a, b), (b, a)):
+        status = node.wait_state("suspended", timeout_s=10)
+        assert time.monotonic() - t0 < 2.0, status
+        assert f"split-brain suspected: {peer.name} claims active too" in status["reason"]
+        assert status["clears"]
+    time.sleep(0.5)
+    for node, peer in ((a, b), (b, a)):
+        assert not (peer.root / "etc" / f"{node.name}.conf").exists()
+        assert node.status()["state"] == "suspended"
+
+
+def test_the_old_active_returning_is_refused_and_stale(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    (a.root / "etc").mkdir()
+    (a.root / "etc" / "app.conf").write_text("v1\n")
+    a.start()
+    a.wait_state("syncing", timeout_s=20)
+    wait_identical(a, b, 5)
+    assert a.daemon is not None
+    a.daemon.kill()  # bm1 dies; bm2 takes over
+    a.daemon.wait()
+    a.daemon = None
+    assert "active at epoch 2" in b.bmsync("promote").stdout
+    (b.root / "etc" / "app.conf").write_text("v2, written on the new active\n")
+    (a.root / "etc" / "app.conf").write_text("v1b, on the old active\n")
+    (a.root / "etc" / "new.conf").write_text("only on the old active\n")
+    before = tree(b)
+
+    a.start()  # bm1 comes back, still believing it is active at epoch 1
+    status = a.wait_state("suspended", timeout_s=10)
+    assert "this node is stale" in status["reason"]
+    assert status["highest_seen"] == {"epoch": 2, "node": "bm2"}
+    time.sleep(1.0)
+    assert tree(b) == before
+    assert a.stop() == 0
+    assert "stale" in (a.status()["reason"] or "")  # persisted, daemon stopped
+
+
+def test_a_link_cut_for_20_s_queues_changes_and_converges_without_suspension(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    etc = a.root / "etc"
+    etc.mkdir()
+    a.start()
+    a.wait_state("syncing", timeout_s=20)
+    cluster.cut()
+    states = set()
+    for i in range(10):  # 20 s of changes while the link is down
+        (etc / f"during-{i}.conf").write_text(f"{i}\n")
+        if i == 5:
+            (etc / "during-0.conf").unlink()
+        time.sleep(2.0)
+        states.add(a.status()["state"])
+    assert "suspended" not in states and "disconnected" in states, states
+    assert not (b.root / "etc" / "during-9.conf").exists()
+    cluster.heal()
+    wait_identical(a, b, 20)
+    status = a.wait_state("syncing", timeout_s=10)
+    assert status["reason"] is None
+
+
+def _mac(node: Node) -> str:
+    out = ip("-o", "link", "show", "dev", node.iface, netns=node.netns)
+    return out.split("link/ether ")[1].split()[0]
+
+
+def test_the_vip_answered_from_the_other_namespace_suspends(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    a.configure(b, vip=True, promote=True)
+    ip("addr", "add", f"{VIP}/24", "dev", a.iface, netns=a.netns)
+    ip("addr", "add", f"{VIP}/24", "dev", b.iface, netns=b.netns)  # bm2 claims it too
+    (a.root / "etc").mkdir()
+    a.start()
+    status = a.wait_state("suspended", timeout_s=15)
+    assert f"the VIP also answers from {_mac(b)}" in status["reason"]
+    (a.root / "etc" / "held.conf").write_text("not while the VIP is disputed\n")
+    time.sleep(1.0)
+    assert not (b.root / "etc" / "held.conf").exists()
+
+    ip("addr", "del", f"{VIP}/24", "dev", b.iface, netns=b.netns)
+    # clean VIP check, then the peer confirmed passive at the next handshake
+    a.wait_state("syncing", timeout_s=20)
+    wait_identical(a, b, 10)
+    assert Path(b.root / "etc" / "held.conf").read_text() == "not while the VIP is disputed\n"
