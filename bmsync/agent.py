@@ -30,8 +30,10 @@ import errno
 import os
 import resource
 import secrets
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,7 @@ from bmsync.core.frames import (
     Bye,
     Commit,
     ErrorFrame,
+    Expect,
     Failure,
     Fetch,
     Frame,
@@ -89,6 +92,9 @@ from bmsync.state import RoleStore, SenderLock, ensure_state_dir
 
 log = structlog.get_logger("bmsync.agent")
 
+# Copies of files changed on this node before bmsync replaced them.
+BACKUPS_NAME = "backups"
+
 # Entries per ManifestPart: keeps each frame far below MAX_FRAME_BYTES even
 # with large xattrs (the frame encoder still checks).
 MANIFEST_PART_BYTES = 1024 * 1024
@@ -126,6 +132,11 @@ class _Batch:
     # fsynced once each at commit rather than once per operation
     touched: list[bytes] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    # what the sender believes each file is (Expect), and the copies kept of
+    # files that turned out to have been changed here
+    expected: dict[bytes, bytes] = field(default_factory=dict)
+    backups: list[tuple[bytes, str]] = field(default_factory=list)
+    backup_dir: Path | None = None
 
 
 class Agent:
@@ -156,6 +167,7 @@ class Agent:
             Put: self._put,
             PutAbort: self._put_abort,
             PutDelta: self._put_delta,
+            Expect: self._expect,
             Fetch: self._fetch,
             Mkdir: self._write_op(self._mkdir),
             Symlink: self._write_op(self._symlink),
@@ -461,6 +473,8 @@ class Agent:
                     f"is a {found.name.lower() if found else 'special file'} here, "
                     f"not a {op.kind.name.lower()}; not deleted"
                 )
+            if op.kind == Kind.FILE:
+                self._keep_if_changed_here(self._batch, dir_fd, op.path)
             if op.kind == Kind.DIR:
                 try:
                     os.rmdir(name, dir_fd=dir_fd)
@@ -566,6 +580,60 @@ class Agent:
             if staged_now is not None:
                 self._discard(staged_now)
         return []
+
+    # -- divergence: files changed on this node since bmsync wrote them ----
+
+    def _expect(self, frame: Expect) -> list[Frame]:
+        self._require_write()
+        self._batch.expected[frame.path] = frame.digest
+        return []
+
+    def _keep_if_changed_here(self, batch: _Batch, dir_fd: int, path: bytes) -> None:
+        """Before ``path`` is replaced or deleted: if the sender expected
+        another version (someone edited it on this node), keep a copy under
+        state_dir/backups/<time>/<path>, and report it in Applied."""
+        expected = batch.expected.pop(path, None)
+        if expected is None:
+            return
+        try:
+            fd = os.open(basename(path), O_READ, dir_fd=dir_fd)
+        except OSError:
+            return  # nothing here (or a symlink): nothing to lose
+        try:
+            st = os.fstat(fd)
+            if kind_of(st.st_mode) != Kind.FILE:
+                return
+            digest, _ = hash_fd(fd)
+            if digest == expected:
+                return
+            target = self._backup_path(batch, path)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.lseek(fd, 0, os.SEEK_SET)
+            out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                while chunk := os.read(fd, 1 << 20):
+                    _write_all(out, chunk)
+                os.fchown(out, st.st_uid, st.st_gid)
+                os.fchmod(out, stat.S_IMODE(st.st_mode))
+                os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.fsync(out)
+            finally:
+                os.close(out)
+        finally:
+            os.close(fd)
+        batch.backups.append((path, str(target)))
+        log.warning(
+            "changed_on_this_node",
+            path=show(path),
+            kept=str(target),
+            what="not the version bmsync wrote; a copy is kept before it is replaced",
+        )
+
+    def _backup_path(self, batch: _Batch, path: bytes) -> Path:
+        if batch.backup_dir is None:
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+            batch.backup_dir = self.state_dir / BACKUPS_NAME / stamp
+        return batch.backup_dir / os.fsdecode(path)
 
     def _read_file(self, path: bytes) -> bytes | None:
         """The current content of a regular file here (``None``: none, or
@@ -690,6 +758,7 @@ class Agent:
                 self._discard(staged)
                 continue
             try:
+                self._keep_if_changed_here(batch, staged.dir_fd, staged.path)
                 os.rename(
                     staged.tmp,
                     basename(staged.path),
@@ -724,7 +793,7 @@ class Agent:
             paths=len(results),
             failures=len(batch.failures),
         )
-        return [Applied(commit.batch, results, batch.failures)]
+        return [Applied(commit.batch, results, batch.failures, batch.backups)]
 
     def _make_durable(self, batch: _Batch) -> None:
         """Every staged file's data on disk before any is renamed in: one

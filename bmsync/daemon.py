@@ -70,7 +70,7 @@ from bmsync.errors import BmsyncError, ConfigError, LocalFsError, NotActive, Spl
 from bmsync.fsutil import open_root, release_free_memory
 from bmsync.ha.vip import Runner, observe_vip, run_command
 from bmsync.notify import Notifier
-from bmsync.reconcile import Expected, base_finder, keep_bases, resync
+from bmsync.reconcile import Expected, acknowledged_in, base_finder, keep_bases, resync
 from bmsync.scan import scan_paths, scan_tree
 from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, RoleStore, ensure_state_dir
@@ -87,6 +87,8 @@ ERRORS_KEPT = 10
 # buffers behind; they go back to the system when the daemon is next idle.
 TRIM_AFTER_BYTES = 1 << 20
 TRIM_AFTER_OPS = 1000
+# Copies of files changed on the passive node, listed by `bmsync status`.
+BACKUPS_SHOWN = 20
 # A path whose apply failed on the peer is tried again after this long.
 RETRY_FAILED_S = 5.0
 
@@ -113,6 +115,11 @@ class Stats:
     last_batch: dict[str, Any] | None = None
     errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=ERRORS_KEPT))
     error_count: int = 0
+    # files changed on the passive node since bmsync wrote them: (time, path, copy kept)
+    backups: deque[tuple[float, bytes, str]] = field(
+        default_factory=lambda: deque(maxlen=BACKUPS_SHOWN)
+    )
+    backup_count: int = 0
 
 
 class _LinkLost(Exception):
@@ -485,6 +492,7 @@ class Daemon:
         if not report.peer_unchanged:
             self._store.replace(peer_node, report.peer)
         self.stats.last_contact = self._wall()
+        self._kept(report.backups)
         self.stats.files_sent += report.files_sent
         self.stats.bytes_sent += report.bytes_sent
         for failure in report.failures:
@@ -522,6 +530,12 @@ class Daemon:
         if self.paused_reason is None:
             self.state = State.SYNCING
             self._notifier.status(f"syncing to {self.config.require_peer().host}")
+
+    def _kept(self, backups: list[tuple[bytes, str]]) -> None:
+        for path, kept in backups:
+            self.stats.backups.append((self._wall(), path, kept))
+            self.stats.backup_count += 1
+            log.warning("passive_copy_kept", path=show(path), kept=kept)
 
     async def _expected_peer(self, peer_node: str) -> Expected | None:
         """What the peer should hold: the agent confirms it with one digest
@@ -595,13 +609,17 @@ class Daemon:
                 self._pause(storm, held=changed)
                 return
             outcome = await session.apply(
-                ops, root_fd, delta_base=base_finder(self._peer, self._bases)
+                ops,
+                root_fd,
+                delta_base=base_finder(self._peer, self._bases),
+                acknowledged=acknowledged_in(self._peer),
             )
             keep_bases(root_fd, outcome.results, self._bases)
         finally:
             os.close(root_fd)
             self._inflight_oldest = None
         self._brake.record(deletes, self._clock())
+        self._kept(outcome.backups)
         read = sum(op.entry.size for op in ops if isinstance(op, PutFile))
         if read >= TRIM_AFTER_BYTES or len(ops) >= TRIM_AFTER_OPS:
             self._trim_pending = True
@@ -755,6 +773,10 @@ class Daemon:
             "paused_reason": self.paused_reason,
             "errors": [{"time": _iso(t), "message": m} for t, m in self.stats.errors],
             "error_count": self.stats.error_count,
+            "backups": [
+                {"time": _iso(t), "path": show(p), "kept": k} for t, p, k in self.stats.backups
+            ],
+            "backup_count": self.stats.backup_count,
             **self._guard_status(),
         }
 

@@ -190,4 +190,9 @@ def _human(s: dict[str, Any]) -> str:
         f"  errors          {s['error_count']}",
     ]
     lines += [f"    {e['time']}  {e['message']}" for e in s["errors"][-5:]]
+    if s.get("backups"):
+        lines.append(
+            f"  changed on the passive node, copies kept there ({s['backup_count']} in all):"
+        )
+        lines += [f"    {b['time']}  {b['path']} -> {b['kept']}" for b in s["backups"][-5:]]
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from bmsync.digests import DigestCache
 from bmsync.errors import LocalFsError
 from bmsync.fsutil import open_root, read_whole
 from bmsync.scan import Scan, scan_tree
-from bmsync.session import DeltaBase, PeerSession, Progress
+from bmsync.session import Acknowledged, DeltaBase, PeerSession, Progress
 
 log = structlog.get_logger("bmsync.reconcile")
 
@@ -65,6 +65,8 @@ class ResyncReport:
     # the agent confirmed the expected manifest and nothing was applied:
     # ``peer`` is that manifest, and a record of it need not be rewritten
     peer_unchanged: bool = False
+    # files changed on the peer since bmsync wrote them, and the copies kept
+    backups: list[tuple[bytes, str]] = field(default_factory=list)
 
 
 def _peer_view(peer: dict[bytes, Entry], scan: Scan) -> dict[bytes, Entry]:
@@ -105,10 +107,13 @@ async def resync(
             fetched = await session.fetch_manifest()
     finally:
         scan = await first_scan
+    # what bmsync last wrote on the peer, as far as this node knows
+    acknowledged: dict[bytes, Entry] | None = None
     if fetched is not None:
         peer = fetched
         if expected is not None:
             log.info("peer_manifest_differs", entries=len(peer), why="not what was acknowledged")
+            acknowledged = expected.entries()
     else:
         assert expected is not None
         report.peer_unchanged = True
@@ -117,6 +122,7 @@ async def resync(
         else:
             peer = expected.entries()
         log.info("peer_manifest_confirmed", entries=len(peer))
+        acknowledged = peer
     report.peer = peer
     try:
         root_fd = open_root(root)
@@ -143,7 +149,20 @@ async def resync(
             if on_plan is not None:
                 on_plan(ops)
             report.passes = number
-            outcome = await session.apply(ops, root_fd, progress, base_finder(peer, delta_bases))
+            outcome = await session.apply(
+                ops,
+                root_fd,
+                progress,
+                base_finder(peer, delta_bases),
+                None if acknowledged is None else acknowledged_in(acknowledged),
+            )
+            report.backups.extend(outcome.backups)
+            if acknowledged is not None and acknowledged is not peer:
+                for path, entry in outcome.results.items():
+                    if entry is None:
+                        acknowledged.pop(path, None)
+                    else:
+                        acknowledged[path] = entry
             if outcome.results:
                 report.peer_unchanged = False
             report.ops_applied += len(ops) - len(outcome.failures)
@@ -164,6 +183,19 @@ async def resync(
     finally:
         os.close(root_fd)
     return report
+
+
+def acknowledged_in(manifest: Mapping[bytes, Entry]) -> Acknowledged:
+    """path -> the digest of the file the peer acknowledged there (b"": no
+    file; None: something else, not compared)."""
+
+    def find(path: bytes) -> bytes | None:
+        entry = manifest.get(path)
+        if entry is None:
+            return b""
+        return entry.digest if entry.kind == Kind.FILE else None
+
+    return find
 
 
 def base_finder(peer: Mapping[bytes, Entry], bases: BaseStore | None) -> DeltaBase | None:

@@ -25,6 +25,7 @@ from bmsync.core.frames import (
     Applied,
     Bye,
     Commit,
+    Expect,
     Failure,
     Fetch,
     Hello,
@@ -40,8 +41,8 @@ from bmsync.core.frames import (
     Welcome,
 )
 from bmsync.core.guard import SPLIT_BRAIN
-from bmsync.core.manifest import Entry
-from bmsync.core.ops import Op, PutFile
+from bmsync.core.manifest import Entry, Kind
+from bmsync.core.ops import Delete, Op, PutFile
 from bmsync.core.paths import show
 from bmsync.errors import (
     AgentFailed,
@@ -63,6 +64,10 @@ BATCH_MAX_OPS = 1000
 BATCH_MAX_BYTES = 64 * 1024 * 1024
 
 Progress = Callable[[Op, int], None]
+# path -> the digest of the file bmsync last wrote there (b"": none), or
+# None when unknown (or not a file): the agent keeps a copy of a file that
+# turns out to differ before it replaces or deletes it
+Acknowledged = Callable[[bytes], bytes | None]
 # path -> (digest, content) of the version the peer holds, if known here
 DeltaBase = Callable[[bytes], tuple[bytes, bytes] | None]
 # A delta whose literal data exceeds this goes as a whole file instead (it
@@ -84,6 +89,9 @@ class Outcome:
     # files that kept changing while read: not sent, to be taken again
     changing: list[bytes] = field(default_factory=list)
     deltas: int = 0  # files sent as deltas
+    # files changed on the peer since bmsync wrote them: (path, where the
+    # agent kept a copy before replacing or deleting them)
+    backups: list[tuple[bytes, str]] = field(default_factory=list)
 
 
 class PeerSession:
@@ -178,9 +186,12 @@ class PeerSession:
         root_fd: int,
         progress: Progress | None = None,
         delta_base: DeltaBase | None = None,
+        acknowledged: Acknowledged | None = None,
     ) -> Outcome:
         """Send ``ops``; ``delta_base(path)`` may offer the version the peer
-        holds (digest, content) so that a modified file travels as a delta."""
+        holds (digest, content) so that a modified file travels as a delta;
+        ``acknowledged`` tells the agent which version of each file it
+        replaces or deletes it should find there."""
         outcome = Outcome()
         batches = list(_batches(ops))
 
@@ -188,6 +199,12 @@ class PeerSession:
             for number, batch in enumerate(batches):
                 for op in batch:
                     sent = 0
+                    if acknowledged is not None and (
+                        isinstance(op, PutFile) or (isinstance(op, Delete) and op.kind == Kind.FILE)
+                    ):
+                        digest = acknowledged(op.path)
+                        if digest is not None:
+                            await self._channel.send([Expect(op.path, digest)])
                     if isinstance(op, PutFile):
                         base = delta_base(op.path) if delta_base is not None else None
                         sent = await self._send_file(root_fd, op, outcome, base)
@@ -206,6 +223,7 @@ class PeerSession:
                     )
                 outcome.results.update(answer.results)
                 outcome.failures.extend(answer.failures)
+                outcome.backups.extend(answer.backups)
 
         await _together(send_all(), collect_all())
         log.info(

@@ -128,6 +128,9 @@ async def cmd_resync(conf: config.Config, args: argparse.Namespace) -> int:
                         {"path": show(p), "reason": r} for p, r in report.local_problems
                     ],
                     "missing_here": [show(p) for p in report.missing_tops],
+                    "changed_on_peer": [
+                        {"path": show(p), "kept": kept} for p, kept in report.backups
+                    ],
                     "unsupported": [show(p) for p in report.unsupported],
                     "converged": report.converged,
                 },
@@ -147,6 +150,8 @@ async def cmd_resync(conf: config.Config, args: argparse.Namespace) -> int:
             print(f"warning: {show(path)}: {reason}", file=sys.stderr)
         for failure in report.failures:
             print(f"failed: {show(failure.path)}: {failure.reason}", file=sys.stderr)
+        for path, kept in report.backups:
+            print(f"note: {show(path)} had been changed on the peer; its copy is kept at {kept}")
         if not args.dry_run:
             state = "in sync" if report.converged else "NOT in sync"
             print(

@@ -195,19 +195,40 @@ class Failure(msgspec.Struct, frozen=True, array_like=True):
         check_relpath(self.path)
 
 
+class Expect(msgspec.Struct, frozen=True, tag="expect"):
+    """What the sender believes is at ``path`` on the agent (the digest of
+    the version bmsync last wrote there; empty: nothing). Sent before an
+    operation that replaces or deletes a file: if the agent's file differs,
+    someone changed it on the passive node, and the agent keeps a copy
+    under state_dir/backups/ before it is overwritten."""
+
+    path: bytes
+    digest: bytes
+
+    def __post_init__(self) -> None:
+        check_relpath(self.path)
+        if self.digest and len(self.digest) != DIGEST_SIZE:
+            raise ProtocolError(f"expected digest of {len(self.digest)} bytes")
+
+
 class Applied(msgspec.Struct, frozen=True, tag="applied"):
     """What a batch left on the peer: the entry now at each path it touched
-    (``None`` where nothing is), and the operations that failed."""
+    (``None`` where nothing is), the operations that failed, and the files
+    changed on the peer since bmsync wrote them, with where a copy of each
+    was kept before it was replaced."""
 
     batch: int
     results: list[tuple[bytes, Entry | None]]
     failures: list[Failure]
+    backups: list[tuple[bytes, str]] = []
 
     def __post_init__(self) -> None:
         for path, entry in self.results:
             check_relpath(path)
             if entry is not None:
                 check_entry(entry)
+        for path, _ in self.backups:
+            check_relpath(path)
 
 
 class ErrorFrame(msgspec.Struct, frozen=True, tag="error"):
@@ -228,6 +249,7 @@ Frame = (
     | Put
     | PutAbort
     | PutDelta
+    | Expect
     | Fetch
     | Mkdir
     | Symlink

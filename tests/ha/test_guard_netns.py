@@ -117,3 +117,25 @@ def test_the_vip_answered_from_the_other_namespace_suspends(cluster: Cluster) ->
     a.wait_state("syncing", timeout_s=20)
     wait_identical(a, b, 10)
     assert Path(b.root / "etc" / "held.conf").read_text() == "not while the VIP is disputed\n"
+
+
+def test_a_file_edited_on_the_passive_is_kept_reported_then_overwritten(
+    cluster: Cluster,
+) -> None:
+    a, b = cluster.a, cluster.b
+    etc = a.root / "etc"
+    etc.mkdir()
+    (etc / "app.conf").write_text("port 8080\n")
+    a.start()
+    a.wait_state("syncing", timeout_s=20)
+    wait_identical(a, b, 5)
+    (b.root / "etc" / "app.conf").write_text("port 9999  # by hand on bm2\n")
+    (etc / "app.conf").write_text("port 8081\n")  # the next change from the active
+    wait_identical(a, b, 5)
+    status = a.status()
+    (kept,) = status["backups"]
+    assert kept["path"].endswith("etc/app.conf")
+    copy = Path(kept["kept"])
+    assert copy.is_relative_to(b.state / "backups")
+    assert copy.read_text() == "port 9999  # by hand on bm2\n"
+    assert "changed on the passive node, copies kept there" in a.bmsync("status").stdout

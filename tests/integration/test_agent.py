@@ -21,6 +21,7 @@ from bmsync.core.frames import (
     Applied,
     Commit,
     ErrorFrame,
+    Expect,
     Frame,
     FrameDecoder,
     Hello,
@@ -295,3 +296,54 @@ def test_delta_applies_to_its_base_only(node: Node) -> None:
     applied = node.commit(bad)
     assert "bad delta: copy of 0+1000000000 past the base" in applied.failures[0].reason
     assert os.listdir(node.root / "etc") == ["big.conf"]
+
+
+# -- a file changed on this (passive) node since bmsync wrote it -------------
+
+
+def test_a_file_changed_here_is_kept_before_it_is_replaced(node: Node) -> None:
+    node.hello()
+    target = node.root / "etc" / "app.conf"
+    target.write_bytes(b"port 9999  # edited by hand on the passive\n")
+    os.chmod(target, 0o640)
+    written_by_bmsync = digest_bytes(b"port 8080\n")
+    applied = node.commit(
+        Expect(b"etc/app.conf", written_by_bmsync),
+        Put(b"etc/app.conf", 0, b"port 8081\n", file_entry(b"port 8081\n")),
+    )
+    assert target.read_bytes() == b"port 8081\n"
+    ((path, kept),) = applied.backups
+    assert path == b"etc/app.conf"
+    copy = Path(kept)
+    assert copy.is_relative_to(node.state / "backups")
+    assert copy.read_bytes() == b"port 9999  # edited by hand on the passive\n"
+    assert copy.stat().st_mode & 0o7777 == 0o640
+
+
+def test_the_version_bmsync_wrote_is_replaced_without_a_copy(node: Node) -> None:
+    node.hello()
+    (node.root / "etc" / "app.conf").write_bytes(b"port 8080\n")
+    applied = node.commit(
+        Expect(b"etc/app.conf", digest_bytes(b"port 8080\n")),
+        Put(b"etc/app.conf", 0, b"port 8081\n", file_entry(b"port 8081\n")),
+        Expect(b"etc/new.conf", b""),  # bmsync wrote nothing there, and nothing is there
+        Put(b"etc/new.conf", 0, b"new\n", file_entry(b"new\n")),
+    )
+    assert applied.backups == [] and applied.failures == []
+    assert not (node.state / "backups").exists()
+
+
+def test_files_created_or_changed_here_are_kept_before_a_delete(node: Node) -> None:
+    node.hello()
+    (node.root / "etc" / "stray.conf").write_bytes(b"made on the passive\n")
+    (node.root / "etc" / "old.conf").write_bytes(b"as bmsync wrote it\n")
+    applied = node.commit(
+        Expect(b"etc/stray.conf", b""),  # bmsync never wrote this one
+        Delete(b"etc/stray.conf", Kind.FILE),
+        Expect(b"etc/old.conf", digest_bytes(b"as bmsync wrote it\n")),
+        Delete(b"etc/old.conf", Kind.FILE),
+    )
+    assert not (node.root / "etc" / "stray.conf").exists()
+    assert not (node.root / "etc" / "old.conf").exists()
+    assert [p for p, _ in applied.backups] == [b"etc/stray.conf"]
+    assert Path(applied.backups[0][1]).read_bytes() == b"made on the passive\n"

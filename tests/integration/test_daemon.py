@@ -487,5 +487,11 @@ def test_restart_checks_the_acknowledged_manifest_against_the_passive(etc_pair: 
         converge(etc_pair, timeout_s=5)
         assert (passive_etc / "app.conf").read_text() == "port 8080\n"
         assert not (passive_etc / "stray.conf").exists()
+        # neither edit on the passive is lost: a copy of each is kept there
+        kept = {Path(b["path"]).name: Path(b["kept"]) for b in third.status()["backups"]}
+        assert kept.keys() == {"app.conf", "stray.conf"}
+        assert kept["app.conf"].read_text() == "port 9999\n"
+        assert kept["stray.conf"].read_text() == "not on the active\n"
+        assert all(p.is_relative_to(etc_pair.base / "state2" / "backups") for p in kept.values())
     finally:
         assert third.stop() == 0

@@ -16,6 +16,7 @@ from bmsync.core.frames import (
     Bye,
     Commit,
     ErrorFrame,
+    Expect,
     Failure,
     Fetch,
     Frame,
@@ -65,6 +66,7 @@ SAMPLES: list[Any] = [
     PutAbort(b"etc/a"),
     Fetch(b"etc/a"),
     PutDelta(b"etc/a", digest_bytes(b"hello"), [Copy(0, 3), Literal(b"p!")], FILE),
+    Expect(b"etc/a", digest_bytes(b"hello")),
     Applied(9, [(b"etc/a", None)], [Failure(b"etc/a", "not the base", BASE_MISMATCH)]),
     Mkdir(b"etc/d", DIR),
     Symlink(b"etc/l", LINK),
@@ -402,4 +404,11 @@ def test_an_unchanged_manifest_carrying_entries_is_refused() -> None:
     fields = raw(ManifestPart([(b"etc/a", FILE)], last=True))
     fields["unchanged"] = True
     with pytest.raises(ProtocolError, match="unchanged manifest"):
+        decode_body(body_of(fields))
+
+
+def test_an_expected_digest_of_the_wrong_size_is_refused() -> None:
+    fields = raw(Expect(b"etc/a", b""))
+    fields["digest"] = b"\0" * 5
+    with pytest.raises(ProtocolError, match="expected digest of 5 bytes"):
         decode_body(body_of(fields))
