@@ -54,6 +54,7 @@ from bmsync.core.guard import (
     Guard,
     GuardState,
     Observation,
+    PeerLost,
     PeerRefused,
     PeerWelcomed,
     RefusalCode,
@@ -358,6 +359,7 @@ class Daemon:
                 self.state = State.DISCONNECTED
                 self._notifier.status(f"disconnected: {exc}")
                 self._error(f"peer link: {exc}")
+                self._observe(PeerLost(str(exc)))  # not a suspicion: roles were not compared
                 peer = self.config.require_peer()
                 delay = min(peer.reconnect_max_s, peer.reconnect_min_s * 2**attempt)
                 delay *= 0.5 + self._rng() / 2  # jitter: two daemons never retry in step
