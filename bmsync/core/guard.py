@@ -85,7 +85,6 @@ class RefusalCode(enum.StrEnum):
     RECEIVER_ACTIVE = "receiver-active"  # this node is active itself
     SENDER_STALE = "sender-stale"  # a higher promotion has been seen here
     SENDER_NOT_ACTIVE = "sender-not-active"  # the sender does not claim active
-    SUSPENDED = "suspended"  # this node's guard stopped all writes
     BUSY = "busy"  # another sender holds the lock
     INCOMPATIBLE = "incompatible"  # protocol version, node ids, root
 
@@ -262,7 +261,8 @@ class _Raised:
 
 @dataclass
 class Guard:
-    """May this node send (``may_send``) or accept writes (``may_accept``)?
+    """May this node send (``may_send``)? (Whether it accepts a writer is
+    ``judge_sender``'s answer, from its persisted role alone.)
 
     Suspicions are raised by observations and cleared only by evidence
     (``CLEARS``) or an operator's ``ForcedResume``; each is kept with its
@@ -320,10 +320,6 @@ class Guard:
     @property
     def may_send(self) -> bool:
         return self.role.role is Role.ACTIVE and self.state is GuardState.SYNCING
-
-    @property
-    def may_accept(self) -> bool:
-        return self.role.role is Role.PASSIVE and self.state is GuardState.SYNCING
 
     def observe(self, obs: Observation, now: float) -> list[Transition]:
         before = self.state
