@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import threading
 from pathlib import Path
+
+import xxhash
 
 from bmsync.agent import Agent
 from bmsync.core.excludes import Rule, SyncSet
@@ -81,3 +84,36 @@ def walk(root: Path) -> dict[str, tuple[object, ...]]:
                 body,
             )
     return out
+
+
+class VersionReader:
+    """Reads ``path`` over and over in a thread while a writer replaces it
+    with ``versions``: the digest of every read (``seen``), and the sizes of
+    the reads that matched no complete version (``torn``)."""
+
+    def __init__(self, path: Path, versions: list[bytes]) -> None:
+        self.path = path
+        self.complete = {xxhash.xxh3_128_digest(v) for v in versions}
+        self.seen: list[bytes] = []
+        self.torn: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read)
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                continue
+            digest = xxhash.xxh3_128_digest(data)
+            self.seen.append(digest)
+            if digest not in self.complete:
+                self.torn.append(len(data))
+
+    def __enter__(self) -> VersionReader:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

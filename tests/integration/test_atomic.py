@@ -4,16 +4,14 @@ while resync replaces it, over a real SSH connection."""
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
-
-import xxhash
 
 from bmsync.config import load
 from bmsync.core.frames import Purpose
 from bmsync.reconcile import resync
 from bmsync.session import PeerSession
 from bmsync.transport import connect
+from tests.helpers import VersionReader
 from tests.integration.conftest import Pair
 
 SIZE = 1024 * 1024
@@ -24,22 +22,7 @@ def test_reader_sees_only_complete_versions(pair: Pair) -> None:
     target = pair.active / "etc" / "big.db"
     target.parent.mkdir()
     versions = [bytes([i % 251]) * SIZE for i in range(VERSIONS)]
-    complete = {xxhash.xxh3_128_digest(v) for v in versions}
-    seen: list[bytes] = []
-    torn: list[int] = []
-    stop = threading.Event()
     passive_file = pair.passive / "etc" / "big.db"
-
-    def reader() -> None:
-        while not stop.is_set():
-            try:
-                data = passive_file.read_bytes()
-            except FileNotFoundError:
-                continue
-            digest = xxhash.xxh3_128_digest(data)
-            seen.append(digest)
-            if digest not in complete:
-                torn.append(len(data))
 
     async def replace_all() -> None:
         conf = load(pair.active_conf)
@@ -54,14 +37,9 @@ def test_reader_sees_only_complete_versions(pair: Pair) -> None:
         finally:
             await session.close()
 
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
+    with VersionReader(passive_file, versions) as reader:
         asyncio.run(replace_all())
-    finally:
-        stop.set()
-        thread.join()
-    assert torn == []
-    assert len(set(seen)) > 20  # the reader really raced the writer
+    assert reader.torn == []
+    assert len(set(reader.seen)) > 20  # the reader really raced the writer
     assert passive_file.read_bytes() == versions[-1]
     assert not any(p.name.startswith(".bmsync-tmp.") for p in Path(pair.passive).rglob("*"))

@@ -15,11 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import xxhash
 
 from bmsync.scan import scan_tree
 from bmsync.state import ManifestStore
-from tests.helpers import whole_root
+from tests.helpers import VersionReader, whole_root
 from tests.integration.conftest import Pair
 from tests.integration.daemon_helpers import (
     RunningDaemon,
@@ -265,36 +264,15 @@ def test_reader_sees_only_complete_versions_during_500_replacements(
     source = pair.active / "etc" / "big.conf"
     passive = pair.passive / "etc" / "big.conf"
     versions = [bytes([i % 251]) * (1024 * 1024) for i in range(500)]
-    complete = {xxhash.xxh3_128_digest(v) for v in versions}
-    torn: list[int] = []
-    distinct: set[bytes] = set()
-    stop = threading.Event()
-
-    def reader() -> None:
-        while not stop.is_set():
-            try:
-                data = passive.read_bytes()
-            except FileNotFoundError:
-                continue
-            digest = xxhash.xxh3_128_digest(data)
-            distinct.add(digest)
-            if digest not in complete:
-                torn.append(len(data))
-
-    thread = threading.Thread(target=reader)
-    thread.start()
-    try:
+    with VersionReader(passive, versions) as reader:
         for version in versions:
             tmp = source.with_name(".big.conf.new")
             tmp.write_bytes(version)
             tmp.rename(source)
             time.sleep(0.002)
         converge(pair, timeout_s=10)
-    finally:
-        stop.set()
-        thread.join()
-    assert torn == []
-    assert len(distinct) > 20
+    assert reader.torn == []
+    assert len(set(reader.seen)) > 20
     assert passive.read_bytes() == versions[-1]
 
 
