@@ -69,7 +69,7 @@ from bmsync.core.frames import (
     encode,
 )
 from bmsync.core.guard import NodeRole, RefusalCode, Refused, Stamp, judge_sender
-from bmsync.core.manifest import Entry, Kind, digest_bytes, manifest_digest, new_hasher
+from bmsync.core.manifest import Entry, Kind, manifest_digest, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import basename, parent, show
 from bmsync.digests import DigestCache
@@ -83,6 +83,7 @@ from bmsync.fsutil import (
     kind_of,
     open_dir,
     open_root,
+    read_whole,
     read_xattrs,
     sync_filesystem,
     write_xattrs,
@@ -554,8 +555,8 @@ class Agent:
             raise ProtocolError(f"more than {MAX_STAGED} files in one batch")
         try:
             self._check_covered(frame.path, False)
-            base = self._read_file(frame.path)
-            if base is None or digest_bytes(base) != frame.base:
+            base = self._current(frame.path)
+            if base is None or base[1].digest != frame.base:
                 batch.touched.append(frame.path)  # Applied tells what is here instead
                 self._fail(
                     frame.path,
@@ -564,7 +565,7 @@ class Agent:
                     BASE_MISMATCH,
                 )
                 return []
-            data = apply_delta(base, frame.ops)
+            data = apply_delta(base[0], frame.ops)
             staged = self._stage(frame.path)
             batch.staged[frame.path] = staged
             staged.size = len(data)
@@ -635,26 +636,14 @@ class Agent:
             batch.backup_dir = self.state_dir / BACKUPS_NAME / stamp
         return batch.backup_dir / os.fsdecode(path)
 
-    def _read_file(self, path: bytes) -> bytes | None:
-        """The current content of a regular file here (``None``: none, or
-        too large to be a delta base)."""
-        dir_fd = self._open_parent(path)
+    def _current(self, path: bytes) -> tuple[bytes, Entry] | None:
+        """This node's regular file at ``path``, whole, with its entry
+        (``None``: none, changing, or too large to be a delta base)."""
+        assert self._root_fd is not None
         try:
-            fd = os.open(basename(path), O_READ, dir_fd=dir_fd)
+            return read_whole(self._root_fd, path, DELTA_MAX_BYTES)
         except OSError:
             return None
-        finally:
-            os.close(dir_fd)
-        try:
-            st = os.fstat(fd)
-            if kind_of(st.st_mode) != Kind.FILE or st.st_size > DELTA_MAX_BYTES:
-                return None
-            chunks = []
-            while chunk := os.read(fd, 1024 * 1024):
-                chunks.append(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
 
     def _fetch(self, fetch: Fetch) -> list[Frame]:
         """Send a file back (``bmsync resume --discard`` restores from here)."""

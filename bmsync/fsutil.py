@@ -125,15 +125,21 @@ def same_version(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
+def open_file(base_fd: int, rel: bytes) -> int:
+    """Open ``rel`` below ``base_fd`` for reading, following no symlink on
+    the way or at the end."""
+    dir_fd = open_dir(base_fd, parent(rel))
+    try:
+        return os.open(basename(rel), O_READ, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put | PutAbort]:
     """Stream a local file as chunks, then either a ``Put`` whose entry (and
     digest) describe exactly the bytes sent, or ``PutAbort`` if the file
     changed while it was read."""
-    dir_fd = open_dir(root_fd, parent(path))
-    try:
-        fd = os.open(basename(path), O_READ, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
+    fd = open_file(root_fd, path)
     try:
         before = os.fstat(fd)
         if kind_of(before.st_mode) != Kind.FILE:
@@ -163,11 +169,7 @@ def file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put | PutAbort
 def read_whole(root_fd: int, path: bytes, max_bytes: int) -> tuple[bytes, Entry] | None:
     """A regular file's content and entry, read in one piece; ``None`` if it
     is larger than ``max_bytes`` or changed while it was read."""
-    dir_fd = open_dir(root_fd, parent(path))
-    try:
-        fd = os.open(basename(path), O_READ, dir_fd=dir_fd)
-    finally:
-        os.close(dir_fd)
+    fd = open_file(root_fd, path)
     try:
         before = os.fstat(fd)
         if kind_of(before.st_mode) != Kind.FILE or before.st_size > max_bytes:
