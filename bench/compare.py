@@ -215,11 +215,18 @@ def initial_sync(
     }
 
 
-def phase_bmsync(bench: Bench, run: int) -> dict[str, Any]:
+def fresh_trees(bench: Bench, tool: str) -> tuple[workloads.BenchTree, Path]:
+    """The bench files recreated identically in the source, and an empty
+    target for ``tool``."""
     s = bench.settings
     tree = workloads.make_bench(bench.src, s.seed, SMALL_FILES, BIG_MB, MOVES)
     os.sync()  # no tool pays for writing the source tree (bmsync's agent calls syncfs)
-    dst = fresh_dir(bench.base / "dst" / "bmsync")
+    return tree, fresh_dir(bench.base / "dst" / tool)
+
+
+def phase_bmsync(bench: Bench, run: int) -> dict[str, Any]:
+    s = bench.settings
+    tree, dst = fresh_trees(bench, "bmsync")
     daemon = BmsyncDaemon("bmsync", bench.link, bench.src, dst, fresh_dir(bench.base / "bm-main"))
     out: dict[str, Any] = {"tool": daemon.describe()}
     try:
@@ -248,9 +255,7 @@ def phase_bmsync(bench: Bench, run: int) -> dict[str, Any]:
 def phase_lsyncd(bench: Bench, run: int, delay_s: float | None) -> dict[str, Any]:
     s = bench.settings
     name = "lsyncd0" if delay_s == 0 else "lsyncd15"
-    tree = workloads.make_bench(bench.src, s.seed, SMALL_FILES, BIG_MB, MOVES)
-    os.sync()  # no tool pays for writing the source tree (bmsync's agent calls syncfs)
-    dst = fresh_dir(bench.base / "dst" / name)
+    tree, dst = fresh_trees(bench, name)
     daemon = Lsyncd(name, bench.link, bench.src, dst, fresh_dir(bench.base / name), delay_s)
     out: dict[str, Any] = {"tool": daemon.describe()}
     try:
@@ -280,10 +285,7 @@ def phase_lsyncd(bench: Bench, run: int, delay_s: float | None) -> dict[str, Any
 
 
 def phase_rsync(bench: Bench, run: int) -> dict[str, Any]:
-    s = bench.settings
-    tree = workloads.make_bench(bench.src, s.seed, SMALL_FILES, BIG_MB, MOVES)
-    os.sync()  # no tool pays for writing the source tree (bmsync's agent calls syncfs)
-    dst = fresh_dir(bench.base / "dst" / "rsync")
+    tree, dst = fresh_trees(bench, "rsync")
     out: dict[str, Any] = {"tool": f"rsync {rsync_version()} (one-shot, -a -A -X --numeric-ids)"}
 
     def initial() -> dict[str, Any]:

@@ -565,6 +565,8 @@ class Agent:
                     BASE_MISMATCH,
                 )
                 return []
+            if batch.expected.get(frame.path) == frame.base:
+                del batch.expected[frame.path]  # just read and verified: no second read
             data = apply_delta(base[0], frame.ops)
             staged = self._stage(frame.path)
             batch.staged[frame.path] = staged

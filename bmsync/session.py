@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ from bmsync.core.frames import (
     Expect,
     Failure,
     Fetch,
+    Frame,
     Hello,
     ManifestPart,
     ManifestRequest,
@@ -199,17 +200,12 @@ class PeerSession:
             for number, batch in enumerate(batches):
                 for op in batch:
                     sent = 0
-                    if acknowledged is not None and (
-                        isinstance(op, PutFile) or (isinstance(op, Delete) and op.kind == Kind.FILE)
-                    ):
-                        digest = acknowledged(op.path)
-                        if digest is not None:
-                            await self._channel.send([Expect(op.path, digest)])
+                    lead = _expectation(op, acknowledged)
                     if isinstance(op, PutFile):
                         base = delta_base(op.path) if delta_base is not None else None
-                        sent = await self._send_file(root_fd, op, outcome, base)
+                        sent = await self._send_file(root_fd, op, outcome, base, lead)
                     else:
-                        await self._channel.send([op])
+                        await self._channel.send([*lead, op])
                     if progress is not None:
                         progress(op, sent)
                 await self._channel.send([Commit(number)])
@@ -237,12 +233,25 @@ class PeerSession:
         return outcome
 
     async def _send_file(
-        self, root_fd: int, op: PutFile, outcome: Outcome, base: tuple[bytes, bytes] | None
+        self,
+        root_fd: int,
+        op: PutFile,
+        outcome: Outcome,
+        base: tuple[bytes, bytes] | None,
+        lead: list[Frame],
     ) -> int:
-        """Send one file; a file that changes while it is read is aborted on
-        the agent (nothing of it applied) and read again, a few times."""
+        """Send one file, ``lead`` in the same write as its first frame; a
+        file that changes while it is read is aborted on the agent (nothing
+        of it applied) and read again, a few times."""
+        pending = lead
+
+        async def send(frame: Frame) -> None:
+            nonlocal pending
+            await self._channel.send([*pending, frame])
+            pending = []
+
         if base is not None and BaseStore.wanted(op.entry.size):
-            sent = await self._send_delta(root_fd, op, outcome, base)
+            sent = await self._send_delta(root_fd, op, outcome, base, send)
             if sent is not None:
                 return sent
         for _ in range(SEND_ATTEMPTS):
@@ -251,7 +260,7 @@ class PeerSession:
                 for frame in file_frames(root_fd, op.path):
                     if isinstance(frame, (PutChunk, Put)):
                         sent += len(frame.data)
-                    await self._channel.send([frame])
+                    await send(frame)
             except OSError as exc:
                 # Gone or replaced since the scan: the next pass plans what it is now.
                 if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
@@ -266,7 +275,12 @@ class PeerSession:
         return 0
 
     async def _send_delta(
-        self, root_fd: int, op: PutFile, outcome: Outcome, base: tuple[bytes, bytes]
+        self,
+        root_fd: int,
+        op: PutFile,
+        outcome: Outcome,
+        base: tuple[bytes, bytes],
+        send: Callable[[Frame], Awaitable[None]],
     ) -> int | None:
         """Send ``op`` as a delta if that is worth it; ``None``: send whole."""
         try:
@@ -281,11 +295,21 @@ class PeerSession:
         literal = literal_bytes(ops)
         if literal > min(DELTA_LITERAL_MAX_BYTES, len(data) // 2):
             return None
-        await self._channel.send([PutDelta(op.path, base_digest, ops, entry)])
+        await send(PutDelta(op.path, base_digest, ops, entry))
         outcome.files_sent += 1
         outcome.deltas += 1
         outcome.bytes_sent += literal
         return literal
+
+
+def _expectation(op: Op, acknowledged: Acknowledged | None) -> list[Frame]:
+    """The Expect to send before an operation that replaces or deletes a file."""
+    if acknowledged is None or not (
+        isinstance(op, PutFile) or (isinstance(op, Delete) and op.kind == Kind.FILE)
+    ):
+        return []
+    digest = acknowledged(op.path)
+    return [] if digest is None else [Expect(op.path, digest)]
 
 
 def _batches(ops: list[Op]) -> Iterator[list[Op]]:
