@@ -61,20 +61,20 @@ from bmsync.core.guard import (
     RoleChanged,
     Stamp,
 )
-from bmsync.core.manifest import Entry, Kind, manifest_digest
+from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile, Rename, Symlink
 from bmsync.core.paths import show
 from bmsync.core.planner import plan
 from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.digests import DigestCache
-from bmsync.errors import BmsyncError, ConfigError, LocalFsError, NotActive, SplitBrainSuspected
+from bmsync.errors import BmsyncError, ConfigError, LocalFsError, SplitBrainSuspected
 from bmsync.fsutil import open_root, release_free_memory
 from bmsync.ha.vip import Runner, observe_vip, run_command
 from bmsync.notify import Notifier
 from bmsync.reconcile import Expected, acknowledged_in, base_finder, keep_bases, resync
 from bmsync.scan import scan_paths, scan_tree
 from bmsync.session import PeerSession
-from bmsync.state import ManifestStore, RoleStore, ensure_state_dir
+from bmsync.state import ManifestStore, RoleStore, ensure_state_dir, require_active
 from bmsync.transport import FrameChannel
 from bmsync.transport import connect as ssh_connect
 from bmsync.watch import Change, Watcher
@@ -245,13 +245,7 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         ensure_state_dir(self.config.state_dir)
-        role = self._guard.role
-        if role.role is not Role.ACTIVE:
-            raise NotActive(
-                f"{role.node} is passive (epoch {role.epoch}, highest seen "
-                f"{role.highest_seen}); only the active node sends. Run 'bmsync promote' "
-                "on the node that must send (the HA module does it on failover)"
-            )
+        require_active(self._guard.role)
         await self._control.start()
         for signum, handler in (
             (signal.SIGTERM, self.stop),
@@ -552,17 +546,8 @@ class Daemon:
         return Expected(found[1], lambda: self._store.load(peer_node))
 
     def _stored_digest(self) -> tuple[str, bytes] | None:
-        """The stored manifest's peer and digest: from the snapshot's header
-        after a clean stop; after a crash, from the snapshot and journal,
-        whose entries are then dropped (reloaded only if this node's scan
-        differs from them)."""
         found = self._store.stored_digest()
-        if found is not None:
-            return found
-        peer, entries = self._store.load_any()
-        found = (peer, manifest_digest(entries)) if entries else None
-        del entries
-        release_free_memory()  # before the scan fills memory again
+        release_free_memory()  # after a crash it decoded every entry; the scan comes next
         return found
 
     def _guard_reconcile(self, ops: list[Op], peer: Mapping[bytes, Entry]) -> str | None:

@@ -17,7 +17,7 @@ import structlog
 from bmsync.core.frames import Role
 from bmsync.core.guard import NodeRole, Stamp
 from bmsync.core.manifest import Entry, manifest_digest
-from bmsync.errors import ConfigError, PeerRefused, RoleStateError
+from bmsync.errors import ConfigError, NotActive, PeerRefused, RoleStateError
 
 log = structlog.get_logger("bmsync.state")
 
@@ -111,6 +111,17 @@ class RoleStore:
         write_atomic(self.path, msgspec.json.format(msgspec.json.encode(record)) + b"\n")
 
 
+def require_active(role: NodeRole) -> None:
+    """Only the active node sends: NotActive, saying what to do, otherwise."""
+    if role.role is not Role.ACTIVE:
+        raise NotActive(
+            f"{role.node} is passive (epoch {role.epoch}, highest seen {role.highest_seen}); "
+            "only the active node sends. Run 'bmsync promote' on the node that must send "
+            "(the HA module does it on failover); 'bmsync resync --dry-run' and "
+            "'bmsync verify' compare without writing"
+        )
+
+
 class SenderLock:
     """An exclusive ``flock`` under ``state_dir``: one sender at a time.
 
@@ -187,12 +198,14 @@ class ManifestStore:
         return entries if stored_peer == peer else {}
 
     def stored_digest(self) -> tuple[str, bytes] | None:
-        """The peer and ``manifest_digest`` of the stored manifest, read from
-        the snapshot's header alone; ``None`` when there is none, or when a
-        journal follows the snapshot (after a crash: ``load_any`` then)."""
+        """The peer and ``manifest_digest`` of the stored manifest (``None``
+        if there is none): from the snapshot's header alone after a clean
+        stop; when a journal follows the snapshot (after a crash), from both,
+        decoded and dropped."""
         try:
             if self._journal.stat().st_size > 0:
-                return None
+                peer, entries = self.load_any()
+                return (peer, manifest_digest(entries)) if entries else None
         except FileNotFoundError:
             pass
         try:

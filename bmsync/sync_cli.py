@@ -9,15 +9,15 @@ from typing import Any
 
 from bmsync import config
 from bmsync.bases import BaseStore
-from bmsync.core.frames import Purpose, Role
+from bmsync.core.frames import Purpose
 from bmsync.core.guard import Stamp
 from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
 from bmsync.digests import DigestCache
-from bmsync.errors import ApplyIncomplete, LocalFsError, NotActive, SplitBrainSuspected
+from bmsync.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected
 from bmsync.reconcile import resync, verify
 from bmsync.session import PeerSession
-from bmsync.state import RoleStore, ensure_state_dir
+from bmsync.state import RoleStore, ensure_state_dir, require_active
 from bmsync.transport import connect
 
 EXIT_DIFFERENT = 1
@@ -28,12 +28,8 @@ async def _connect(conf: config.Config, purpose: Purpose) -> PeerSession:
     ensure_state_dir(conf.state_dir)
     roles = RoleStore(conf.state_dir, conf.node)
     me = roles.load()
-    if purpose is Purpose.WRITE and me.role is not Role.ACTIVE:
-        raise NotActive(
-            f"{me.node} is passive (epoch {me.epoch}); only the active node sends. "
-            "Run 'bmsync promote' here first if this node must become the active one, "
-            "or 'bmsync resync --dry-run' / 'bmsync verify' to compare without writing"
-        )
+    if purpose is Purpose.WRITE:
+        require_active(me)
     channel = await connect(peer)
     session = PeerSession(channel, conf.node, me.epoch, me.role)
     try:
