@@ -99,7 +99,8 @@ BACKUPS_NAME = "backups"
 # Entries per ManifestPart: keeps each frame far below MAX_FRAME_BYTES even
 # with large xattrs (the frame encoder still checks).
 MANIFEST_PART_BYTES = 1024 * 1024
-# From this many files in a batch, one syncfs beats an fsync per file.
+# From this many files (or directories) in a batch, one syncfs beats an
+# fsync per file (or directory).
 SYNCFS_FROM_FILES = 16
 # A batch may stage this many files; more is a sender bug or an attack on
 # the agent's file descriptors and disk.
@@ -805,9 +806,15 @@ class Agent:
                 os.close(fd)
 
     def _sync_dirs(self, batch: _Batch) -> None:
-        """Make the batch's renames, creations and deletions durable."""
+        """Make the batch's renames, creations and deletions durable: an
+        fsync per directory touched, or one syncfs when there are many (each
+        directory fsync is a journal commit of its own)."""
         assert self._root_fd is not None
-        for path in dict.fromkeys(parent(p) for p in batch.touched):
+        touched = dict.fromkeys(parent(p) for p in batch.touched)
+        if len(touched) >= SYNCFS_FROM_FILES:
+            sync_filesystem(self._root_fd)
+            return
+        for path in touched:
             dir_fd = batch.dirs.get(path)
             if dir_fd is not None:
                 os.fsync(dir_fd)

@@ -71,7 +71,13 @@ from bmsync.errors import BmsyncError, ConfigError, LocalFsError, SplitBrainSusp
 from bmsync.fsutil import open_root, release_free_memory
 from bmsync.ha.vip import Runner, observe_vip, run_command
 from bmsync.notify import Notifier
-from bmsync.reconcile import Expected, acknowledged_in, base_finder, keep_bases, resync
+from bmsync.reconcile import (
+    Expected,
+    acknowledged_in,
+    base_finder,
+    keep_bases_at,
+    resync,
+)
 from bmsync.scan import scan_paths, scan_tree
 from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, RoleStore, ensure_state_dir, require_active
@@ -168,6 +174,8 @@ class Daemon:
         self._store = ManifestStore(config.state_dir)
         self._digests = DigestCache(config.state_dir)
         self._bases = BaseStore(config.state_dir / "bases", config.sync.delta_cache_mb << 20)
+        # copying a reconcile's delta bases, in a worker thread after it
+        self._bases_copy: asyncio.Future[None] | None = None
         self._session: PeerSession | None = None
         self._watcher: Watcher | None = None
         self._watches_fresh = False  # set up since the last reconcile
@@ -269,6 +277,7 @@ class Daemon:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             await self._close_session()
+            await self._bases_copied()
             if self._watcher is not None:
                 self._watcher.stop()
             for task in self._tasks:
@@ -449,10 +458,11 @@ class Daemon:
             lost.cancel()
 
     async def _idle(self, timeout_s: float | None) -> None:
+        self._wake.clear()  # before any await: a wake-up from then on counts
         if self._trim_pending and timeout_s is None:
+            await self._bases_copied()  # its buffers are freed too
             self._trim_pending = False
             release_free_memory()
-        self._wake.clear()
         if self.state != State.PAUSED:
             self.state = State.SYNCING
         with contextlib.suppress(TimeoutError):
@@ -474,6 +484,7 @@ class Daemon:
         peer_node = session.peer.node if session.peer else ""
         self._peer_node = peer_node
         known = len(self._peer) > 0
+        await self._bases_copied()
         report = await resync(
             session,
             self.config.sync.root,
@@ -482,7 +493,9 @@ class Daemon:
             delta_bases=self._bases,
             digests=self._digests,
             expected=await self._expected_peer(peer_node),
+            bases_later=True,
         )
+        self._copy_bases(report.sent)
         if not (report.peer_unchanged and known):
             self._peer = ManifestTree.owning(report.peer)
         if not report.peer_unchanged:
@@ -527,6 +540,26 @@ class Daemon:
             self.state = State.SYNCING
             self._notifier.status(f"syncing to {self.config.require_peer().host}")
 
+    def _copy_bases(self, sent: Mapping[bytes, Entry | None]) -> None:
+        """Keep the delta bases of what the peer now holds, in a worker
+        thread: the batch (or "syncing") need not wait for the copies."""
+        if any(e is not None and BaseStore.wanted(e.size) for e in sent.values()):
+            self._trim_pending = True
+            self._bases_copy = asyncio.ensure_future(
+                asyncio.to_thread(keep_bases_at, self.config.sync.root, dict(sent), self._bases)
+            )
+
+    async def _bases_copied(self) -> None:
+        """Wait for the delta bases a reconcile left to copy: the store is
+        used by one thread at a time."""
+        copying, self._bases_copy = self._bases_copy, None
+        if copying is None:
+            return
+        try:
+            await copying
+        except OSError as exc:  # costs bandwidth later, never correctness
+            log.warning("delta_bases_not_kept", error=str(exc))
+
     def _kept(self, backups: list[tuple[bytes, str]]) -> None:
         for path, kept in backups:
             self.stats.backups.append((self._wall(), path, kept))
@@ -560,6 +593,7 @@ class Daemon:
 
     async def _apply(self, session: PeerSession, batch: Batch) -> None:
         started = self._clock()
+        await self._bases_copied()
         self._inflight_oldest = batch.oldest_s
         changed = dict(batch.paths)
         try:
@@ -601,7 +635,6 @@ class Daemon:
                 delta_base=base_finder(self._peer, self._bases),
                 acknowledged=acknowledged_in(self._peer),
             )
-            keep_bases(root_fd, outcome.results, self._bases)
         finally:
             os.close(root_fd)
             self._inflight_oldest = None
@@ -610,6 +643,7 @@ class Daemon:
         read = sum(op.entry.size for op in ops if isinstance(op, PutFile))
         if read >= TRIM_AFTER_BYTES or len(ops) >= TRIM_AFTER_OPS:
             self._trim_pending = True
+        self._copy_bases(outcome.results)
         for path, entry in outcome.results.items():
             self._peer.set(path, entry)
         self._store.record(list(outcome.results.items()))

@@ -19,16 +19,15 @@ from pathlib import Path
 import structlog
 
 from bmsync.bases import BaseStore
-from bmsync.core.delta import DELTA_MAX_BYTES
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import BASE_MISMATCH, Failure
 from bmsync.core.manifest import Entry, Kind, differences, manifest_digest
 from bmsync.core.ops import Op
-from bmsync.core.paths import is_within
+from bmsync.core.paths import is_within, show
 from bmsync.core.planner import plan
 from bmsync.digests import DigestCache
 from bmsync.errors import LocalFsError
-from bmsync.fsutil import open_root, read_whole
+from bmsync.fsutil import open_file, open_root
 from bmsync.scan import Scan, scan_tree
 from bmsync.session import Acknowledged, DeltaBase, PeerSession, Progress
 
@@ -67,6 +66,8 @@ class ResyncReport:
     peer_unchanged: bool = False
     # files changed on the peer since bmsync wrote them, and the copies kept
     backups: list[tuple[bytes, str]] = field(default_factory=list)
+    # what the peer acknowledged during this resync (None: deleted there)
+    sent: dict[bytes, Entry | None] = field(default_factory=dict)
 
 
 def _peer_view(peer: dict[bytes, Entry], scan: Scan) -> dict[bytes, Entry]:
@@ -89,6 +90,7 @@ async def resync(
     delta_bases: BaseStore | None = None,
     digests: DigestCache | None = None,
     expected: Expected | None = None,
+    bases_later: bool = False,
 ) -> ResyncReport:
     """Make the peer like this node. ``guard`` sees each pass's plan before
     it is applied and may halt the resync with a reason (the delete-storm
@@ -96,7 +98,11 @@ async def resync(
 
     With ``expected``, the agent sends its manifest only if it is not the
     expected one; when it is, and this node's scan matches it too (the
-    usual start), ``report.peer`` is a copy of the scan."""
+    usual start), ``report.peer`` is a copy of the scan.
+
+    ``bases_later``: the delta bases of what was sent are left to the
+    caller (``keep_bases_at`` with ``report.sent``), so that copying them
+    does not hold up the end of the resync."""
     report = ResyncReport()
     # this node scans while the agent scans its own tree: two processes, two cores
     first_scan = asyncio.ensure_future(asyncio.to_thread(scan_tree, root, syncset, digests))
@@ -174,7 +180,9 @@ async def resync(
                     peer.pop(path, None)
                 else:
                     peer[path] = entry
-            keep_bases(root_fd, outcome.results, delta_bases)
+            report.sent.update(outcome.results)
+            if not bases_later:
+                keep_bases(root_fd, outcome.results, delta_bases)
             final = [f for f in outcome.failures if f.code != BASE_MISMATCH]
             if final:
                 report.failures = final
@@ -230,11 +238,28 @@ def keep_bases(
         ):
             continue
         try:
-            current = read_whole(root_fd, path, DELTA_MAX_BYTES)
+            fd = open_file(root_fd, path)
         except OSError:
-            continue
-        if current is not None and current[1].digest == entry.digest:
-            bases.put(entry.digest, current[0])
+            continue  # gone since: the next change of it goes whole
+        try:
+            if os.fstat(fd).st_size == entry.size:
+                bases.copy_in(entry.digest, fd, entry.size)
+        except OSError as exc:
+            log.warning("delta_base_not_kept", path=show(path), error=exc.strerror or str(exc))
+        finally:
+            os.close(fd)
+
+
+def keep_bases_at(root: Path, results: Mapping[bytes, Entry | None], bases: BaseStore) -> None:
+    """``keep_bases`` for a caller without the root open (a worker thread)."""
+    try:
+        root_fd = open_root(root)
+    except OSError:
+        return  # the root is gone: the next change finds out and says so
+    try:
+        keep_bases(root_fd, results, bases)
+    finally:
+        os.close(root_fd)
 
 
 async def verify(

@@ -251,9 +251,18 @@ class PeerSession:
             pending = []
 
         if base is not None and BaseStore.wanted(op.entry.size):
-            sent = await self._send_delta(root_fd, op, outcome, base, send)
-            if sent is not None:
-                return sent
+            for _ in range(SEND_ATTEMPTS):
+                try:
+                    sent = await self._send_delta(root_fd, op, outcome, base, send)
+                except _ChangedWhileRead:
+                    log.info("file_changed_while_sent", path=show(op.path))
+                    continue
+                if sent is not None:
+                    return sent
+                break
+            else:  # still being written: its next event brings it back, as a delta
+                outcome.changing.append(op.path)
+                return 0
         for _ in range(SEND_ATTEMPTS):
             sent = 0
             try:
@@ -287,8 +296,8 @@ class PeerSession:
             current = read_whole(root_fd, op.path, DELTA_MAX_BYTES)
         except OSError:
             return None
-        if current is None:
-            return None
+        if current is None:  # grew past the delta limit, or changed as it was read
+            raise _ChangedWhileRead
         data, entry = current
         base_digest, base_data = base
         ops = compress_literals(make_delta(base_data, data))
@@ -300,6 +309,10 @@ class PeerSession:
         outcome.deltas += 1
         outcome.bytes_sent += literal
         return literal
+
+
+class _ChangedWhileRead(Exception):
+    """The file is not the version the scan saw: read it again."""
 
 
 def _expectation(op: Op, acknowledged: Acknowledged | None) -> list[Frame]:
