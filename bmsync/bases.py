@@ -75,17 +75,21 @@ class BaseStore:
         tmp = self._dir / f".tmp.{name}"
         hasher = new_hasher()
         copied = 0
-        with open(tmp, "wb") as out:
-            while chunk := os.read(fd, COPY_CHUNK_BYTES):
-                hasher.update(chunk)
-                out.write(chunk)
-                copied += len(chunk)
+        try:
+            with open(tmp, "wb") as out:
+                while chunk := os.read(fd, COPY_CHUNK_BYTES):
+                    hasher.update(chunk)
+                    out.write(chunk)
+                    copied += len(chunk)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         if copied != size or hasher.digest() != digest:
-            os.unlink(tmp)
+            tmp.unlink()
             return False
         os.replace(tmp, self._dir / name)
         self._sizes[name] = (os.stat(self._dir / name).st_mtime, size)
-        total = sum(size for _, size in self._sizes.values())
+        total = sum(kept for _, kept in self._sizes.values())
         for old in sorted(self._sizes, key=lambda n: self._sizes[n][0]):
             if total <= self._max:
                 break

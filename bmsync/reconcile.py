@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,7 +243,8 @@ def keep_bases(
         except OSError:
             continue  # gone since: the next change of it goes whole
         try:
-            if os.fstat(fd).st_size == entry.size:
+            now = os.fstat(fd)
+            if stat.S_ISREG(now.st_mode) and now.st_size == entry.size:
                 bases.copy_in(entry.digest, fd, entry.size)
         except OSError as exc:
             log.warning("delta_base_not_kept", path=show(path), error=exc.strerror or str(exc))
