@@ -43,8 +43,8 @@ from bench.workloads import (  # noqa: E402
     has,
     make_source,
     moved,
-    nearest_rank,
     small_content,
+    summarize_ms,
     wait_for,
     write_file,
 )
@@ -154,19 +154,8 @@ def run_bench(daemon: BmsyncDaemon, changes: int, moves: int, seed: int) -> Resu
 # -- reporting -------------------------------------------------------------------
 
 
-def summarize(samples: list[float]) -> dict[str, float | int]:
-    s = sorted(samples)
-    return {
-        "n": len(s),
-        "p50_ms": round(nearest_rank(s, 50), 3),
-        "p95_ms": round(nearest_rank(s, 95), 3),
-        "max_ms": round(s[-1], 3),
-        "min_ms": round(s[0], 3),
-    }
-
-
 def report(
-    results: Results, summary: dict[str, dict[str, float | int]], final: dict[str, Any] | None
+    results: Results, summary: dict[str, dict[str, Any]], final: dict[str, Any] | None
 ) -> None:
     print(f"{'change':<8} {'n':>3} {'p50 ms':>9} {'p95 ms':>9} {'max ms':>9}")
     for kind, row in summary.items():
@@ -244,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     if code:
         return code
 
-    summary = {kind: summarize(s) for kind, s in results.samples.items() if s}
+    summary = {kind: summarize_ms(s) for kind, s in results.samples.items() if s}
     report(results, summary, final)
     out = {
         "bmsync_version": bmsync.__version__,
@@ -263,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
             "percentiles": "nearest-rank",
         },
         "summary": summary,
-        "samples_ms": {k: [round(v, 3) for v in s] for k, s in results.samples.items()},
         "daemon_last_batch": results.last_batch,
         "daemon_delta": results.daemon_delta,
         "daemon_status": final,

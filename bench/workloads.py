@@ -15,8 +15,9 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,7 @@ def summarize_ms(samples: list[float]) -> dict[str, Any]:
         "p50_ms": round(nearest_rank(s, 50), 3),
         "p95_ms": round(nearest_rank(s, 95), 3),
         "max_ms": round(s[-1], 3),
+        "min_ms": round(s[0], 3),
         "samples_ms": [round(v, 3) for v in samples],
     }
 
@@ -398,32 +400,36 @@ def big_file_line(p: Probe, tag: str) -> dict[str, Any]:
 
 
 def renames(p: Probe) -> dict[str, Any]:
-    samples: list[float] = []
-    before = p.wire.read()
-    for rel in p.tree.movers:
-        new = rel.replace("/mv-", "/moved-")
-        data = p.src(rel).read_bytes()
-        arrived = moved(p.there(rel), p.there(new), data)
-        os.rename(p.src(rel), p.src(new))
-        t0 = time.perf_counter()
-        t1 = wait_for(arrived, p.timeout_s, p.daemon)
-        if t1 is None:
-            raise BenchError(f"rename {rel} -> {new} not on the target")
-        samples.append((t1 - t0) * 1000)
-        p.daemon.settle()
-    return {**summarize_ms(samples), "wire": (p.wire.read() - before).as_dict()}
+    def each() -> Iterator[tuple[str, Callable[[], bool], Callable[[], None]]]:
+        for rel in p.tree.movers:
+            new = rel.replace("/mv-", "/moved-")
+            arrived = moved(p.there(rel), p.there(new), p.src(rel).read_bytes())
+            yield f"rename {rel} -> {new}", arrived, partial(os.rename, p.src(rel), p.src(new))
+
+    return _time_each(p, each())
 
 
 def deletes(p: Probe) -> dict[str, Any]:
+    def each() -> Iterator[tuple[str, Callable[[], bool], Callable[[], None]]]:
+        for rel in p.tree.doomed:
+            yield f"delete of {rel}", gone(p.there(rel)), partial(os.unlink, p.src(rel))
+
+    return _time_each(p, each())
+
+
+def _time_each(
+    p: Probe, changes: Iterator[tuple[str, Callable[[], bool], Callable[[], None]]]
+) -> dict[str, Any]:
+    """For each (what, arrived, make it): make the change, then time until
+    it has arrived on the target, one at a time."""
     samples: list[float] = []
     before = p.wire.read()
-    for rel in p.tree.doomed:
-        arrived = gone(p.there(rel))
-        os.unlink(p.src(rel))
+    for what, arrived, change in changes:
+        change()
         t0 = time.perf_counter()
         t1 = wait_for(arrived, p.timeout_s, p.daemon)
         if t1 is None:
-            raise BenchError(f"delete of {rel} not on the target")
+            raise BenchError(f"{what} not on the target")
         samples.append((t1 - t0) * 1000)
         p.daemon.settle()
     return {**summarize_ms(samples), "wire": (p.wire.read() - before).as_dict()}

@@ -27,6 +27,11 @@ COPY_CHUNK_BYTES = 64 * 1024
 
 
 class BaseStore:
+    @classmethod
+    def in_state_dir(cls, state_dir: Path, max_mb: int) -> BaseStore:
+        """The store a node keeps under its ``state_dir`` (``sync.delta_cache_mb``)."""
+        return cls(state_dir / "bases", max_mb << 20)
+
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self._dir = directory
         self._max = max_bytes

@@ -75,7 +75,7 @@ from bmsync.reconcile import (
     Expected,
     acknowledged_in,
     base_finder,
-    keep_bases_at,
+    keep_bases,
     resync,
 )
 from bmsync.scan import scan_paths, scan_tree
@@ -173,7 +173,7 @@ class Daemon:
         self._peer = ManifestTree()
         self._store = ManifestStore(config.state_dir)
         self._digests = DigestCache(config.state_dir)
-        self._bases = BaseStore(config.state_dir / "bases", config.sync.delta_cache_mb << 20)
+        self._bases = BaseStore.in_state_dir(config.state_dir, config.sync.delta_cache_mb)
         # copying a reconcile's delta bases, in a worker thread after it
         self._bases_copy: asyncio.Future[None] | None = None
         self._session: PeerSession | None = None
@@ -493,7 +493,6 @@ class Daemon:
             delta_bases=self._bases,
             digests=self._digests,
             expected=await self._expected_peer(peer_node),
-            bases_later=True,
         )
         self._copy_bases(report.sent)
         if not (report.peer_unchanged and known):
@@ -546,7 +545,7 @@ class Daemon:
         if any(e is not None and BaseStore.wanted(e.size) for e in sent.values()):
             self._trim_pending = True
             self._bases_copy = asyncio.ensure_future(
-                asyncio.to_thread(keep_bases_at, self.config.sync.root, dict(sent), self._bases)
+                asyncio.to_thread(keep_bases, self.config.sync.root, dict(sent), self._bases)
             )
 
     async def _bases_copied(self) -> None:

@@ -91,7 +91,6 @@ async def resync(
     delta_bases: BaseStore | None = None,
     digests: DigestCache | None = None,
     expected: Expected | None = None,
-    bases_later: bool = False,
 ) -> ResyncReport:
     """Make the peer like this node. ``guard`` sees each pass's plan before
     it is applied and may halt the resync with a reason (the delete-storm
@@ -101,9 +100,9 @@ async def resync(
     expected one; when it is, and this node's scan matches it too (the
     usual start), ``report.peer`` is a copy of the scan.
 
-    ``bases_later``: the delta bases of what was sent are left to the
-    caller (``keep_bases_at`` with ``report.sent``), so that copying them
-    does not hold up the end of the resync."""
+    ``delta_bases`` is only read: keeping the bases of what was sent
+    (``keep_bases`` with ``report.sent``) is the caller's, so that copying
+    them does not hold up the end of the resync."""
     report = ResyncReport()
     # this node scans while the agent scans its own tree: two processes, two cores
     first_scan = asyncio.ensure_future(asyncio.to_thread(scan_tree, root, syncset, digests))
@@ -182,8 +181,6 @@ async def resync(
                 else:
                     peer[path] = entry
             report.sent.update(outcome.results)
-            if not bases_later:
-                keep_bases(root_fd, outcome.results, delta_bases)
             final = [f for f in outcome.failures if f.code != BASE_MISMATCH]
             if final:
                 report.failures = final
@@ -223,43 +220,35 @@ def base_finder(peer: Mapping[bytes, Entry], bases: BaseStore | None) -> DeltaBa
     return find
 
 
-def keep_bases(
-    root_fd: int, results: Mapping[bytes, Entry | None], bases: BaseStore | None
-) -> None:
-    """Keep a copy of each large file the peer now holds, as the base of the
-    next delta (only if this node's file still is that version)."""
-    if bases is None:
-        return
-    for path, entry in results.items():
-        if (
-            entry is None
-            or entry.kind != Kind.FILE
-            or not bases.wanted(entry.size)
-            or entry.digest in bases
-        ):
-            continue
-        try:
-            fd = open_file(root_fd, path)
-        except OSError:
-            continue  # gone since: the next change of it goes whole
-        try:
-            now = os.fstat(fd)
-            if stat.S_ISREG(now.st_mode) and now.st_size == entry.size:
-                bases.copy_in(entry.digest, fd, entry.size)
-        except OSError as exc:
-            log.warning("delta_base_not_kept", path=show(path), error=exc.strerror or str(exc))
-        finally:
-            os.close(fd)
-
-
-def keep_bases_at(root: Path, results: Mapping[bytes, Entry | None], bases: BaseStore) -> None:
-    """``keep_bases`` for a caller without the root open (a worker thread)."""
+def keep_bases(root: Path, sent: Mapping[bytes, Entry | None], bases: BaseStore) -> None:
+    """Keep a copy of each large file the peer now holds (``sent``: what it
+    acknowledged), as the base of the next delta; only if this node's file
+    still is that version. Blocking: the daemon runs it in a worker thread."""
     try:
         root_fd = open_root(root)
     except OSError:
         return  # the root is gone: the next change finds out and says so
     try:
-        keep_bases(root_fd, results, bases)
+        for path, entry in sent.items():
+            if (
+                entry is None
+                or entry.kind != Kind.FILE
+                or not bases.wanted(entry.size)
+                or entry.digest in bases
+            ):
+                continue
+            try:
+                fd = open_file(root_fd, path)
+            except OSError:
+                continue  # gone since: the next change of it goes whole
+            try:
+                now = os.fstat(fd)
+                if stat.S_ISREG(now.st_mode) and now.st_size == entry.size:
+                    bases.copy_in(entry.digest, fd, entry.size)
+            except OSError as exc:
+                log.warning("delta_base_not_kept", path=show(path), error=exc.strerror or str(exc))
+            finally:
+                os.close(fd)
     finally:
         os.close(root_fd)
 

@@ -15,7 +15,7 @@ from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
 from bmsync.digests import DigestCache
 from bmsync.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected
-from bmsync.reconcile import resync, verify
+from bmsync.reconcile import keep_bases, resync, verify
 from bmsync.session import PeerSession
 from bmsync.state import RoleStore, ensure_state_dir, require_active
 from bmsync.transport import connect
@@ -91,6 +91,9 @@ async def cmd_resync(conf: config.Config, args: argparse.Namespace) -> int:
     purpose = Purpose.READ if args.dry_run else Purpose.WRITE
     session = await _connect(conf, purpose)
     reporter = _Reporter(args.json)
+    bases = None
+    if not args.dry_run:
+        bases = BaseStore.in_state_dir(conf.state_dir, conf.sync.delta_cache_mb)
     try:
         report = await resync(
             session,
@@ -99,14 +102,14 @@ async def cmd_resync(conf: config.Config, args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             progress=reporter.step,
             on_plan=reporter.plan,
-            delta_bases=None
-            if args.dry_run
-            else BaseStore(conf.state_dir / "bases", conf.sync.delta_cache_mb << 20),
+            delta_bases=bases,
             digests=None if args.dry_run else DigestCache(conf.state_dir),
         )
     finally:
         reporter.finish()
         await session.close()
+    if bases is not None:
+        keep_bases(conf.sync.root, report.sent, bases)
     if args.json:
         print(
             json.dumps(
