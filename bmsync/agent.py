@@ -30,8 +30,10 @@ import errno
 import os
 import resource
 import secrets
+import select
+import signal
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,10 +67,11 @@ from bmsync.core.frames import (
     PutChunk,
     PutDelta,
     Refuse,
+    Role,
     Welcome,
     encode,
 )
-from bmsync.core.guard import NodeRole, RefusalCode, Refused, Stamp, judge_sender
+from bmsync.core.guard import Accepted, NodeRole, RefusalCode, Refused, Stamp, judge_sender
 from bmsync.core.manifest import Entry, Kind, manifest_digest, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import basename, parent, show
@@ -89,7 +92,7 @@ from bmsync.fsutil import (
     write_xattrs,
 )
 from bmsync.scan import TMP_PREFIX, read_file_entry, scan_tree
-from bmsync.state import RoleStore, SenderLock, ensure_state_dir
+from bmsync.state import WAKE_SIGNAL, RoleStore, SenderLock, ensure_state_dir
 
 log = structlog.get_logger("bmsync.agent")
 
@@ -105,6 +108,12 @@ SYNCFS_FROM_FILES = 16
 # A batch may stage this many files; more is a sender bug or an attack on
 # the agent's file descriptors and disk.
 MAX_STAGED = 20_000
+# How long a sender whose stamp supersedes the one writing here waits for
+# that session to end (it is told to at once; this covers a slow commit).
+PREEMPT_WAIT_S = 10.0
+# The frames that change this node's tree: each is judged against this
+# node's role as it is when the frame is applied, not at the handshake.
+_WRITES = (Put, PutChunk, PutDelta, PutAbort, Mkdir, Symlink, Rename, Delete, SetMeta, Commit)
 
 
 class OpFailed(Exception):
@@ -160,6 +169,13 @@ class Agent:
         self._lock = SenderLock(state_dir)
         self._digests = DigestCache(state_dir)
         self._purpose: Purpose | None = None
+        # the writer accepted at the handshake, and the role.json it was judged by
+        self._sender: Stamp | None = None
+        self._role_version: tuple[int, int] | None = None
+        # set by `bmsync agent`, which answers WAKE_SIGNAL (see serve)
+        self.wakes = False
+        self._hold: contextlib.ExitStack | None = None
+        self._held = False
         self._batch = _Batch()
         self._root_fd: int | None = None
         self._handlers: dict[type[Any], Callable[[Any], list[Frame]]] = {
@@ -189,7 +205,61 @@ class Agent:
             raise ProtocolError(f"the agent does not accept {type(frame).__name__} frames")
         if self._purpose is None and not isinstance(frame, Hello):
             raise ProtocolError(f"{type(frame).__name__} before Hello")
-        return handler(frame)
+        if self._sender is None or not isinstance(frame, _WRITES):
+            return handler(frame)
+        if self._hold is None:
+            with self._roles.locked(shared=True):
+                return self._recheck() or handler(frame)
+        if not self._held:
+            self._hold.enter_context(self._roles.locked(shared=True))
+            self._held = True
+        return self._recheck() or handler(frame)
+
+    @contextlib.contextmanager
+    def role_held(self) -> Iterator[None]:
+        """Around a run of frames: the first write takes the role lock
+        (shared) and keeps it until the run ends, so a promotion waits for
+        the frames in hand and no write happens after it."""
+        with contextlib.ExitStack() as stack:
+            self._hold, self._held = stack, False
+            try:
+                yield
+            finally:
+                self._hold, self._held = None, False
+
+    def recheck(self) -> list[Frame]:
+        """This node's role may have changed (``WAKE_SIGNAL``): the refusal
+        that ends the writing session if its sender may no longer write."""
+        if self._sender is None or self.finished:
+            return []
+        with self._roles.locked(shared=True):
+            return self._recheck()
+
+    def _recheck(self) -> list[Frame]:
+        """Judge the accepted writer again if role.json changed since it was
+        judged: a promotion here, or a higher stamp accepted or reported."""
+        assert self._sender is not None
+        version = self._roles.version()
+        if version == self._role_version:
+            return []
+        try:
+            me = self._roles.load()
+        except RoleStateError as exc:
+            return self._end_writer(str(exc), RefusalCode.INCOMPATIBLE, None)
+        verdict = judge_sender(me, self._sender, Role.ACTIVE)
+        if isinstance(verdict, Refused):
+            return self._end_writer(verdict.reason, verdict.code, me)
+        self._role_version = version
+        return []
+
+    def _end_writer(self, reason: str, code: RefusalCode, me: NodeRole | None) -> list[Frame]:
+        """Refuse the writer mid-session: what it staged is dropped, nothing
+        more is applied, and it learns this node's role and highest stamp."""
+        _drop(self._batch)
+        self._batch = _Batch()
+        self._sender = None
+        log.warning("writer_ended", reason=reason)
+        return self._refuse(reason, code, me)
 
     def close(self) -> None:
         """End of session (clean or not): drop uncommitted staged files."""
@@ -223,17 +293,38 @@ class Agent:
     def _judge(self, hello: Hello) -> NodeRole | list[Frame]:
         """The handshake rule for a writer: this node's role afterwards
         (fsynced before the Welcome), or the refusal to send."""
+        stamp = Stamp(hello.epoch, hello.node)
         try:
-            me = self._roles.load()
+            with self._roles.locked():
+                me = self._roles.load()
+                verdict = judge_sender(me, stamp, hello.role)
+                if isinstance(verdict, Accepted) and verdict.role != me:
+                    self._roles.save(verdict.role, f"accepted {hello.node} at epoch {hello.epoch}")
+                    log.info("highest_seen", epoch=hello.epoch, node=hello.node)
+                self._role_version = self._roles.version()
         except RoleStateError as exc:
             return self._refuse(str(exc), RefusalCode.INCOMPATIBLE)
-        verdict = judge_sender(me, Stamp(hello.epoch, hello.node), hello.role)
         if isinstance(verdict, Refused):
             return self._refuse(verdict.reason, verdict.code, me)
-        if verdict.role != me:
-            self._roles.save(verdict.role, f"accepted {hello.node} at epoch {hello.epoch}")
-            log.info("highest_seen", epoch=hello.epoch, node=hello.node)
+        self._sender = stamp
         return verdict.role
+
+    def _supersedes(self, hello: Hello) -> bool:
+        """A writer arrives while another holds the lock: if its stamp is
+        above every one seen here, record it (the holder is then refused at
+        its next write) and say so."""
+        stamp = Stamp(hello.epoch, hello.node)
+        try:
+            with self._roles.locked():
+                me = self._roles.load()
+                verdict = judge_sender(me, stamp, hello.role)
+                if not isinstance(verdict, Accepted) or stamp <= me.highest_seen:
+                    return False
+                self._roles.save(verdict.role, f"{hello.node} superseded the writer at {stamp}")
+        except RoleStateError:
+            return False
+        log.warning("writer_superseded", by=hello.node, epoch=hello.epoch)
+        return True
 
     def _hello(self, hello: Hello) -> list[Frame]:
         if self._purpose is not None:
@@ -252,10 +343,17 @@ class Agent:
                 RefusalCode.INCOMPATIBLE,
             )
         if hello.purpose == Purpose.WRITE:
+            holder = f"{hello.node} epoch {hello.epoch}"
             try:
-                self._lock.acquire(f"{hello.node} epoch {hello.epoch}")
+                self._lock.acquire(holder, self.wakes)
             except PeerRefused as exc:
-                return self._refuse(str(exc), RefusalCode.BUSY)
+                if self._local or not self._supersedes(hello):
+                    return self._refuse(str(exc), RefusalCode.BUSY)
+                log.info("previous_writer", result=self._lock.end_session(PREEMPT_WAIT_S))
+                try:
+                    self._lock.acquire(holder, self.wakes)
+                except PeerRefused as again:
+                    return self._refuse(str(again), RefusalCode.BUSY)
             # under the lock: one sender's update of highest_seen at a time
             judged = self._roles.load() if self._local else self._judge(hello)
             if isinstance(judged, list):
@@ -933,8 +1031,9 @@ class AgentConnection:
                 self.agent.finished = True
                 return b""
             self._decoder.feed(data)
-            while not self.agent.finished and (frame := self._decoder.next_frame()) is not None:
-                out.extend(encode(reply) for reply in self.agent.handle(frame))
+            with self.agent.role_held():
+                while not self.agent.finished and (frame := self._decoder.next_frame()):
+                    out.extend(encode(reply) for reply in self.agent.handle(frame))
         except BmsyncError as exc:
             # a broken frame, or this node's tree unreadable: tell the sender
             log.error("session_failed", error=str(exc))
@@ -943,14 +1042,21 @@ class AgentConnection:
             self.exit_code = exc.exit_code
         return b"".join(out)
 
+    def wake(self) -> bytes:
+        """This node's role may have changed: the refusal ending the writing
+        session, if its sender may no longer write."""
+        return b"".join(encode(frame) for frame in self.agent.recheck())
 
-def serve(agent: Agent, read: Callable[[], bytes], write: Callable[[bytes], None]) -> int:
+
+def serve(agent: Agent, read: Callable[[], bytes | None], write: Callable[[bytes], None]) -> int:
     """Run a session over blocking ``read``/``write`` (``read`` returns b""
-    at end of input); returns the process exit code."""
+    at end of input, ``None`` when woken by ``WAKE_SIGNAL``); returns the
+    process exit code."""
     connection = AgentConnection(agent)
     try:
         while not connection.finished:
-            reply = connection.receive_data(read())
+            data = read()
+            reply = connection.wake() if data is None else connection.receive_data(data)
             if reply:
                 write(reply)
         return connection.exit_code
@@ -981,7 +1087,20 @@ def run_stdio(config_path: Path) -> int:
         _write_all(1, encode(ErrorFrame(str(exc))))
         return exc.exit_code
 
-    def read() -> bytes:
+    # `bmsync promote` (or a superseding sender) sends WAKE_SIGNAL to the
+    # agent holding the sender lock: it checks the role at once instead of
+    # at the sender's next write, so the session ends before promote returns.
+    woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.signal(WAKE_SIGNAL, lambda signum, frame: None)
+    signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
+    agent.wakes = True
+
+    def read() -> bytes | None:
+        ready, _, _ = select.select([0, woken], [], [])
+        if woken in ready:
+            with contextlib.suppress(BlockingIOError):
+                os.read(woken, 512)
+            return None
         return os.read(0, 1024 * 1024)
 
     def write(data: bytes) -> None:

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="list what would change, change nothing"
     )
     resync.add_argument("--json", action="store_true", help="print a JSON report")
+    resync.add_argument(
+        "--allow-deletes",
+        action="store_true",
+        help="go past the delete-storm brake: delete on the peer what is gone here",
+    )
 
     verify = commands.add_parser("verify", help="compare with the peer by digest; change nothing")
     verify.add_argument("--json", action="store_true", help="print a JSON report")
@@ -118,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if args.command == "verify":
                 return asyncio.run(sync_cli.cmd_verify(conf, args))
-            if not args.dry_run and (answer := daemon_cli.resync_via_daemon(conf)) is not None:
+            if (
+                not args.dry_run
+                and (answer := daemon_cli.resync_via_daemon(conf, args.allow_deletes)) is not None
+            ):
                 return sync_cli.print_daemon_resync(answer, args.json)
             return asyncio.run(sync_cli.cmd_resync(conf, args))
         from bmsync import daemon_cli

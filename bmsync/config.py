@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from bmsync.core.brake import BrakeLimits
 from bmsync.core.excludes import PatternError, Rule, SyncSet
 from bmsync.errors import ConfigError
 from bmsync.presets import BUILTIN_EXCLUDES, PRESETS, PresetPath
@@ -94,6 +95,12 @@ class Config:
 
     def syncset(self) -> SyncSet:
         return SyncSet.build([p.path for p in self.sync_paths()], self.exclude_rules())
+
+    def brake_limits(self) -> BrakeLimits:
+        sync = self.sync
+        return BrakeLimits(
+            sync.delete_brake_count, sync.delete_brake_share, sync.delete_brake_window_s
+        )
 
     def require_peer(self) -> PeerConfig:
         if self.peer is None:

@@ -68,7 +68,7 @@ class ControlServer:
             except ValueError as exc:
                 answer = {"ok": False, "error": f"bad control request: {exc}"}
             except BmsyncError as exc:
-                answer = {"ok": False, "error": str(exc)}
+                answer = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError) as exc:

@@ -38,7 +38,7 @@ from bmsync.bases import BaseStore
 from bmsync.config import Config, PeerConfig, VipConfig
 from bmsync.control import ControlServer
 from bmsync.core.batcher import Batch, Batcher
-from bmsync.core.brake import BrakeLimits, DeleteBrake
+from bmsync.core.brake import DeleteBrake, lost_files, synced_files
 from bmsync.core.frames import (
     BASE_MISMATCH,
     PROTOCOL_VERSION,
@@ -53,6 +53,7 @@ from bmsync.core.guard import (
     ForcedResume,
     Guard,
     GuardState,
+    NodeRole,
     Observation,
     PeerLost,
     PeerRefused,
@@ -62,12 +63,20 @@ from bmsync.core.guard import (
     Stamp,
 )
 from bmsync.core.manifest import Entry, Kind
-from bmsync.core.ops import Delete, Op, PutFile, Rename, Symlink
+from bmsync.core.ops import Delete, Op, PutFile, Rename
 from bmsync.core.paths import show
 from bmsync.core.planner import plan
 from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.digests import DigestCache
-from bmsync.errors import BmsyncError, ConfigError, LocalFsError, SplitBrainSuspected
+from bmsync.errors import (
+    BmsyncError,
+    ConfigError,
+    LocalFsError,
+    NotActive,
+    PeerUnreachable,
+    SplitBrainSuspected,
+    SyncPaused,
+)
 from bmsync.fsutil import open_root, release_free_memory
 from bmsync.ha.vip import Runner, observe_vip, run_command
 from bmsync.notify import Notifier
@@ -78,6 +87,7 @@ from bmsync.reconcile import (
     keep_bases,
     resync,
 )
+from bmsync.records import BackupLog, KeptCopy, Pause, PauseFlag
 from bmsync.scan import scan_paths, scan_tree
 from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, RoleStore, ensure_state_dir, require_active
@@ -94,8 +104,8 @@ ERRORS_KEPT = 10
 # buffers behind; they go back to the system when the daemon is next idle.
 TRIM_AFTER_BYTES = 1 << 20
 TRIM_AFTER_OPS = 1000
-# Copies of files changed on the passive node, listed by `bmsync status`.
-BACKUPS_SHOWN = 20
+# How long `bmsync demote` waits for the batch in flight before answering.
+DEMOTE_WAIT_S = 30.0
 # A path whose apply failed on the peer is tried again after this long.
 RETRY_FAILED_S = 5.0
 
@@ -122,11 +132,6 @@ class Stats:
     last_batch: dict[str, Any] | None = None
     errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=ERRORS_KEPT))
     error_count: int = 0
-    # files changed on the passive node since bmsync wrote them: (time, path, copy kept)
-    backups: deque[tuple[float, bytes, str]] = field(
-        default_factory=lambda: deque(maxlen=BACKUPS_SHOWN)
-    )
-    backup_count: int = 0
 
 
 class _LinkLost(Exception):
@@ -162,14 +167,22 @@ class Daemon:
         self._wall = wall
         self._rng = rng
         self._run = run
-        self.state = State.DISCONNECTED  # until the first session opens
         self.stats = Stats()
-        self.paused_reason: str | None = None
+        # files changed on the passive node since bmsync wrote them
+        self._backups = BackupLog(config.state_dir)
+        self._pause_flag = PauseFlag(config.state_dir)
+        paused = self._pause_flag.load()
+        self.paused_reason: str | None = None if paused is None else paused.reason
+        # facts the state is derived from (see ``state``)
+        self._connected = False  # a session is open and the guard lets us send
+        self._reconciling = False
+        self._stopped = False
+        self._told_systemd = ""
         self._held: dict[bytes, bool] = {}  # a batch the brake stopped
         self._held_since: float | None = None
         self._brake_released = False
         self._batcher = self._new_batcher()
-        self._brake = DeleteBrake(self._brake_limits())
+        self._brake = DeleteBrake(self.config.brake_limits())
         self._peer = ManifestTree()
         self._store = ManifestStore(config.state_dir)
         self._digests = DigestCache(config.state_dir)
@@ -183,6 +196,7 @@ class Daemon:
         self._stored: asyncio.Future[tuple[str, bytes] | None] | None = None
         self._peer_node = ""  # whose manifest self._peer is
         self._roles = RoleStore(config.state_dir, config.node)
+        self._role_version = self._roles.version()
         self._guard = Guard.starting(
             self._roles.load(), wall(), vip_configured=config.ha.vip is not None
         )
@@ -190,25 +204,49 @@ class Daemon:
         self._peer_epoch: int | None = None
         self._control = ControlServer(config.control_socket, self._on_control)
         self._wake = asyncio.Event()
+        self._retry = asyncio.Event()  # a role change or a resume: ask the peer now
         self._stopping = asyncio.Event()
+        self._sending_stopped = asyncio.Event()  # the session is closed for good
         self._reconcile_wanted = True
         self._resync_waiters: list[asyncio.Future[dict[str, Any]]] = []
         self._inflight_oldest: float | None = None
-        self._ready_sent = False
         self._started_wall = wall()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def state(self) -> State:
+        """Derived from what is true, never set by a step of the loop."""
+        if self._stopped:
+            return State.STOPPED
+        if self._guard.state is GuardState.MAINTENANCE:
+            return State.MAINTENANCE
+        if self._guard.state is GuardState.SUSPENDED:
+            return State.SUSPENDED
+        if self.paused_reason is not None:
+            return State.PAUSED
+        if not self._connected:
+            return State.DISCONNECTED
+        return State.RECONCILING if self._reconciling else State.SYNCING
+
+    def _tell_systemd(self, detail: str = "") -> None:
+        """One STATUS= line per change of state (``systemctl status``)."""
+        state = self.state
+        if state is State.SUSPENDED or state is State.MAINTENANCE:
+            detail = self._guard.reason or ""
+        elif state is State.PAUSED:
+            detail = self.paused_reason or ""
+        elif state in (State.SYNCING, State.RECONCILING) and self.config.peer is not None:
+            detail = f"to {self.config.peer.host}"
+        line = f"{state}: {detail}" if detail else str(state)
+        if line != self._told_systemd:
+            self._told_systemd = line
+            self._notifier.status(line)
 
     # -- configuration -------------------------------------------------------
 
     def _new_batcher(self) -> Batcher:
         sync = self.config.sync
         return Batcher(sync.batch_window_ms / 1000, sync.max_delay_ms / 1000)
-
-    def _brake_limits(self) -> BrakeLimits:
-        sync = self.config.sync
-        return BrakeLimits(
-            sync.delete_brake_count, sync.delete_brake_share, sync.delete_brake_window_s
-        )
 
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; a bad one keeps the old."""
@@ -218,7 +256,7 @@ class Daemon:
             self._error(f"configuration not reloaded, keeping the old one: {exc}")
             return
         old, self.config = self.config, new
-        self._brake = DeleteBrake(self._brake_limits())
+        self._brake = DeleteBrake(self.config.brake_limits())
         log.info("config_reloaded", path=str(new.source))
         if new.peer != old.peer or new.node != old.node:
             self._drop_session()
@@ -269,14 +307,20 @@ class Daemon:
         if self.config.ha.vip is not None:
             self._spawn(self._watch_vip(self.config.ha.vip))
         log.info("daemon_started", node=self.config.node, pid=os.getpid())
+        # Up and watching: every change from now on is kept. The peer's
+        # state is STATUS= and `bmsync status`, never a reason to hold the
+        # start (the peer is down exactly when a failover happened).
+        self._notifier.ready(f"watching; {self.state}")
+        self._told_systemd = f"watching; {self.state}"
         try:
             await self._main()
         finally:
-            self.state = State.STOPPED
             self._notifier.stopping()
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
             await self._close_session()
+            self._stopped = True
+            self._sending_stopped.set()
             await self._bases_copied()
             if self._watcher is not None:
                 self._watcher.stop()
@@ -337,32 +381,30 @@ class Daemon:
         attempt = 0
         while not self._stopping.is_set():
             try:
+                self._check_role()
                 session = await self._open_session()
                 attempt = 0
                 await self._serve(session)
             except (SplitBrainSuspected, _Suspended) as exc:
+                self._retry.clear()
                 await self._close_session()
+                if isinstance(exc, SplitBrainSuspected):
+                    self._refused(exc)
                 if self._stopping.is_set():
                     break
-                self.state = (
-                    State.MAINTENANCE
-                    if self._guard.state is GuardState.MAINTENANCE
-                    else State.SUSPENDED
-                )
-                self._notifier.status(f"{self.state}: {self._guard.reason}")
-                if isinstance(exc, SplitBrainSuspected):
-                    self._error(f"peer refused: {exc}")
-                # ask again now and then: the peer may have been demoted or fenced
+                self._tell_systemd()
+                # ask again now and then (or at once after a role change):
+                # the peer may have been demoted
                 await self._sleep(self.config.require_peer().reconnect_max_s)
                 self._reconcile_wanted = True
             except (BmsyncError, _LinkLost) as exc:
+                self._retry.clear()
                 await self._close_session()
                 if self._stopping.is_set():
                     break
-                self.state = State.DISCONNECTED
-                self._notifier.status(f"disconnected: {exc}")
                 self._error(f"peer link: {exc}")
                 self._observe(PeerLost(str(exc)))  # not a suspicion: roles were not compared
+                self._tell_systemd(f"{exc}")
                 peer = self.config.require_peer()
                 delay = min(peer.reconnect_max_s, peer.reconnect_min_s * 2**attempt)
                 delay *= 0.5 + self._rng() / 2  # jitter: two daemons never retry in step
@@ -371,9 +413,48 @@ class Daemon:
                 await self._sleep(delay)
                 self._reconcile_wanted = True
 
+    def _refused(self, exc: SplitBrainSuspected) -> None:
+        """The peer refused us, at the handshake or in the middle of a
+        session (it was promoted, or saw a higher stamp): suspend."""
+        self.stats.last_contact = self._wall()
+        self._peer_role, self._peer_epoch = Role(exc.peer_role), None
+        self._observe(
+            PeerRefused(
+                exc.peer, Role(exc.peer_role), Stamp(*exc.seen), RefusalCode(exc.code), str(exc)
+            )
+        )
+        self._error(f"peer refused: {exc}")
+
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        """Until ``seconds`` pass, the daemon stops, or ``_retry`` is set."""
+        waits = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._retry.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    def _check_role(self) -> None:
+        """Pick up a change of role.json made by another command (promote,
+        demote) even if its message to the control socket was lost."""
+        version = self._roles.version()
+        if version == self._role_version:
+            return
+        self._role_version = version
+        role = self._roles.load()
+        if role != self._guard.role:
+            self._role_changed(role)
+
+    def _role_changed(self, role: NodeRole) -> None:
+        self._observe(RoleChanged(role))
+        if role.role is not Role.ACTIVE:
+            log.warning("demoted", epoch=role.epoch)
+            self.stop()
+        self._retry.set()
+        self._wake.set()
 
     async def _open_session(self) -> PeerSession:
         peer = self.config.require_peer()
@@ -381,23 +462,13 @@ class Daemon:
         me = self._guard.role
         session = PeerSession(channel, self.config.node, me.epoch, me.role)
         self._session = session
-        try:
-            welcome = await session.open(Purpose.WRITE)
-        except SplitBrainSuspected as exc:
-            self.stats.last_contact = self._wall()
-            self._peer_role, self._peer_epoch = Role(exc.peer_role), None
-            self._observe(
-                PeerRefused(
-                    exc.peer, Role(exc.peer_role), Stamp(*exc.seen), RefusalCode(exc.code), str(exc)
-                )
-            )
-            raise
+        welcome = await session.open(Purpose.WRITE)
         self.stats.last_contact = self._wall()
         self._peer_role, self._peer_epoch = welcome.role, welcome.epoch
         self._observe(PeerWelcomed(welcome.node, Stamp(welcome.seen_epoch, welcome.seen_node)))
         if not self._guard.may_send:
             raise _Suspended(self._guard.reason or "the guard forbids sending")
-        self.state = State.RECONCILING
+        self._connected = True
         return session
 
     def _observe(self, observation: Observation) -> None:
@@ -412,8 +483,14 @@ class Daemon:
                 reason=change.reason,
                 evidence=change.evidence,
             )
-        if self._guard.role != before:
-            self._roles.save(self._guard.role, f"saw {self._guard.role.highest_seen}")
+        seen = self._guard.role.highest_seen
+        if seen != before.highest_seen:
+            # merged with the file, under its lock: an operator's demote
+            # written meanwhile is kept, not overwritten with our old view
+            disk = self._roles.update(lambda role: role.saw(seen), f"saw {seen}")
+            self._role_version = self._roles.version()
+            if disk != self._guard.role:
+                self._role_changed(disk)
 
     def _drop_session(self) -> None:
         if self._session is not None:
@@ -421,6 +498,7 @@ class Daemon:
         self._wake.set()
 
     async def _close_session(self) -> None:
+        self._connected = False
         session, self._session = self._session, None
         if session is not None:
             with contextlib.suppress(BmsyncError, OSError):
@@ -434,6 +512,7 @@ class Daemon:
             while not self._stopping.is_set():
                 if lost.done() or self._session is not session:
                     raise _LinkLost("the SSH session to the agent ended")
+                self._check_role()
                 if not self._guard.may_send:
                     raise _Suspended(self._guard.reason or "the guard forbids sending")
                 if self.paused_reason is not None:  # no writes at all, not even a reconcile
@@ -463,8 +542,7 @@ class Daemon:
             await self._bases_copied()  # its buffers are freed too
             self._trim_pending = False
             release_free_memory()
-        if self.state != State.PAUSED:
-            self.state = State.SYNCING
+        self._tell_systemd()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), timeout_s)
 
@@ -473,8 +551,32 @@ class Daemon:
     async def _reconcile(self, session: PeerSession) -> None:
         self._reconcile_wanted = False
         self._trim_pending = True
-        self.state = State.RECONCILING
-        self._notifier.status("reconciling with the peer")
+        self._reconciling = True
+        self._tell_systemd()
+        try:
+            await self._reconcile_now(session)
+        except BaseException as exc:
+            self._answer_resyncs(exc)
+            raise
+        finally:
+            self._reconciling = False
+
+    def _answer_resyncs(self, outcome: dict[str, Any] | BaseException) -> None:
+        """Answer every `bmsync resync` waiting on this reconcile."""
+        waiters, self._resync_waiters = self._resync_waiters, []
+        for waiter in waiters:
+            if waiter.done():
+                continue
+            if isinstance(outcome, BmsyncError):
+                waiter.set_exception(outcome)
+            elif isinstance(outcome, BaseException):
+                waiter.set_exception(
+                    PeerUnreachable(f"the reconcile was interrupted ({outcome or 'link lost'})")
+                )
+            else:
+                waiter.set_result(outcome)
+
+    async def _reconcile_now(self, session: PeerSession) -> None:
         # Events from now on are kept; older queued ones are covered by this scan.
         self._batcher = self._new_batcher()
         if self._watcher is not None and not self._watches_fresh:
@@ -528,16 +630,7 @@ class Daemon:
             "failures": [{"path": show(f.path), "reason": f.reason} for f in report.failures],
             "halted": report.halted,
         }
-        waiters, self._resync_waiters = self._resync_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(answer)
-        if not self._ready_sent:
-            self._ready_sent = True
-            self._notifier.ready(f"syncing to {self.config.require_peer().host}")
-        if self.paused_reason is None:
-            self.state = State.SYNCING
-            self._notifier.status(f"syncing to {self.config.require_peer().host}")
+        self._answer_resyncs(answer)
 
     def _copy_bases(self, sent: Mapping[bytes, Entry | None]) -> None:
         """Keep the delta bases of what the peer now holds, in a worker
@@ -561,9 +654,8 @@ class Daemon:
 
     def _kept(self, backups: list[tuple[bytes, str]]) -> None:
         for path, kept in backups:
-            self.stats.backups.append((self._wall(), path, kept))
-            self.stats.backup_count += 1
             log.warning("passive_copy_kept", path=show(path), kept=kept)
+        self._backups.add([KeptCopy(self._wall(), show(path), kept) for path, kept in backups])
 
     async def _expected_peer(self, peer_node: str) -> Expected | None:
         """What the peer should hold: the agent confirms it with one digest
@@ -586,7 +678,7 @@ class Daemon:
         if self._brake_released:
             self._brake_released = False
             return None
-        return self._brake.check(lost_files(ops, peer), _files(peer), self._clock())
+        return self._brake.check(lost_files(ops, peer), synced_files(peer), self._clock())
 
     # -- batches -------------------------------------------------------------------
 
@@ -625,7 +717,7 @@ class Daemon:
             now = self._clock()
             if self._brake_released:
                 self._brake_released = False
-            elif (storm := self._brake.check(deletes, _files(self._peer), now)) is not None:
+            elif (storm := self._brake.check(deletes, synced_files(self._peer), now)) is not None:
                 self._pause(storm, held=changed)
                 return
             outcome = await session.apply(
@@ -690,12 +782,14 @@ class Daemon:
     # -- pause / resume ------------------------------------------------------------
 
     def _pause(self, reason: str, held: dict[bytes, bool]) -> None:
+        """Stop sending (changes queue); kept across restarts until resumed."""
+        if self.paused_reason is None or self.paused_reason != reason:
+            self._pause_flag.save(Pause(reason, self._wall()))
         self.paused_reason = reason
         if held and self._held_since is None:
             self._held_since = self._clock()
         self._held.update(held)
-        self.state = State.PAUSED
-        self._notifier.status(f"paused: {reason}")
+        self._tell_systemd()
         log.warning("sync_paused", reason=reason, held=len(self._held))
 
     def _resume(self, release: bool = True) -> None:
@@ -712,8 +806,10 @@ class Daemon:
             if not held:  # the storm was found by a reconcile
                 self._reconcile_wanted = True
         self.paused_reason = None
-        self.state = State.SYNCING
+        self._pause_flag.clear()
         log.info("sync_resumed", released=len(held))
+        self._tell_systemd()
+        self._retry.set()
         self._wake.set()
 
     async def _restore_held(self) -> dict[str, Any]:
@@ -794,9 +890,9 @@ class Daemon:
             "errors": [{"time": _iso(t), "message": m} for t, m in self.stats.errors],
             "error_count": self.stats.error_count,
             "backups": [
-                {"time": _iso(t), "path": show(p), "kept": k} for t, p, k in self.stats.backups
+                {"time": _iso(b.time), "path": b.path, "kept": b.kept} for b in self._backups.recent
             ],
-            "backup_count": self.stats.backup_count,
+            "backup_count": self._backups.count,
             **self._guard_status(),
         }
 
@@ -821,65 +917,90 @@ class Daemon:
         if command == "status":
             return {"ok": True, **self.status()}
         if command == "pause":
+            if self.paused_reason is not None:
+                return self._answer(changed=False, reason=self.paused_reason)
             reason = str(request.get("reason") or "paused by an operator (bmsync pause)")
             self._pause(reason, held={})
-            return {"ok": True, "state": str(self.state)}
+            return self._answer(changed=True)
         if command == "resume" and request.get("force"):
-            reason = str(request.get("reason") or "")
-            if not reason:
-                raise BmsyncError("'resume --force' needs '--reason \"...\"' (it is recorded)")
-            self._observe(ForcedResume(reason))
-            self._roles.save(
-                self._guard.role, "resume --force", forced=f"{_iso(self._wall())} {reason}"
-            )
-            log.warning("forced_resume", reason=reason, state=str(self._guard.state))
-            self._wake.set()
-            return {"ok": True, "state": str(self._guard.state), "reason": self._guard.reason}
+            return self._force(str(request.get("reason") or ""))
         if command == "role":  # `bmsync promote` / `demote` changed the persisted role
-            role = self._roles.load()
-            self._observe(RoleChanged(role))
-            if role.role is not Role.ACTIVE:
-                log.warning("demoted", epoch=role.epoch)
-                self.stop()
-            self._wake.set()
-            return {"ok": True, "state": str(self.state)}
+            self._check_role()
+            if self._stopping.is_set():
+                # demoted: answer once nothing more is sent (the batch in
+                # flight finished, the session closed)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._sending_stopped.wait(), DEMOTE_WAIT_S)
+                return {"ok": True, "state": "stopped", "stopped": self._sending_stopped.is_set()}
+            return self._answer(changed=True)
         if command == "resume":
+            if self.paused_reason is None:
+                return self._answer(changed=False)
             if request.get("discard"):
                 restored = await self._restore_held()
                 self._resume(release=False)
                 self._request_reconcile()
-                return {"ok": True, "state": str(self.state), **restored}
+                return self._answer(changed=True, **restored)
             self._resume()
-            return {"ok": True, "state": str(self.state)}
+            return self._answer(changed=True)
         if command == "resync":
-            if self.paused_reason is not None:
-                raise BmsyncError(
-                    f"sync is paused ({self.paused_reason}); run 'bmsync resume' first"
-                )
-            if self._session is None:
-                raise BmsyncError(f"not connected to the peer ({self.state}); try again later")
-            waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            self._resync_waiters.append(waiter)
-            self._request_reconcile()
-            return await waiter
+            return await self._resync(bool(request.get("allow_deletes")))
         raise BmsyncError(f"unknown control command {command!r}")
 
+    def _answer(self, changed: bool, **more: Any) -> dict[str, Any]:
+        """A control answer: the state now, and what still stops sync."""
+        guard = self._guard
+        return {
+            "ok": True,
+            "changed": changed,
+            "state": str(self.state),
+            "reason": guard.reason if guard.state is not GuardState.SYNCING else self.paused_reason,
+            "clears": guard.clears,
+            **more,
+        }
 
-def lost_files(ops: list[Op], peer: Mapping[bytes, Entry]) -> int:
-    """Files and symlinks the plan deletes on the peer whose content does
-    not reappear elsewhere in it: a moved directory is not a loss."""
-    kept = {op.entry.digest or op.entry.target for op in ops if isinstance(op, (PutFile, Symlink))}
-    lost = 0
-    for op in ops:
-        if isinstance(op, Delete) and op.kind != Kind.DIR:
-            entry = peer.get(op.path)
-            if entry is None or (entry.digest or entry.target) not in kept:
-                lost += 1
-    return lost
+    def _force(self, reason: str) -> dict[str, Any]:
+        """``resume --force``: clear the suspicions without evidence (never
+        a stale node's: its peer refuses it anyway)."""
+        if not reason:
+            raise BmsyncError("'resume --force' needs '--reason \"...\"' (it is recorded)")
+        if self._guard.state is not GuardState.SUSPENDED:
+            return self._answer(changed=False)
+        before = self._guard.suspicions
+        self._observe(ForcedResume(reason))
+        with self._roles.locked():
+            self._roles.save(
+                self._roles.load(), "resume --force", forced=f"{_iso(self._wall())} {reason}"
+            )
+        self._role_version = self._roles.version()
+        log.warning("forced_resume", reason=reason, state=str(self._guard.state))
+        self._retry.set()
+        self._wake.set()
+        return self._answer(changed=self._guard.suspicions != before)
 
-
-def _files(manifest: Mapping[bytes, Entry]) -> int:
-    return sum(1 for e in manifest.values() if e.kind != Kind.DIR)
+    async def _resync(self, allow_deletes: bool) -> dict[str, Any]:
+        """``bmsync resync`` through the daemon: the next reconcile's report."""
+        if self._guard.state is not GuardState.SYNCING:
+            raise NotActive(
+                f"sync is {self.state} ({self._guard.reason}); cleared by: "
+                + "; or ".join(self._guard.clears)
+            )
+        if self.paused_reason is not None:
+            raise SyncPaused(
+                f"sync is paused ({self.paused_reason}); nothing was sent. 'bmsync resume' "
+                "sends again (after a delete storm: propagates the deletions; 'bmsync resume "
+                "--discard' restores the files here instead)"
+            )
+        if self._session is None or not self._connected:
+            raise PeerUnreachable(
+                f"not connected to the peer ({self.state}); see 'bmsync status', and try again"
+            )
+        if allow_deletes:
+            self._brake_released = True
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._resync_waiters.append(waiter)
+        self._request_reconcile()
+        return await waiter
 
 
 def run_daemon(config: Config, environ: dict[str, str]) -> int:

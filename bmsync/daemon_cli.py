@@ -14,17 +14,22 @@ from typing import Any
 from bmsync import control
 from bmsync.config import Config
 from bmsync.core.frames import Role
-from bmsync.core.guard import AlreadyActive
-from bmsync.daemon import run_daemon
-from bmsync.errors import BmsyncError, DaemonNotRunning, UsageError
-from bmsync.state import RoleStore, ensure_state_dir
+from bmsync.core.guard import AlreadyActive, Guard, GuardState, NodeRole
+from bmsync.daemon import DEMOTE_WAIT_S, run_daemon
+from bmsync.errors import DaemonNotRunning, DaemonRefused, UsageError
+from bmsync.records import Pause, PauseFlag
+from bmsync.state import RoleStore, SenderLock, ensure_state_dir
 
 # `bmsync status` exit codes: running and syncing; running but not syncing.
 STATUS_SYNCING = 0
 STATUS_NOT_SYNCING = 1
+# pause, resume, promote, demote: asked to change something that did not change
+NOTHING_CHANGED = 1
 HEALTHY = {"syncing", "reconciling"}
 # A resync through the daemon can take as long as a full reconcile.
 RESYNC_TIMEOUT_S = 3600.0
+# How long `bmsync promote` waits for the writing session it ends.
+END_SESSION_WAIT_S = 10.0
 
 
 def cmd_run(conf: Config) -> int:
@@ -43,6 +48,9 @@ def cmd_status(conf: Config, args: argparse.Namespace) -> int:
             print(f"  role            {_role_line(stopped)}")
             if stopped["reason"]:
                 print(f"  reason          {stopped['reason']}")
+                print("\n".join(f"  cleared by      {c}" for c in stopped["clears"]))
+            if stopped["paused_reason"]:
+                print(f"  paused because  {stopped['paused_reason']} (until 'bmsync resume')")
         return DaemonNotRunning.exit_code
     _check(answer)
     if args.json:
@@ -54,9 +62,29 @@ def cmd_status(conf: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_pause(conf: Config, args: argparse.Namespace) -> int:
-    answer = asyncio.run(control.request(conf.control_socket, "pause", 10, reason=args.reason))
+    try:
+        answer = asyncio.run(control.request(conf.control_socket, "pause", 10, reason=args.reason))
+    except DaemonNotRunning:
+        return _pause_stopped(conf, args.reason)
     _check(answer)
+    if not answer["changed"]:
+        print(f"bmsync on {conf.node}: already paused ({answer['reason']}); nothing changed")
+        return NOTHING_CHANGED
     print(f"bmsync on {conf.node}: {answer['state']}")
+    return 0
+
+
+def _pause_stopped(conf: Config, reason: str) -> int:
+    """No daemon: the pause is recorded, and the daemon starts paused."""
+    ensure_state_dir(conf.state_dir)
+    flag = PauseFlag(conf.state_dir)
+    if (current := flag.load()) is not None:
+        print(f"bmsync on {conf.node}: already paused ({current.reason}); nothing changed")
+        return NOTHING_CHANGED
+    flag.save(
+        Pause(reason or "paused by an operator (bmsync pause)", datetime.now(UTC).timestamp())
+    )
+    print(f"bmsync on {conf.node}: paused (no daemon runs; it will start paused)")
     return 0
 
 
@@ -68,48 +96,79 @@ def cmd_resume(conf: Config, args: argparse.Namespace) -> int:
         )
     if args.force and args.discard:
         raise UsageError("bmsync resume: --force and --discard do not go together")
-    answer = asyncio.run(
-        control.request(
-            conf.control_socket,
-            "resume",
-            RESYNC_TIMEOUT_S,
-            discard=args.discard,
-            force=args.force,
-            reason=args.reason,
+    try:
+        answer = asyncio.run(
+            control.request(
+                conf.control_socket,
+                "resume",
+                RESYNC_TIMEOUT_S,
+                discard=args.discard,
+                force=args.force,
+                reason=args.reason,
+            )
         )
-    )
+    except DaemonNotRunning:
+        if args.force or args.discard:
+            raise
+        if PauseFlag(conf.state_dir).clear():
+            print(f"bmsync on {conf.node}: resumed (no daemon runs; it will start syncing)")
+            return 0
+        print(f"bmsync on {conf.node}: not paused; nothing changed")
+        return NOTHING_CHANGED
     _check(answer)
-    line = f"bmsync on {conf.node}: {answer['state']}"
-    if args.force and answer.get("reason"):
-        line += f" (still: {answer['reason']})"
-    print(line)
+    state = answer["state"]
+    if not answer["changed"]:
+        what = "not suspended; nothing to force" if args.force else "not paused"
+        print(f"bmsync on {conf.node}: {state}: {what}; nothing changed")
+        _print_blockers(answer)
+        return NOTHING_CHANGED
+    print(f"bmsync on {conf.node}: {state}")
+    if state in ("suspended", "maintenance"):
+        _print_blockers(answer)
+        return NOTHING_CHANGED if args.force else 0
     return 0
 
 
+def _print_blockers(answer: dict[str, Any]) -> None:
+    if answer.get("reason") and answer["state"] not in HEALTHY:
+        print(f"  still {answer['state']}: {answer['reason']}")
+        for advice in answer.get("clears", []):
+            print(f"  cleared by: {advice}")
+
+
 def cmd_role(conf: Config, change: str) -> int:
-    """``bmsync promote`` / ``bmsync demote``: the persisted role, then the
-    running daemon (if any) is told."""
+    """``bmsync promote`` / ``bmsync demote``: the persisted role (under the
+    role lock, so no write of the agent's falls after it), then the writing
+    session on this node (if any) is ended, then the daemon (if any) told."""
     ensure_state_dir(conf.state_dir)
     store = RoleStore(conf.state_dir, conf.node)
     before = store.load()
-    if change == "promote":
-        try:
-            after = before.promote()
-        except AlreadyActive:
-            print(f"bmsync on {conf.node}: already active at epoch {before.epoch}; nothing changed")
-            return 0
-    else:
-        if before.role is Role.PASSIVE:
-            print(f"bmsync on {conf.node}: already passive; nothing changed")
-            return 0
-        after = before.demote()
-    store.save(after, f"{_now()} bmsync {change}")
+    if change == "demote" and before.role is Role.PASSIVE:
+        print(f"bmsync on {conf.node}: already passive at epoch {before.epoch}; nothing changed")
+        return NOTHING_CHANGED
+    try:
+        after = store.update(
+            NodeRole.promote if change == "promote" else NodeRole.demote,
+            f"{_now()} bmsync {change}",
+        )
+    except AlreadyActive:
+        print(
+            f"bmsync on {conf.node}: already active at epoch {before.epoch}, above every "
+            f"promotion seen ({before.highest_seen}); nothing changed"
+        )
+        return NOTHING_CHANGED
     print(
         f"bmsync on {conf.node}: {after.role} at epoch {after.epoch} "
         f"(highest seen: {after.highest_seen})"
     )
+    if after.role is Role.ACTIVE:
+        # a writer accepted here before must not write once this node is active
+        print(f"  {SenderLock(conf.state_dir).end_session(END_SESSION_WAIT_S)}")
     with contextlib.suppress(DaemonNotRunning):
-        asyncio.run(control.request(conf.control_socket, "role", 10))
+        answer = asyncio.run(control.request(conf.control_socket, "role", DEMOTE_WAIT_S + 10))
+        _check(answer)
+        if answer["state"] == "stopped":
+            print("  the daemon here finished the batch in flight and stopped sending")
     return 0
 
 
@@ -117,25 +176,33 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def resync_via_daemon(conf: Config) -> dict[str, Any] | None:
+def resync_via_daemon(conf: Config, allow_deletes: bool = False) -> dict[str, Any] | None:
     """Ask a running daemon to reconcile; ``None`` if no daemon runs."""
     try:
-        answer = asyncio.run(control.request(conf.control_socket, "resync", RESYNC_TIMEOUT_S))
+        answer = asyncio.run(
+            control.request(
+                conf.control_socket, "resync", RESYNC_TIMEOUT_S, allow_deletes=allow_deletes
+            )
+        )
     except DaemonNotRunning:
         return None
-    if "error" in answer:
-        raise BmsyncError(f"the daemon refused the resync: {answer['error']}")
+    _check(answer, "the daemon refused the resync")
     return answer
 
 
-def _check(answer: dict[str, Any]) -> None:
+def _check(answer: dict[str, Any], what: str = "the daemon says") -> None:
     if not answer.get("ok", False):
-        raise BmsyncError(f"the daemon says: {answer.get('error', answer)}")
+        raise DaemonRefused(
+            f"{what}: {answer.get('error', answer)}",
+            int(answer.get("exit_code", DaemonRefused.exit_code)),
+        )
 
 
 def _stopped(conf: Config) -> dict[str, Any]:
     peer = conf.peer
     role, record = RoleStore(conf.state_dir, conf.node).load_record()
+    guard = Guard.starting(role, 0.0)
+    paused = PauseFlag(conf.state_dir).load()
     return {
         "state": "stopped",
         "node": conf.node,
@@ -148,7 +215,9 @@ def _stopped(conf: Config) -> dict[str, Any]:
         "epoch": role.epoch,
         "highest_seen": {"epoch": role.highest_seen.epoch, "node": role.highest_seen.node},
         "peer_epoch": None,
-        "reason": "stale: a higher promotion has been seen" if role.is_stale() else None,
+        "reason": guard.reason if guard.state is not GuardState.SYNCING else None,
+        "clears": guard.clears,
+        "paused_reason": None if paused is None else paused.reason,
         "since": None,
         "forced": None if record is None else record.forced,
         "role_changed": None if record is None else record.changed,

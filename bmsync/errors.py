@@ -14,11 +14,14 @@
     │   └── AgentFailed                       `bmsync agent` did not run
     ├── PeerRefused                  exit 5   the agent declined the session
     │   └── SplitBrainSuspected               ...because of roles or epochs
-    ├── NotActive                    exit 8   this node may not send (passive, suspended)
+    ├── NotActive                    exit 8   this node may not send (passive, stale, suspended)
+    ├── SyncPaused                   exit 9   sync is paused, or the delete-storm brake held
+    │                                         deletions back: nothing was deleted
     ├── RoleStateError               exit 8   the persisted role is missing or damaged
     ├── ApplyIncomplete              exit 6   some paths could not be applied
     ├── LocalFsError                 exit 7   reading this node's tree failed
-    └── DaemonNotRunning             exit 3   no daemon on the control socket
+    ├── DaemonNotRunning             exit 3   no daemon on the control socket
+    └── DaemonRefused                exit of the daemon's error   a control request failed
 
 Every message says what failed, where (file and line, path, host) and what
 to do. Exceptions of dependencies (asyncssh, ``OSError``, yaml) are caught at
@@ -99,6 +102,12 @@ class NotActive(BmsyncError):
     exit_code = 8
 
 
+class SyncPaused(BmsyncError):
+    """Held back by a pause or by the delete-storm brake; nothing deleted."""
+
+    exit_code = 9
+
+
 class RoleStateError(BmsyncError):
     exit_code = 8
 
@@ -115,3 +124,12 @@ class LocalFsError(BmsyncError):
 
 class DaemonNotRunning(BmsyncError):
     exit_code = 3
+
+
+class DaemonRefused(BmsyncError):
+    """The running daemon answered a control request with an error; the
+    exit code is that of the error it raised."""
+
+    def __init__(self, message: str, exit_code: int = BmsyncError.exit_code) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -109,11 +109,22 @@ class PeerSession:
         hello = Hello(PROTOCOL_VERSION, self.node, self.role, self.epoch, purpose, __version__)
         await self._channel.send([hello])
         try:
-            answer = await self._channel.receive()
+            answer = await self._receive()
         except RemoteProtocolError as exc:
             raise AgentFailed(f"the peer's agent cannot start: {exc}") from exc
+        if not isinstance(answer, Welcome):
+            raise ProtocolError(f"expected Welcome, the agent sent {type(answer).__name__}")
+        self.peer = answer
+        log.info("session_open", peer=answer.node, purpose=str(purpose))
+        return answer
+
+    async def _receive(self) -> Frame:
+        """The agent's next frame; a refusal (at the handshake, or in the
+        middle of a session when this node's role changed there) raises."""
+        answer = await self._channel.receive()
         if isinstance(answer, Refuse):
-            message = f"peer {answer.node} refused the session: {answer.reason}"
+            started = "refused the session" if self.peer is None else "ended the session"
+            message = f"peer {answer.node} {started}: {answer.reason}"
             if answer.code in SPLIT_BRAIN:
                 raise SplitBrainSuspected(
                     message,
@@ -123,10 +134,6 @@ class PeerSession:
                     seen=(answer.seen_epoch, answer.seen_node),
                 )
             raise PeerRefused(message)
-        if not isinstance(answer, Welcome):
-            raise ProtocolError(f"expected Welcome, the agent sent {type(answer).__name__}")
-        self.peer = answer
-        log.info("session_open", peer=answer.node, purpose=str(purpose))
         return answer
 
     async def fetch_manifest(self, fresh: bool = False) -> dict[bytes, Entry]:
@@ -145,7 +152,7 @@ class PeerSession:
         await self._channel.send([request])
         entries: dict[bytes, Entry] = {}
         while True:
-            part = await self._channel.receive()
+            part = await self._receive()
             if not isinstance(part, ManifestPart):
                 raise ProtocolError(f"expected ManifestPart, got {type(part).__name__}")
             if part.unchanged:
@@ -162,7 +169,7 @@ class PeerSession:
         await self._channel.send([Fetch(path)])
         frames: list[PutChunk | Put | PutAbort] = []
         while True:
-            frame = await self._channel.receive()
+            frame = await self._receive()
             if not isinstance(frame, (PutChunk, Put, PutAbort)) or frame.path != path:
                 raise ProtocolError(f"expected the content of {show(path)}, got {frame!r:.80}")
             frames.append(frame)
@@ -197,6 +204,13 @@ class PeerSession:
         batches = list(_batches(ops))
 
         async def send_all() -> None:
+            try:
+                await send_batches()
+            except TransportError:
+                # the agent hung up: collect_all says why (a refusal, or the loss)
+                return
+
+        async def send_batches() -> None:
             for number, batch in enumerate(batches):
                 for op in batch:
                     sent = 0
@@ -212,7 +226,7 @@ class PeerSession:
 
         async def collect_all() -> None:
             for number in range(len(batches)):
-                answer = await self._channel.receive()
+                answer = await self._receive()
                 if not isinstance(answer, Applied) or answer.batch != number:
                     raise ProtocolError(
                         f"expected Applied for batch {number}, got {type(answer).__name__}"

@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from bmsync import config
 from bmsync.bases import BaseStore
+from bmsync.core.brake import DeleteBrake, lost_files, synced_files
 from bmsync.core.frames import Purpose
 from bmsync.core.guard import Stamp
+from bmsync.core.manifest import Entry
 from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
 from bmsync.digests import DigestCache
-from bmsync.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected
+from bmsync.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected, SyncPaused
 from bmsync.reconcile import keep_bases, resync, verify
 from bmsync.session import PeerSession
 from bmsync.state import RoleStore, ensure_state_dir, require_active
@@ -37,8 +41,7 @@ async def _connect(conf: config.Config, purpose: Purpose) -> PeerSession:
     except SplitBrainSuspected as exc:
         await channel.close()
         seen = Stamp(*exc.seen)
-        if seen > me.highest_seen:
-            roles.save(me.saw(seen), f"refused by {exc.peer}, which has seen {seen}")
+        roles.update(lambda role: role.saw(seen), f"refused by {exc.peer}, which has seen {seen}")
         raise
     except BaseException:
         await channel.close()
@@ -87,6 +90,26 @@ class _Reporter:
             self._bar = None
 
 
+HELD_BACK_ADVICE = (
+    "nothing was sent to the peer (no deletion, no other change). If these deletions "
+    "are wanted: 'bmsync resync --allow-deletes'; if not, restore the files here first"
+)
+
+
+def delete_brake(conf: config.Config) -> Callable[[list[Op], Mapping[bytes, Entry]], str | None]:
+    """The daemon's delete-storm brake, for a resync run by hand."""
+    brake = DeleteBrake(conf.brake_limits())
+
+    def check(ops: list[Op], peer: Mapping[bytes, Entry]) -> str | None:
+        now = time.monotonic()
+        deletes = lost_files(ops, peer)
+        reason = brake.check(deletes, synced_files(peer), now)
+        brake.record(deletes, now)
+        return reason
+
+    return check
+
+
 async def cmd_resync(conf: config.Config, args: argparse.Namespace) -> int:
     purpose = Purpose.READ if args.dry_run else Purpose.WRITE
     session = await _connect(conf, purpose)
@@ -104,6 +127,7 @@ async def cmd_resync(conf: config.Config, args: argparse.Namespace) -> int:
             on_plan=reporter.plan,
             delta_bases=bases,
             digests=None if args.dry_run else DigestCache(conf.state_dir),
+            guard=None if args.dry_run or args.allow_deletes else delete_brake(conf),
         )
     finally:
         reporter.finish()
@@ -132,6 +156,7 @@ async def cmd_resync(conf: config.Config, args: argparse.Namespace) -> int:
                     ],
                     "unsupported": [show(p) for p in report.unsupported],
                     "converged": report.converged,
+                    "halted": report.halted,
                 },
                 indent=2,
             )
@@ -157,6 +182,8 @@ async def cmd_resync(conf: config.Config, args: argparse.Namespace) -> int:
                 f"resync: {report.ops_applied} change(s) applied, {report.files_sent} file(s), "
                 f"{report.bytes_sent} bytes sent in {report.passes} pass(es); peer {state}"
             )
+    if report.halted is not None:
+        raise SyncPaused(f"resync held back: {report.halted}; {HELD_BACK_ADVICE}")
     if report.failures:
         raise ApplyIncomplete(
             f"{len(report.failures)} path(s) could not be applied on the peer; see above, "
@@ -187,7 +214,11 @@ def print_daemon_resync(answer: dict[str, Any], as_json: bool) -> int:
             f"{answer['files_sent']} file(s), {answer['bytes_sent']} bytes sent; peer {state}"
         )
     if answer.get("halted"):
-        raise ApplyIncomplete(f"resync halted: {answer['halted']}")
+        raise SyncPaused(
+            f"resync held back: {answer['halted']}; the daemon is paused and nothing was "
+            "deleted on the peer. 'bmsync resume' propagates the deletions; 'bmsync resume "
+            "--discard' restores the files here instead"
+        )
     if answer["failures"]:
         raise ApplyIncomplete(f"{len(answer['failures'])} path(s) could not be applied")
     return 0

@@ -12,7 +12,11 @@ for an operator.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from bmsync.core.manifest import Entry, Kind
+from bmsync.core.ops import Delete, Op, PutFile, Symlink
 
 # Below this many deletions the share rule never trips.
 SHARE_FLOOR = 20
@@ -57,3 +61,20 @@ class DeleteBrake:
 
     def reset(self) -> None:
         self._recent.clear()
+
+
+def lost_files(ops: list[Op], peer: Mapping[bytes, Entry]) -> int:
+    """Files and symlinks the plan deletes on the peer whose content does
+    not reappear elsewhere in it: a moved directory is not a loss."""
+    kept = {op.entry.digest or op.entry.target for op in ops if isinstance(op, (PutFile, Symlink))}
+    lost = 0
+    for op in ops:
+        if isinstance(op, Delete) and op.kind != Kind.DIR:
+            entry = peer.get(op.path)
+            if entry is None or (entry.digest or entry.target) not in kept:
+                lost += 1
+    return lost
+
+
+def synced_files(manifest: Mapping[bytes, Entry]) -> int:
+    return sum(1 for e in manifest.values() if e.kind != Kind.DIR)

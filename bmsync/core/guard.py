@@ -36,7 +36,8 @@ NO_STAMP = Stamp(0, "")
 
 
 class AlreadyActive(Exception):
-    """``promote`` on an active node: nothing changes."""
+    """``promote`` on an active node that nothing has superseded: nothing
+    changes."""
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,9 @@ class NodeRole:
 
     def promote(self) -> NodeRole:
         """Active, with an epoch above every one seen: a fencing token no
-        earlier promotion of either node can equal."""
-        if self.role is Role.ACTIVE:
+        earlier promotion of either node can equal. A stale active node is
+        promoted again, above the promotion that superseded it."""
+        if self.role is Role.ACTIVE and not self.is_stale():
             raise AlreadyActive(f"{self.node} is already active ({self.stamp})")
         epoch = self.highest_seen.epoch + 1
         return replace(self, role=Role.ACTIVE, epoch=epoch, highest_seen=Stamp(epoch, self.node))
@@ -70,9 +72,10 @@ class NodeRole:
         return self if stamp <= self.highest_seen else replace(self, highest_seen=stamp)
 
     def is_stale(self) -> bool:
-        """Active, but a node has been promoted to a higher epoch since (two
-        promotions to the same epoch are a conflict, not staleness)."""
-        return self.role is Role.ACTIVE and self.highest_seen.epoch > self.epoch
+        """Active, but a promotion above its own has been seen: a higher
+        epoch, or the same epoch won by the other node's id. Any passive
+        node that has seen that promotion refuses it (``judge_sender``)."""
+        return self.role is Role.ACTIVE and self.highest_seen > self.stamp
 
 
 # -- the handshake rule (on the receiving node) ------------------------------
@@ -148,25 +151,33 @@ class Suspicion(enum.StrEnum):
     VIP_MISSING = "vip-missing"  # active, but this node does not hold the VIP
 
 
-# What clears each suspicion, for `bmsync status`.
-CLEARS = {
-    Suspicion.PEER_ACTIVE: (
-        "the peer confirmed passive with a lower epoch (after 'bmsync demote' there), "
-        "the peer fenced, or 'bmsync resume --force --reason ...'"
-    ),
-    Suspicion.STALE: (
-        "'bmsync demote' here (the peer is the active node now), or, if this node "
-        "must stay active, 'bmsync demote' on the peer then 'bmsync resume --force'"
-    ),
-    Suspicion.VIP_ELSEWHERE: (
-        "the VIP no longer answering from another MAC, then the peer confirmed "
-        "passive or fenced; or 'bmsync resume --force --reason ...'"
-    ),
-    Suspicion.VIP_MISSING: (
-        "this node holding the VIP again, then the peer confirmed passive or "
-        "fenced; or 'bmsync demote'"
-    ),
-}
+def clears(what: Suspicion, role: NodeRole, peer: str) -> str:
+    """What clears a suspicion, as commands an operator can follow (each
+    is checked by a test that follows it)."""
+    peer = peer or "the peer"
+    if what is Suspicion.PEER_ACTIVE:
+        return (
+            f"'bmsync demote' on {peer} if this node must be the active one (its next "
+            f"handshake, within peer.reconnect_max_s, then finds {peer} passive below "
+            f"{role.stamp}); or 'bmsync demote' here if {peer} must be"
+        )
+    if what is Suspicion.STALE:
+        seen = role.highest_seen
+        return (
+            f"'bmsync demote' here if {seen.node or peer} is the active node now; if this "
+            f"node must be the active one: 'bmsync demote' on {seen.node or peer}, then "
+            f"'bmsync promote' here (epoch {seen.epoch + 1}, above {seen})"
+        )
+    if what is Suspicion.VIP_ELSEWHERE:
+        return (
+            "no other host answering for the VIP (take it off the other node: 'ip addr del' "
+            "there), seen by the next VIP check, then the peer confirmed passive at the next "
+            "handshake; or 'bmsync resume --force --reason ...'"
+        )
+    return (
+        "this node holding the VIP again ('ip addr add' it here), found by the next VIP "
+        "check; or 'bmsync demote' here if the node holding it is the active one"
+    )
 
 
 # -- observations --
@@ -265,13 +276,14 @@ class Guard:
     ``judge_sender``'s answer, from its persisted role alone.)
 
     Suspicions are raised by observations and cleared only by evidence
-    (``CLEARS``) or an operator's ``ForcedResume``; each is kept with its
+    (``clears``) or an operator's ``ForcedResume``; each is kept with its
     reason and time. ``observe`` returns the transitions it caused."""
 
     role: NodeRole
     vip_configured: bool = False
     maintenance: bool = False
     peer_seen: Stamp = NO_STAMP  # the peer's highest_seen, as last reported
+    peer: str = ""  # the peer's node id, once it has answered
     forced_reason: str | None = None
     _raised: dict[Suspicion, _Raised] = field(default_factory=dict)
     _vip_ok: bool = True  # the last VIP observation showed nothing wrong
@@ -307,7 +319,7 @@ class Guard:
     @property
     def reason(self) -> str | None:
         if self.maintenance:
-            return "maintenance mode: sync is off on this node ('bmsync maintenance off')"
+            return "maintenance mode: sync is off on this node"
         if not self._raised:
             return None
         first = min(self._raised.values(), key=lambda r: r.since)
@@ -315,7 +327,7 @@ class Guard:
 
     @property
     def clears(self) -> list[str]:
-        return [CLEARS[s] for s in self._raised]
+        return [clears(s, self.role, self.peer) for s in self._raised]
 
     @property
     def may_send(self) -> bool:
@@ -348,21 +360,26 @@ class Guard:
     def _apply(self, obs: Observation, now: float) -> str:
         match obs:
             case PeerWelcomed(peer=peer, peer_seen=seen):
-                self.peer_seen = seen
+                self.peer, self.peer_seen = peer, seen
                 self.role = self.role.saw(seen)
                 if seen <= self.role.stamp and self.role.role is Role.ACTIVE:
                     self._clear_on_evidence()
                     return f"{peer} confirmed passive; the highest it has seen is {seen}"
                 return f"{peer} welcomed us, having seen {seen}"
             case PeerRefused(peer=peer, peer_role=peer_role, peer_seen=seen, code=code):
-                self.peer_seen = seen
+                self.peer, self.peer_seen = peer, seen
                 self.role = self.role.saw(seen)
                 said = f"{peer} ({peer_role}, has seen {seen}) refused: {obs.reason}"
                 if self.role.is_stale():
+                    claim = (
+                        f"split-brain suspected: {peer} claims active too; "
+                        if peer_role is Role.ACTIVE
+                        else ""
+                    )
                     self._raise(
                         Suspicion.STALE,
-                        f"this node is stale: {peer} has seen {self.role.highest_seen}, "
-                        f"above this node's {self.role.stamp}",
+                        f"{claim}this node is stale: {peer} has seen "
+                        f"{self.role.highest_seen}, above this node's {self.role.stamp}",
                         now,
                     )
                 elif code in SPLIT_BRAIN and peer_role is Role.ACTIVE:

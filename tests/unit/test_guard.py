@@ -115,20 +115,29 @@ def test_a_lost_peer_is_not_a_suspicion() -> None:
     assert guard.may_send
 
 
-def test_two_promotions_to_one_epoch_need_a_new_promotion() -> None:
+def test_two_promotions_to_one_epoch_leave_the_lower_id_stale_until_promoted_again() -> None:
     bm1, bm2 = NodeRole("bm1").promote(), NodeRole("bm2").promote()  # both epoch 1
     guard = Guard.starting(bm1, 0)
     bm2 = bm2.demote()  # the operator on bm2
     refusal = refused_by(bm2, bm1)  # (1, bm1) is below bm2's own (1, bm2)
     assert refusal.code is RefusalCode.SENDER_STALE
     guard.observe(refusal, 1)
-    assert "refused this node as a sender" in (guard.reason or "")
-    bm1 = guard.role.demote().promote()  # the operator on bm1: epoch 2
+    assert guard.suspicions.keys() == {Suspicion.STALE}
+    assert "'bmsync promote' here (epoch 2" in guard.clears[0]
+    bm1 = guard.role.promote()  # the advice, followed: a stale node promotes above
+    assert bm1.stamp == Stamp(2, "bm1")
     verdict = judge_sender(bm2, bm1.stamp, Role.ACTIVE)
     assert isinstance(verdict, Accepted)
     guard.observe(RoleChanged(bm1), 2)
     guard.observe(PeerWelcomed("bm2", verdict.role.highest_seen), 3)
     assert guard.may_send
+
+
+def test_a_node_active_and_not_superseded_is_not_promoted_again() -> None:
+    with pytest.raises(AlreadyActive):
+        NodeRole("bm1").saw(Stamp(1, "bm0")).promote().promote()
+    stale = NodeRole("bm1").promote().saw(Stamp(1, "bm2"))  # same epoch, higher id
+    assert stale.is_stale() and stale.promote().epoch == 2
 
 
 def test_evidence_clears_a_peer_active_suspicion() -> None:
