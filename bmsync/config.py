@@ -1,9 +1,13 @@
 """The configuration file: YAML in, frozen typed objects out.
 
 Decoding walks yaml's node tree (not the plain dict) so every error names
-the file, the line and the key: ``bmsync.yaml line 7: sync.paths_: unknown
-key; did you mean 'paths'?``. Unknown keys, wrong types, relative paths and
+the file, the line and the key: "bmsync.yaml line 7: sync.paths_: unknown
+key; did you mean 'paths'?". Unknown keys, wrong types, relative paths and
 missing files are all errors; nothing is guessed.
+
+A receiver (``bmsync agent``) reads the same file with ``receiver=True``:
+the ``peer`` section, which only a sender uses, is then not read at all, so
+a key not made yet (or a mistake there) never stops the sync towards it.
 """
 
 from __future__ import annotations
@@ -343,17 +347,23 @@ TOP_SCHEMA: Schema = {
 }
 
 
-def load(path: Path) -> Config:
+def load(path: Path, *, receiver: bool = False) -> Config:
+    """Read and check ``path``; ``receiver``: as the agent does, without
+    the ``peer`` section (``Config.peer`` is then None)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file; write one (see README) or pass -c FILE") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    return parse(text, path)
+    return parse(text, path, receiver=receiver)
 
 
-def parse(text: str, source: Path) -> Config:
+def _unread(node: yaml.Node, key: str, ctx: _Ctx) -> None:
+    return None
+
+
+def parse(text: str, source: Path, *, receiver: bool = False) -> Config:
     ctx = _Ctx(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -365,7 +375,8 @@ def parse(text: str, source: Path) -> Config:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if root is None:
         raise ConfigError(f"{source}: the file is empty; at least 'node:' is required")
-    fields = _section(root, "", TOP_SCHEMA, ctx)
+    schema = {**TOP_SCHEMA, "peer": (_unread, None)} if receiver else TOP_SCHEMA
+    fields = _section(root, "", schema, ctx)
     if fields["sync"] is None:
         empty = yaml.MappingNode("tag:yaml.org,2002:map", [], root.start_mark, root.end_mark)
         fields["sync"] = SyncConfig(**_section(empty, "sync", SYNC_SCHEMA, ctx))

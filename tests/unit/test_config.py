@@ -282,6 +282,18 @@ def test_missing_identity_file(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     assert f"{SOURCE} line 5: peer.identity: file {missing} does not exist" in message
 
 
+def test_a_receiver_does_not_read_the_peer_section(tmp_path: Path) -> None:
+    """The agent's view: a peer section with a key not made yet (or any
+    mistake there) is not its business."""
+    text = (
+        f"node: bm2\nsync:\n  root: {tmp_path}\n"
+        f"peer:\n  host: bm1\n  identity: {tmp_path / 'nope'}\n  port: ssh\n"
+    )
+    conf = parse(text, SOURCE, receiver=True)
+    assert conf.peer is None and conf.node == "bm2" and conf.sync.root == tmp_path
+    assert "peer.port" in error_of(text)
+
+
 def test_identity_that_is_a_directory(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     _, known_hosts = keys
     text = f"node: bm1\npeer:\n  host: bm2\n  identity: {tmp_path}\n  known_hosts: {known_hosts}\n"
