@@ -63,8 +63,10 @@ def test_missing_bmsync_on_the_peer(pair: Pair) -> None:
     pair.sshd.authorize(pair.passive_conf, forced="/opt/nowhere/bmsync agent")
     done = pair.bmsync("resync")
     assert done.returncode == 3
-    assert "'bmsync agent' was not found on the peer" in done.stderr
-    assert "No such file or directory" in done.stderr
+    assert "/opt/nowhere/bmsync: No such file or directory" in done.stderr
+    # a forced command runs whatever the client asks: the fix is on the peer
+    assert "~root/.ssh/authorized_keys" in done.stderr
+    assert 'command="/usr/local/bin/bmsync agent"' in done.stderr
     assert list(pair.passive.iterdir()) == []
 
 
