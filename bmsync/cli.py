@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
-    configure(args.log_level, args.log_format)
+    configure(args.log_level, args.log_format, environ=os.environ)
     try:
         if args.command == "config":
             return _config_check(args)

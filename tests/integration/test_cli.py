@@ -140,3 +140,29 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(pair: Pair) -> Non
     assert "━" in text and "ops" in text  # rich's bar, not one line per file
     assert "send    /etc/f7.conf" not in text
     assert "peer in sync" in text
+
+
+def test_logs_to_the_journal_carry_their_priority(tmp_path: Path) -> None:
+    """Under systemd (JOURNAL_STREAM names stderr) each log line starts with
+    its syslog priority, which journald keeps: `journalctl -p err` shows it."""
+    conf = tmp_path / "bmsync.yaml"
+    conf.write_text("node: bm2\nsync:\n  root: relative/dir\n")
+    for journal in (True, False):
+        err = tmp_path / "stderr"
+        with open(err, "w") as out:
+            st = os.fstat(out.fileno())
+            env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+            if not journal:
+                env.pop("JOURNAL_STREAM")
+            done = subprocess.run(
+                [sys.executable, "-m", "bmsync", "-c", str(conf), "agent"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=out,
+                env=env,
+                timeout=60,
+            )
+        assert done.returncode == 2
+        logged = err.read_text()
+        assert "agent_cannot_start" in logged
+        assert logged.startswith("<3>") == journal, logged
