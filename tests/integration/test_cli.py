@@ -252,3 +252,22 @@ def test_config_check_shows_the_ha_section(tmp_path: Path) -> None:
     assert report["ha"] == {
         "vip": {"address": "10.0.0.10", "interface": "eth0", "check_interval_s": 2.5}
     }
+
+
+def test_a_key_locked_by_a_passphrase_is_a_config_error(pair: Pair) -> None:
+    """Nobody types a passphrase for the daemon: config check says so, with
+    the command that fixes it, and that command does fix it."""
+    (pair.active / "etc").mkdir()
+    (pair.active / "etc/a.conf").write_text("a\n")
+    key = pair.sshd.client_key
+    subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "secret", "-f", str(key)], check=True)
+    for command, code in ((["config", "check"], 1), (["resync"], 2)):
+        done = pair.bmsync(*command)
+        assert done.returncode == code, done.stderr
+        assert f"peer.identity: {key} is protected by a passphrase" in done.stderr
+        assert f"ssh-keygen -p -N '' -f {key}" in done.stderr
+    assert list(pair.passive.iterdir()) == []
+    subprocess.run(["ssh-keygen", "-q", "-p", "-P", "secret", "-N", "", "-f", str(key)], check=True)
+    assert pair.bmsync("config", "check").returncode == 0
+    assert pair.bmsync("resync").returncode == 0
+    assert (pair.passive / "etc/a.conf").read_text() == "a\n"
