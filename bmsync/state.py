@@ -116,9 +116,8 @@ def require_active(role: NodeRole) -> None:
     if role.role is not Role.ACTIVE:
         raise NotActive(
             f"{role.node} is passive (epoch {role.epoch}, highest seen {role.highest_seen}); "
-            "only the active node sends. Run 'bmsync promote' on the node that must send "
-            "(the HA module does it on failover); 'bmsync resync --dry-run' and "
-            "'bmsync verify' compare without writing"
+            "only the active node sends. Run 'bmsync promote' on the node that must send; "
+            "'bmsync resync --dry-run' and 'bmsync verify' compare without writing"
         )
 
 
