@@ -1,5 +1,6 @@
-"""The ``bmsync`` command line: arguments, logging set-up, one function per
-command, and the exit codes of ``EPILOG`` (also in the README)."""
+"""The ``bmsync`` command line: the argument parser (whose help lists the
+exit codes, as the README does), the logging set-up, and the dispatch to
+each command; ``config check`` is here."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 Decoding walks yaml's node tree (not the plain dict) so every error names
 the file, the line and the key: "bmsync.yaml line 7: sync.paths_: unknown
-key; did you mean 'paths'?". Unknown keys, wrong types, relative paths and
-missing files are all errors; nothing is guessed.
+key; did you mean 'paths'?". Unknown keys, wrong types, relative paths,
+missing files and a peer key that needs a passphrase are all errors;
+nothing is guessed.
 
 A receiver (``bmsync agent``) reads the same file with ``receiver=True``:
 the ``peer`` section, which only a sender uses, is then not read at all, so
