@@ -1081,7 +1081,7 @@ def run_stdio(config_path: Path) -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     try:
-        agent = make_agent(load_config(config_path))
+        agent = make_agent(load_config(config_path, receiver=True))
     except BmsyncError as exc:
         log.error("agent_cannot_start", error=str(exc))
         _write_all(1, encode(ErrorFrame(str(exc))))

@@ -1,12 +1,6 @@
-"""The ``bmsync`` command line.
-
-Exit codes (also in the README): 0 success, in sync; 1 ``verify`` found
-differences, or ``config check`` found the configuration invalid; 2 bad
-arguments or configuration; 3 the peer cannot be reached over SSH (network,
-host key, authentication, agent missing); 4 protocol error; 5 the peer
-refused the session; 6 some paths could not be applied; 7 this node's tree
-could not be read; 70 internal error.
-"""
+"""The ``bmsync`` command line: the argument parser (whose help lists the
+exit codes, as the README does), the logging set-up, and the dispatch to
+each command; ``config check`` is here."""
 
 from __future__ import annotations
 
@@ -17,7 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from bmsync import __version__, config
 from bmsync.errors import BmsyncError, ConfigError, UsageError
@@ -25,33 +19,95 @@ from bmsync.log import configure
 
 EXIT_DIFFERENT = 1
 
+DESCRIPTION = """\
+Keep the passive node of a two-node BlueMind HA pair configured like the
+active one. On the active node, 'bmsync run' (the daemon, started by systemd)
+sends every change of /etc and the other sync paths over SSH to
+'bmsync agent' on the passive node, which applies each file atomically with
+its owner, mode, times, ACLs and xattrs. 'bmsync resync' and 'bmsync verify'
+do a full pass by hand."""
+
+EPILOG = """\
+options -c, --log-level and --log-format may also follow the command.
+
+exit codes:
+  0   success; the peer is in sync
+  1   verify found differences, or config check found the file invalid
+  2   bad arguments or configuration
+  3   the peer cannot be reached over SSH (network, host key, key refused,
+      bmsync missing on the peer)
+  4   protocol error
+  5   the peer refused the session (another sender, version, roles, epochs)
+  6   some paths could not be applied (each is listed)
+  7   this node's tree could not be read
+  8   this node is passive ('bmsync promote' first) or its role.json is damaged
+  70  internal error
+'bmsync status': 0 the daemon runs and syncs, 1 it runs but does not sync
+(paused, disconnected, suspended), 3 no daemon answers."""
+
+LOG_LEVELS = ["debug", "info", "warning", "error"]
+LOG_FORMATS = ["console", "json"]
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bmsync", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", action="version", version=f"bmsync {__version__}")
+def _global_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    """-c, --log-level and --log-format. On the top-level parser with their
+    defaults; on each command with argparse.SUPPRESS, so that a value given
+    before the command is kept when the command does not repeat it."""
     parser.add_argument(
         "-c",
         "--config",
         type=Path,
-        default=config.DEFAULT_PATH,
+        metavar="FILE",
+        default=defaults.get("config", argparse.SUPPRESS),
         help=f"configuration file (default {config.DEFAULT_PATH})",
     )
     parser.add_argument(
         "--log-level",
-        choices=["debug", "info", "warning", "error"],
-        default="warning",
-        help="log events at this level and above to stderr",
+        choices=LOG_LEVELS,
+        default=defaults.get("log_level", argparse.SUPPRESS),
+        help="log events at this level and above to stderr (default warning)",
     )
-    parser.add_argument("--log-format", choices=["console", "json"], default="console")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=defaults.get("log_format", argparse.SUPPRESS),
+        help="log lines as key=value text (console, the default) or JSON objects",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="bmsync",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"bmsync {__version__}",
+        help="print bmsync's version and exit",
+    )
+    _global_options(
+        parser,
+        {"config": config.DEFAULT_PATH, "log_level": "warning", "log_format": "console"},
+    )
+    commands = parser.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser, help="one of:"
+    )
     commands.required = True
 
-    resync = commands.add_parser("resync", help="make the peer's tree identical to this one")
+    def command(name: str, what: str, parent: Any = commands) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=what, description=what)
+        _global_options(sub, {})
+        return sub
+
+    resync = command("resync", "make the peer's tree identical to this one")
     resync.add_argument(
         "--dry-run", action="store_true", help="list what would change, change nothing"
     )
@@ -62,19 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="go past the delete-storm brake: delete on the peer what is gone here",
     )
 
-    verify = commands.add_parser("verify", help="compare with the peer by digest; change nothing")
+    verify = command("verify", "compare with the peer by digest; change nothing")
     verify.add_argument("--json", action="store_true", help="print a JSON report")
 
-    commands.add_parser(
-        "agent", help="speak the sync protocol on stdin/stdout (the peer's forced command)"
-    )
-
-    commands.add_parser("run", help="the real-time sync daemon (systemd starts it)")
-    status = commands.add_parser("status", help="what the daemon is doing (exit 3 if it is down)")
+    command("agent", "speak the sync protocol on stdin/stdout (the peer's forced command)")
+    command("run", "the real-time sync daemon (systemd starts it)")
+    status = command("status", "what the daemon is doing (exit 3 if it is down)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
-    pause = commands.add_parser("pause", help="stop sending changes until 'bmsync resume'")
+    pause = command("pause", "stop sending changes until 'bmsync resume'")
     pause.add_argument("--reason", default="", help="recorded and shown by 'bmsync status'")
-    resume = commands.add_parser("resume", help="send changes again (after pause or a brake)")
+    resume = command("resume", "send changes again (after pause or a brake)")
     resume.add_argument(
         "--discard",
         action="store_true",
@@ -86,18 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="clear a split-brain suspension without evidence (needs --reason; recorded)",
     )
     resume.add_argument("--reason", default="", help="why --force is safe (recorded)")
-    commands.add_parser(
-        "promote", help="make this node the active one, at an epoch above every one seen"
-    )
-    commands.add_parser("demote", help="make this node passive (it then only receives)")
+    command("promote", "make this node the active one, at an epoch above every one seen")
+    command("demote", "make this node passive (it then only receives)")
 
-    conf = commands.add_parser("config", help="configuration commands")
+    conf = command("config", "check the configuration file")
     conf_cmds = conf.add_subparsers(
-        dest="config_command", metavar="SUBCOMMAND", parser_class=_Parser
+        dest="config_command", metavar="SUBCOMMAND", parser_class=_Parser, help="one of:"
     )
     conf_cmds.required = True
-    check = conf_cmds.add_parser("check", help="validate and print the effective sync rules")
-    check.add_argument("--json", action="store_true", help="print the rules as JSON")
+    check = command(
+        "check", "validate the file and print the effective sync rules", parent=conf_cmds
+    )
+    check.add_argument("--json", action="store_true", help="print the result and the rules as JSON")
     return parser
 
 
@@ -107,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return exc.exit_code
-    configure(args.log_level, args.log_format)
+    configure(args.log_level, args.log_format, environ=os.environ)
     try:
         if args.command == "config":
             return _config_check(args)
@@ -162,20 +215,33 @@ def _config_check(args: argparse.Namespace) -> int:
         conf = config.load(args.config)
     except ConfigError as exc:
         print(f"bmsync: invalid configuration: {exc}", file=sys.stderr)
+        if args.json:
+            print(json.dumps({"config": str(args.config), "valid": False, "error": str(exc)}))
         return EXIT_DIFFERENT
     paths = conf.sync_paths()
     rules = conf.exclude_rules()
+    vip = conf.ha.vip
     if args.json:
         print(
             json.dumps(
                 {
                     "config": str(conf.source),
+                    "valid": True,
                     "node": conf.node,
                     "root": str(conf.sync.root),
                     "state_dir": str(conf.state_dir),
                     "peer": None
                     if conf.peer is None
                     else f"{conf.peer.user}@{conf.peer.host}:{conf.peer.port}",
+                    "ha": None
+                    if vip is None
+                    else {
+                        "vip": {
+                            "address": vip.address,
+                            "interface": vip.interface,
+                            "check_interval_s": vip.check_interval_s,
+                        }
+                    },
                     "paths": [{"path": p.path, "reason": p.reason} for p in paths],
                     "exclude": [{"pattern": r.pattern, "reason": r.reason} for r in rules],
                 },
@@ -191,6 +257,13 @@ def _config_check(args: argparse.Namespace) -> int:
         p = conf.peer
         print(f"peer: {p.user}@{p.host}:{p.port} key {p.identity}, known_hosts {p.known_hosts}")
         print(f"      runs '{p.agent_command}'")
+    if vip is None:
+        print("ha: none (no VIP watched by the split-brain guard)")
+    else:
+        print(
+            f"ha: VIP {vip.address} on {vip.interface}, "
+            f"checked every {vip.check_interval_s:g} s by the split-brain guard"
+        )
     print(f"\nsync paths (preset {conf.sync.preset!r}, then sync.paths):")
     for item in paths:
         print(f"  {item.path:<56} {item.reason}")

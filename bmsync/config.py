@@ -1,9 +1,14 @@
 """The configuration file: YAML in, frozen typed objects out.
 
 Decoding walks yaml's node tree (not the plain dict) so every error names
-the file, the line and the key: ``bmsync.yaml line 7: sync.paths_: unknown
-key; did you mean 'paths'?``. Unknown keys, wrong types, relative paths and
-missing files are all errors; nothing is guessed.
+the file, the line and the key: "bmsync.yaml line 7: sync.paths_: unknown
+key; did you mean 'paths'?". Unknown keys, wrong types, relative paths,
+missing files and a peer key that needs a passphrase are all errors;
+nothing is guessed.
+
+A receiver (``bmsync agent``) reads the same file with ``receiver=True``:
+the ``peer`` section, which only a sender uses, is then not read at all, so
+a key not made yet (or a mistake there) never stops the sync towards it.
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ import yaml
 
 from bmsync.core.brake import BrakeLimits
 from bmsync.core.excludes import PatternError, Rule, SyncSet
+from bmsync.core.sshkey import KeyState, check_private_key
 from bmsync.errors import ConfigError
 from bmsync.presets import BUILTIN_EXCLUDES, PRESETS, PresetPath
 
 DEFAULT_PATH = Path("/etc/bmsync/bmsync.yaml")
+# A private key file is a few KiB; more is not a key (only this much is read).
+KEY_READ_BYTES = 1 << 20
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -305,6 +313,40 @@ VIP_SCHEMA: Schema = {
     "interface": (_interface, REQUIRED),
     "check_interval_s": (_ranged(_float, 0.5, 3600), 5.0),
 }
+
+
+def _peer(node: yaml.Node, key: str, ctx: _Ctx) -> PeerConfig:
+    peer = PeerConfig(**_section(node, key, PEER_SCHEMA, ctx))
+    _usable_key(peer.identity, _node_at(node, "identity") or node, f"{key}.identity", ctx)
+    return peer
+
+
+def _usable_key(path: Path, node: yaml.Node, key: str, ctx: _Ctx) -> None:
+    """The daemon runs unattended: its key must load without a passphrase."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(KEY_READ_BYTES)
+    except OSError as exc:
+        raise ctx.error(node, key, f"cannot read {path}: {exc.strerror or exc}") from exc
+    check = check_private_key(data)
+    new_key = f"ssh-keygen -t ed25519 -N '' -f {path} (and its .pub in the peer's authorized_keys)"
+    if check.state is KeyState.ENCRYPTED:
+        raise ctx.error(
+            node,
+            key,
+            f"{path} is protected by a passphrase ({check.detail}), which nobody is there "
+            f"to type when the daemon connects; remove it with ssh-keygen -p -N '' -f {path} "
+            f"(it asks for the current one), or make a new key: {new_key}",
+        )
+    if check.state is KeyState.NOT_A_KEY:
+        raise ctx.error(
+            node,
+            key,
+            f"{path} is not an SSH private key ({check.detail}); name the file ssh-keygen "
+            f"wrote (not the .pub), or make one: {new_key}",
+        )
+
+
 HA_SCHEMA: Schema = {
     "vip": (lambda n, k, c: VipConfig(**_section(n, k, VIP_SCHEMA, c)), None),
 }
@@ -344,23 +386,29 @@ TOP_SCHEMA: Schema = {
     "node": (_node_id, REQUIRED),
     "state_dir": (_abs_path, Path("/var/lib/bmsync")),
     "control_socket": (_abs_path, Path("/run/bmsync/control.sock")),
-    "peer": (lambda n, k, c: PeerConfig(**_section(n, k, PEER_SCHEMA, c)), None),
+    "peer": (_peer, None),
     "sync": (lambda n, k, c: SyncConfig(**_section(n, k, SYNC_SCHEMA, c)), None),
     "ha": (lambda n, k, c: HaConfig(**_section(n, k, HA_SCHEMA, c)), HaConfig()),
 }
 
 
-def load(path: Path) -> Config:
+def load(path: Path, *, receiver: bool = False) -> Config:
+    """Read and check ``path``; ``receiver``: as the agent does, without
+    the ``peer`` section (``Config.peer`` is then None)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: no such file; write one (see README) or pass -c FILE") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from exc
-    return parse(text, path)
+    return parse(text, path, receiver=receiver)
 
 
-def parse(text: str, source: Path) -> Config:
+def _unread(node: yaml.Node, key: str, ctx: _Ctx) -> None:
+    return None
+
+
+def parse(text: str, source: Path, *, receiver: bool = False) -> Config:
     ctx = _Ctx(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -372,7 +420,8 @@ def parse(text: str, source: Path) -> Config:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if root is None:
         raise ConfigError(f"{source}: the file is empty; at least 'node:' is required")
-    fields = _section(root, "", TOP_SCHEMA, ctx)
+    schema = {**TOP_SCHEMA, "peer": (_unread, None)} if receiver else TOP_SCHEMA
+    fields = _section(root, "", schema, ctx)
     if fields["sync"] is None:
         empty = yaml.MappingNode("tag:yaml.org,2002:map", [], root.start_mark, root.end_mark)
         fields["sync"] = SyncConfig(**_section(empty, "sync", SYNC_SCHEMA, ctx))

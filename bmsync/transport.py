@@ -40,6 +40,8 @@ STDERR_LINES = 20
 KEEPALIVE_COUNT_MAX = 3
 # Exit status of a shell that could not find the command.
 COMMAND_NOT_FOUND = 127
+# What the passive node's authorized_keys line should force (README).
+FORCED_COMMAND = "/usr/local/bin/bmsync agent"
 
 
 class FrameChannel(Protocol):
@@ -65,11 +67,13 @@ class SshChannel:
         process: asyncssh.SSHClientProcess[bytes],
         where: str,
         command: str,
+        user: str = "root",
     ) -> None:
         self._conn = conn
         self._process = process
         self._where = where
         self._command = command
+        self._user = user
         self._decoder = FrameDecoder()
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
         self._stderr_task = asyncio.create_task(self._collect_stderr())
@@ -109,11 +113,17 @@ class SshChannel:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._stderr_task), 1)
         status = self._process.exit_status
-        said = " | ".join(self._stderr) or "nothing on stderr"
+        said = " | ".join(line for line in self._stderr if line) or "nothing on stderr"
         if status == COMMAND_NOT_FOUND:
+            # The peer's key line forces its own command, whatever we ask:
+            # peer.agent_command only matters for a key without command=.
             return AgentFailed(
-                f"{self._where}: '{self._command}' was not found on the peer ({said}); "
-                "install bmsync there, or set peer.agent_command to its full path"
+                f"{self._where}: the peer could not find the bmsync agent to run "
+                f'(exit status 127; stderr: {said}). On the peer, fix the command="..." '
+                f"of this node's key in ~{self._user}/.ssh/authorized_keys to bmsync's "
+                f'full path (command="{FORCED_COMMAND}",restrict), or install bmsync '
+                f"there; peer.agent_command ('{self._command}') is only what runs for a "
+                "key without a forced command"
             )
         return AgentFailed(
             f"{self._where}: {what} (agent exit status {status}; stderr: {said}); "
@@ -189,7 +199,7 @@ async def connect(peer: PeerConfig) -> SshChannel:
         raise AuthRefused(
             f"{where}: the peer refused key {peer.identity}; add its public key "
             f"({peer.identity}.pub) to ~{peer.user}/.ssh/authorized_keys on the peer "
-            '(with command="bmsync agent",restrict)'
+            f'(with command="{FORCED_COMMAND}",restrict)'
         ) from exc
     except (OSError, socket.gaierror) as exc:
         raise PeerUnreachable(
@@ -204,7 +214,7 @@ async def connect(peer: PeerConfig) -> SshChannel:
         conn.close()
         raise AgentFailed(f"{where}: cannot start '{peer.agent_command}': {exc.reason}") from exc
     log.info("connected", peer=where)
-    return SshChannel(conn, process, where, peer.agent_command)
+    return SshChannel(conn, process, where, peer.agent_command, peer.user)
 
 
 async def _host_key_error(peer: PeerConfig, where: str) -> HostKeyMismatch:

@@ -79,7 +79,7 @@ show() { printf '\n\033[1m# %s\033[0m\n' "$*"; }
 echo "active node tree: $work/bm1   passive node tree: $work/bm2   sshd on 127.0.0.1:$port"
 step bm config check
 
-show "a fresh node is passive at epoch 0: make bm1 the active one (the HA module would)"
+show "a fresh node is passive at epoch 0: make bm1 the active one"
 step bm promote
 
 show "start the daemon (systemd would: Type=notify, READY after the first reconcile)"

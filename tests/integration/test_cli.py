@@ -3,6 +3,7 @@ name the file, line and key, and nothing written on bad input."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
@@ -140,3 +141,133 @@ def test_progress_bar_on_a_terminal_and_plain_lines_otherwise(pair: Pair) -> Non
     assert "━" in text and "ops" in text  # rich's bar, not one line per file
     assert "send    /etc/f7.conf" not in text
     assert "peer in sync" in text
+
+
+def test_logs_to_the_journal_carry_their_priority(tmp_path: Path) -> None:
+    """Under systemd (JOURNAL_STREAM names stderr) each log line starts with
+    its syslog priority, which journald keeps: `journalctl -p err` shows it."""
+    conf = tmp_path / "bmsync.yaml"
+    conf.write_text("node: bm2\nsync:\n  root: relative/dir\n")
+    for journal in (True, False):
+        err = tmp_path / "stderr"
+        with open(err, "w") as out:
+            st = os.fstat(out.fileno())
+            env = dict(os.environ, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}")
+            if not journal:
+                env.pop("JOURNAL_STREAM")
+            done = subprocess.run(
+                [sys.executable, "-m", "bmsync", "-c", str(conf), "agent"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=out,
+                env=env,
+                timeout=60,
+            )
+        assert done.returncode == 2
+        logged = err.read_text()
+        assert "agent_cannot_start" in logged
+        assert logged.startswith("<3>") == journal, logged
+
+
+def _receiver_conf(tmp_path: Path) -> Path:
+    conf = tmp_path / "bmsync.yaml"
+    conf.write_text(
+        f"node: bm2\nstate_dir: {tmp_path / 'state'}\ncontrol_socket: {tmp_path / 'c.sock'}\n"
+        f"sync:\n  root: {tmp_path}\n"
+    )
+    return conf
+
+
+def test_global_options_also_after_the_command(tmp_path: Path) -> None:
+    conf = _receiver_conf(tmp_path)
+    done = bmsync("status", "-c", str(conf))
+    assert done.returncode == 3, done.stderr  # no daemon, but this file was read
+    assert f"no daemon answers on {tmp_path / 'c.sock'}" in done.stdout
+    done = bmsync("config", "check", "-c", str(conf), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["config"] == str(conf)
+    done = bmsync("config", "check", "--config", str(conf), "--log-level", "debug")
+    assert done.returncode == 0 and f"{conf}: valid" in done.stdout
+    # given before the command, it is kept when the command does not repeat it
+    done = bmsync("-c", str(conf), "config", "check", "--log-format", "json")
+    assert done.returncode == 0 and f"{conf}: valid" in done.stdout
+    done = bmsync("status", "--log-level", "loud", "-c", str(conf))
+    assert done.returncode == 2 and "invalid choice: 'loud'" in done.stderr
+
+
+def test_help_is_plain_text_with_exit_codes_and_every_option_explained() -> None:
+    from bmsync.cli import build_parser
+
+    done = bmsync("--help")
+    assert done.returncode == 0
+    assert "``" not in done.stdout
+    assert "BlueMind" in done.stdout
+    assert "exit codes:" in done.stdout
+    assert "3   the peer cannot be reached" in done.stdout
+    for command in ("resync", "verify", "agent", "run", "status", "config", "promote", "demote"):
+        line = next(x for x in done.stdout.splitlines() if x.strip().startswith(command + " "))
+        assert len(line.split()) > 1, line  # the command, then what it does
+
+    def undocumented(parser: argparse.ArgumentParser, prog: str) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    missing += undocumented(sub, f"{prog} {name}")
+            elif not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"{prog} {'/'.join(action.option_strings) or action.dest}")
+        return missing
+
+    assert undocumented(build_parser(), "bmsync") == []
+
+
+def test_config_check_json_says_whether_valid(tmp_path: Path) -> None:
+    conf = _receiver_conf(tmp_path)
+    done = bmsync("-c", str(conf), "config", "check", "--json")
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["valid"] is True
+    conf.write_text("node: bm1\nsync:\n  root: relative/dir\n")
+    done = bmsync("-c", str(conf), "config", "check", "--json")
+    assert done.returncode == 1
+    report = json.loads(done.stdout)
+    assert report["config"] == str(conf) and report["valid"] is False
+    assert f"{conf} line 3: sync.root: 'relative/dir' is a relative path" in report["error"]
+    assert "relative path" in done.stderr  # and said to whoever reads the terminal
+
+
+def test_config_check_shows_the_ha_section(tmp_path: Path) -> None:
+    conf = _receiver_conf(tmp_path)
+    done = bmsync("-c", str(conf), "config", "check")
+    assert "ha: none" in done.stdout
+    assert json.loads(bmsync("-c", str(conf), "config", "check", "--json").stdout)["ha"] is None
+    conf.write_text(
+        conf.read_text() + "ha:\n  vip:\n    address: 10.0.0.10\n    interface: eth0\n"
+        "    check_interval_s: 2.5\n"
+    )
+    done = bmsync("-c", str(conf), "config", "check")
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("ha:"))
+    assert "10.0.0.10" in line and "eth0" in line and "2.5 s" in line
+    report = json.loads(bmsync("-c", str(conf), "config", "check", "--json").stdout)
+    assert report["ha"] == {
+        "vip": {"address": "10.0.0.10", "interface": "eth0", "check_interval_s": 2.5}
+    }
+
+
+def test_a_key_locked_by_a_passphrase_is_a_config_error(pair: Pair) -> None:
+    """Nobody types a passphrase for the daemon: config check says so, with
+    the command that fixes it, and that command does fix it."""
+    (pair.active / "etc").mkdir()
+    (pair.active / "etc/a.conf").write_text("a\n")
+    key = pair.sshd.client_key
+    subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "secret", "-f", str(key)], check=True)
+    for command, code in ((["config", "check"], 1), (["resync"], 2)):
+        done = pair.bmsync(*command)
+        assert done.returncode == code, done.stderr
+        assert f"peer.identity: {key} is protected by a passphrase" in done.stderr
+        assert f"ssh-keygen -p -N '' -f {key}" in done.stderr
+    assert list(pair.passive.iterdir()) == []
+    subprocess.run(["ssh-keygen", "-q", "-p", "-P", "secret", "-N", "", "-f", str(key)], check=True)
+    assert pair.bmsync("config", "check").returncode == 0
+    assert pair.bmsync("resync").returncode == 0
+    assert (pair.passive / "etc/a.conf").read_text() == "a\n"

@@ -63,8 +63,10 @@ def test_missing_bmsync_on_the_peer(pair: Pair) -> None:
     pair.sshd.authorize(pair.passive_conf, forced="/opt/nowhere/bmsync agent")
     done = pair.bmsync("resync")
     assert done.returncode == 3
-    assert "'bmsync agent' was not found on the peer" in done.stderr
-    assert "No such file or directory" in done.stderr
+    assert "/opt/nowhere/bmsync: No such file or directory" in done.stderr
+    # a forced command runs whatever the client asks: the fix is on the peer
+    assert "~root/.ssh/authorized_keys" in done.stderr
+    assert 'command="/usr/local/bin/bmsync agent"' in done.stderr
     assert list(pair.passive.iterdir()) == []
 
 
@@ -75,3 +77,26 @@ def test_broken_agent_config_is_reported_by_the_sender(pair: Pair) -> None:
     assert done.returncode == 3
     assert "the peer's agent cannot start" in done.stderr
     assert "bm2.yaml line 3: sync.root: 'relative/dir' is a relative path" in done.stderr
+
+
+def test_a_receiver_needs_no_key_of_its_own(pair: Pair, tmp_path: Path) -> None:
+    """bm2 only receives: the peer section it keeps for the day roles swap
+    names a key not made yet. The agent does not read that section, so bm1
+    syncs to it; `config check` on bm2 still says the key is missing."""
+    _prepare(pair)
+    missing = tmp_path / "not-made-yet" / "id_ed25519"
+    text = pair.passive_conf.read_text()
+    pair.passive_conf.write_text(
+        text + f"peer:\n  host: 127.0.0.1\n  identity: {missing}\n"
+        f"  known_hosts: {tmp_path / 'not-made-yet' / 'known_hosts'}\n"
+    )
+    done = pair.bmsync("resync")
+    assert done.returncode == 0, done.stderr
+    assert (pair.passive / "etc/a.conf").read_text() == "a\n"
+    done = pair.bmsync("verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "in sync" in done.stdout
+
+    check = pair.bmsync("config", "check", conf=pair.passive_conf)
+    assert check.returncode == 1
+    assert f"peer.identity: file {missing} does not exist" in check.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,11 +14,23 @@ from bmsync.errors import ConfigError
 SOURCE = Path("/etc/bmsync/bmsync.yaml")
 
 
+def keygen(path: Path, passphrase: str = "") -> Path:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", passphrase, "-f", str(path)], check=True
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def a_key(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return keygen(tmp_path_factory.mktemp("key") / "id_ed25519").read_bytes()
+
+
 @pytest.fixture
-def keys(tmp_path: Path) -> tuple[Path, Path]:
+def keys(tmp_path: Path, a_key: bytes) -> tuple[Path, Path]:
     identity = tmp_path / "id_ed25519"
     known_hosts = tmp_path / "known_hosts"
-    identity.write_text("key\n")
+    identity.write_bytes(a_key)
     known_hosts.write_text("bm2 ssh-ed25519 AAAA\n")
     return identity, known_hosts
 
@@ -282,11 +295,47 @@ def test_missing_identity_file(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     assert f"{SOURCE} line 5: peer.identity: file {missing} does not exist" in message
 
 
+def test_a_receiver_does_not_read_the_peer_section(tmp_path: Path) -> None:
+    """The agent's view: a peer section with a key not made yet (or any
+    mistake there) is not its business."""
+    text = (
+        f"node: bm2\nsync:\n  root: {tmp_path}\n"
+        f"peer:\n  host: bm1\n  identity: {tmp_path / 'nope'}\n  port: ssh\n"
+    )
+    conf = parse(text, SOURCE, receiver=True)
+    assert conf.peer is None and conf.node == "bm2" and conf.sync.root == tmp_path
+    assert "peer.port" in error_of(text)
+
+
 def test_identity_that_is_a_directory(tmp_path: Path, keys: tuple[Path, Path]) -> None:
     _, known_hosts = keys
     text = f"node: bm1\npeer:\n  host: bm2\n  identity: {tmp_path}\n  known_hosts: {known_hosts}\n"
     message = error_of(text)
     assert f"{SOURCE} line 4: peer.identity: {tmp_path} is not a regular file" in message
+
+
+def test_identity_locked_by_a_passphrase(tmp_path: Path, keys: tuple[Path, Path]) -> None:
+    """The daemon runs unattended: nobody is there to type a passphrase."""
+    _, known_hosts = keys
+    locked = keygen(tmp_path / "locked", passphrase="secret")
+    text = f"node: bm1\npeer:\n  host: bm2\n  identity: {locked}\n  known_hosts: {known_hosts}\n"
+    message = error_of(text)
+    assert f"{SOURCE} line 4: peer.identity: {locked} is protected by a passphrase" in message
+    assert f"ssh-keygen -p -N '' -f {locked}" in message
+    assert f"ssh-keygen -t ed25519 -N '' -f {locked}" in message
+
+
+@pytest.mark.parametrize("content", ["", "key\n", "ssh-ed25519 AAAAC3Nz bmsync@bm1\n"])
+def test_identity_that_is_no_private_key(
+    tmp_path: Path, keys: tuple[Path, Path], content: str
+) -> None:
+    _, known_hosts = keys
+    wrong = tmp_path / "wrong"
+    wrong.write_text(content)
+    text = f"node: bm1\npeer:\n  host: bm2\n  identity: {wrong}\n  known_hosts: {known_hosts}\n"
+    message = error_of(text)
+    assert f"{SOURCE} line 4: peer.identity: {wrong} is not an SSH private key" in message
+    assert f"ssh-keygen -t ed25519 -N '' -f {wrong}" in message
 
 
 def test_missing_default_identity_file(keys: tuple[Path, Path]) -> None:

@@ -16,6 +16,7 @@ SCRIPT = textwrap.dedent(
     import bmsync.core.batcher, bmsync.core.brake, bmsync.core.delta
     import bmsync.core.excludes, bmsync.core.frames, bmsync.core.manifest
     import bmsync.core.ops, bmsync.core.paths, bmsync.core.planner, bmsync.core.tree
+    import bmsync.core.sshkey
     ours = sorted(m for m in set(sys.modules) - before if m.startswith("bmsync"))
     print(" ".join(ours))
     """
@@ -40,4 +41,5 @@ def test_core_imports_without_io_libraries() -> None:
         "bmsync.core.ops",
         "bmsync.core.paths",
         "bmsync.core.planner",
+        "bmsync.core.sshkey",
     }, loaded
