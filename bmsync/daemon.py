@@ -896,9 +896,27 @@ class Daemon:
             **self._guard_status(),
         }
 
+    def _blocked(self) -> tuple[str | None, float | None, list[str]]:
+        """Why nothing is sent (the guard first, then a pause), since when
+        (wall clock), and what clears it."""
+        guard = self._guard
+        if guard.state is not GuardState.SYNCING:
+            return guard.reason, guard.since, guard.clears
+        if self.paused_reason is None:
+            return None, None, []
+        pause = self._pause_flag.load()
+        if self.paused_reason.startswith("delete storm"):
+            clears = [
+                "'bmsync resume' if the deletions are wanted (they are sent to the peer)",
+                "'bmsync resume --discard' if not (the files are restored here from the peer)",
+            ]
+        else:
+            clears = ["'bmsync resume'"]
+        return self.paused_reason, None if pause is None else pause.since, clears
+
     def _guard_status(self) -> dict[str, Any]:
         guard, me = self._guard, self._guard.role
-        suspended = guard.state is not GuardState.SYNCING
+        reason, since, clears = self._blocked()
         return {
             "role": str(me.role),
             "epoch": me.epoch,
@@ -906,9 +924,9 @@ class Daemon:
             "peer_role": None if self._peer_role is None else str(self._peer_role),
             "peer_epoch": self._peer_epoch,
             "peer_seen": {"epoch": guard.peer_seen.epoch, "node": guard.peer_seen.node},
-            "reason": guard.reason if suspended else self.paused_reason,
-            "since": _iso(guard.since) if suspended else None,
-            "clears": guard.clears,
+            "reason": reason,
+            "since": _iso(since),
+            "clears": clears,
             "forced": guard.forced_reason,
         }
 
@@ -949,13 +967,13 @@ class Daemon:
 
     def _answer(self, changed: bool, **more: Any) -> dict[str, Any]:
         """A control answer: the state now, and what still stops sync."""
-        guard = self._guard
+        reason, _, clears = self._blocked()
         return {
             "ok": True,
             "changed": changed,
             "state": str(self.state),
-            "reason": guard.reason if guard.state is not GuardState.SYNCING else self.paused_reason,
-            "clears": guard.clears,
+            "reason": reason,
+            "clears": clears,
             **more,
         }
 

@@ -245,11 +245,11 @@ def _human(s: dict[str, Any]) -> str:
     lines.append(f"  role            {_role_line(s)}")
     if s["state"] in ("suspended", "maintenance"):
         lines.append(f"  suspended       since {s['since']}: {s['reason']}")
-        lines += [f"  cleared by      {c}" for c in s["clears"]]
-    if s.get("forced"):
-        lines.append(f"  last forced     {s['forced']}")
     if s.get("paused_reason"):
         lines.append(f"  paused because  {s['paused_reason']}")
+    lines += [f"  cleared by      {c}" for c in s["clears"]]
+    if s.get("forced"):
+        lines.append(f"  last forced     {s['forced']}")
     lines += [
         f"  last sync       {_ago(s['last_sync'])}",
         f"  last contact    {_ago(s['last_contact'])}",

@@ -30,6 +30,8 @@ from tests.integration.daemon_helpers import (
 from tests.integration.trees import random_changes
 from tests.sshd import copy_tree
 
+SYNC_PAUSED = 9
+
 
 @pytest.fixture
 def etc_pair(pair: Pair) -> Pair:
@@ -287,10 +289,13 @@ def test_delete_storm_pauses_and_discard_restores(daemon: RunningDaemon) -> None
     converge(pair, timeout_s=5)
 
     shutil.rmtree(tree)
-    status = daemon.wait_state("paused", timeout_s=5)
+    status = daemon.wait_state("paused", timeout_s=30)
     assert status["exit_code"] == 1
     assert "delete storm" in status["paused_reason"]
-    assert "bmsync resume" in daemon.pair.bmsync("status").stdout or True
+    assert "bmsync resume --discard" in daemon.pair.bmsync("status").stdout
+    resync = pair.bmsync("resync")  # through the paused daemon: held back, said so
+    assert resync.returncode == SYNC_PAUSED, resync.stderr
+    assert "bmsync resume" in resync.stderr
     time.sleep(0.5)  # nothing of it may reach the passive meanwhile
     assert len(list((pair.passive / "etc/bm-config").rglob("*.conf"))) == 300
 
@@ -301,9 +306,30 @@ def test_delete_storm_pauses_and_discard_restores(daemon: RunningDaemon) -> None
     converge(pair, timeout_s=5)
 
     shutil.rmtree(tree)
-    daemon.wait_state("paused", timeout_s=5)
+    daemon.wait_state("paused", timeout_s=30)
     assert pair.bmsync("resume").returncode == 0
     converge(pair, timeout_s=5)
+    assert not (pair.passive / "etc/bm-config").exists()
+
+
+def test_a_resync_by_hand_goes_through_the_delete_storm_brake_too(etc_pair: Pair) -> None:
+    """With no daemon running, `bmsync resync` deletes nothing past the brake
+    unless told to, and says how."""
+    pair = etc_pair
+    tree = pair.active / "etc" / "bm-config"
+    tree.mkdir()
+    for f in range(200):
+        (tree / f"{f}.conf").write_text(f"{f}\n")
+    pair.resync_json()
+    shutil.rmtree(tree)
+
+    held = pair.bmsync("resync")
+    assert held.returncode == SYNC_PAUSED, held.stdout + held.stderr
+    assert "delete storm" in held.stderr and "--allow-deletes" in held.stderr
+    assert len(list((pair.passive / "etc/bm-config").glob("*.conf"))) == 200
+
+    done = pair.bmsync("resync", "--allow-deletes")
+    assert done.returncode == 0, done.stderr
     assert not (pair.passive / "etc/bm-config").exists()
 
 
@@ -355,9 +381,37 @@ def test_systemd_notify_ready_and_watchdog(etc_pair: Pair, tmp_path: Path) -> No
     running = RunningDaemon(etc_pair, env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "200000"})
     try:
         messages: list[str] = []
-        while not ({"READY=1", "WATCHDOG=1"} <= set(messages)):
+        while not (
+            {"READY=1", "WATCHDOG=1"} <= set(messages)
+            and any(m.startswith("STATUS=syncing") for m in messages)
+        ):
             messages.extend(sock.recv(4096).decode().split("\n"))
-        assert any(m.startswith("STATUS=syncing") for m in messages)
+    finally:
+        assert running.stop() == 0
+        sock.close()
+
+
+def test_systemd_hears_ready_while_the_peer_is_down(etc_pair: Pair, tmp_path: Path) -> None:
+    """After a failover the peer is down: `systemctl start` must not wait for
+    it. READY=1 means up and watching; the peer's state is in STATUS=."""
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(60)
+    etc_pair.sshd.stop()
+    running = RunningDaemon(etc_pair, env={"NOTIFY_SOCKET": address})
+    try:
+        messages: list[str] = []
+        while "READY=1" not in messages:
+            messages.extend(sock.recv(4096).decode().split("\n"))
+        while not any(m.startswith("STATUS=disconnected") for m in messages):
+            messages.extend(sock.recv(4096).decode().split("\n"))
+        assert running.status()["state"] == "disconnected"
+        (etc_pair.active / "etc" / "while-down.conf").write_text("kept for later\n")
+        etc_pair.sshd.start()
+        while not any(m.startswith("STATUS=syncing") for m in messages):
+            messages.extend(sock.recv(4096).decode().split("\n"))
+        converge(etc_pair, timeout_s=30)
     finally:
         assert running.stop() == 0
         sock.close()
@@ -479,3 +533,11 @@ def test_restart_checks_the_acknowledged_manifest_against_the_passive(etc_pair: 
         assert all(p.is_relative_to(etc_pair.base / "state2" / "backups") for p in kept.values())
     finally:
         assert third.stop() == 0
+    fourth = RunningDaemon(etc_pair)  # a restart does not forget them
+    try:
+        status = fourth.wait_state("syncing")
+        assert status["backup_count"] == 2
+        assert {Path(b["path"]).name for b in status["backups"]} == {"app.conf", "stray.conf"}
+        assert "(2 in all)" in etc_pair.bmsync("status").stdout
+    finally:
+        assert fourth.stop() == 0
