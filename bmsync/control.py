@@ -23,6 +23,9 @@ log = structlog.get_logger("bmsync.control")
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 # Requests are a few bytes; anything larger is not ours.
 MAX_REQUEST_BYTES = 64 * 1024
+# How long closing waits for answers still being written (`bmsync demote`
+# is answered as the daemon stops).
+CLOSE_WAIT_S = 5.0
 
 
 class ControlServer:
@@ -30,6 +33,7 @@ class ControlServer:
         self._path = path
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
+        self._serving: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         self._path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -48,14 +52,21 @@ class ControlServer:
         os.chmod(self._path, 0o600)
 
     async def close(self) -> None:
+        """Stop listening; answers being written still reach their client."""
         if self._server is not None:
             self._server.close()
+            if self._serving:
+                await asyncio.wait(self._serving, timeout=CLOSE_WAIT_S)
             await self._server.wait_closed()
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving.add(task)
+            task.add_done_callback(self._serving.discard)
         try:
             line = await reader.readline()
             try:

@@ -1,6 +1,6 @@
 """``bmsync run``: the real-time sync daemon on the active node.
 
-Wiring (DESIGN.md, "Data path")::
+Wiring (README, "How it works")::
 
     inotify (watchdog thread) -> call_soon_threadsafe -> Batcher
     -> scan the batch's paths -> plan against the peer's acknowledged
@@ -321,6 +321,9 @@ class Daemon:
             await self._close_session()
             self._stopped = True
             self._sending_stopped.set()
+            self._answer_resyncs(
+                PeerUnreachable("the daemon stopped before the resync ran; nothing more was sent")
+            )
             await self._bases_copied()
             if self._watcher is not None:
                 self._watcher.stop()

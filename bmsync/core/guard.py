@@ -1,5 +1,5 @@
-"""Roles, epochs and the split-brain guard (DESIGN.md, "Roles, epochs, and
-the guard"). Pure: observations in, decisions out; the caller persists
+"""Roles, epochs and the split-brain guard (README, "Roles, epochs and the
+guard"). Pure: observations in, decisions out; the caller persists
 ``NodeRole`` and passes the time in.
 
 Three parts:

@@ -56,6 +56,9 @@ def test_a_passive_node_refuses_to_send(pair: Pair) -> None:
         assert "bm1 is passive" in done.stderr and "bmsync promote" in done.stderr
     assert not (pair.passive / "etc").exists()
     assert pair.bmsync("resync", "--dry-run").returncode == 0  # comparing writes nothing
+    assert pair.bmsync("promote").returncode == 0  # the advice, followed
+    assert pair.bmsync("resync").returncode == 0
+    assert (pair.passive / "etc" / "a.conf").read_text() == "x\n"
 
 
 def test_a_damaged_role_file_is_an_error_not_a_reset(pair: Pair) -> None:
@@ -136,6 +139,12 @@ def test_the_old_active_returning_after_a_failover_is_refused_and_told_it_is_sta
     done = pair.bmsync("resync")
     assert done.returncode == NOT_ACTIVE and "bm1 is stale" in done.stderr
     assert {p.name: p.read_text() for p in (pair.passive / "etc").iterdir()} == before
+    # the advice for a node that must stay the active one, followed word for word
+    assert "'bmsync demote' on bm2, then 'bmsync promote' here (epoch 3)" in done.stderr
+    assert pair.bmsync("demote", conf=pair.passive_conf).returncode == 0
+    assert "active at epoch 3" in pair.bmsync("promote").stdout
+    assert pair.bmsync("resync").returncode == 0
+    assert (pair.passive / "etc" / "a.conf").read_text() == "v2 on the old active\n"
 
 
 def test_resume_force_needs_a_reason(pair: Pair) -> None:
