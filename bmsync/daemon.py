@@ -60,6 +60,7 @@ from bmsync.core.guard import (
     RefusalCode,
     RoleChanged,
     Stamp,
+    VipCheckFailed,
 )
 from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile, Rename, Symlink
@@ -98,6 +99,8 @@ TRIM_AFTER_OPS = 1000
 BACKUPS_SHOWN = 20
 # A path whose apply failed on the peer is tried again after this long.
 RETRY_FAILED_S = 5.0
+# How long the first session waits for the first VIP check (arping: 2 s).
+FIRST_VIP_CHECK_WAIT_S = 10.0
 
 
 class State(enum.StrEnum):
@@ -162,6 +165,7 @@ class Daemon:
         self._wall = wall
         self._rng = rng
         self._run = run
+        self._vip_checked = asyncio.Event()  # the guard has had a VIP observation
         self.state = State.DISCONNECTED  # until the first session opens
         self.stats = Stats()
         self.paused_reason: str | None = None
@@ -304,16 +308,28 @@ class Daemon:
         task.add_done_callback(self._tasks.discard)
 
     async def _watch_vip(self, vip: VipConfig) -> None:
-        """The guard's VIP observations, every ``check_interval_s``."""
+        """The guard's VIP observations, every ``check_interval_s``. A check
+        that cannot run suspends sync (fail closed) until one works again;
+        a reload that fixes ``ha.vip`` takes effect at the next check."""
+        failed: str | None = None  # the last check's failure, logged once
         while True:
-            try:
-                seen = await observe_vip(vip, self._run)
-            except BmsyncError as exc:
-                self._error(f"VIP check: {exc}")
-            else:
-                self._observe(seen)
-                self._wake.set()
+            vip = self.config.ha.vip or vip  # removing it takes a restart
+            seen = await observe_vip(vip, self._run)
+            if isinstance(seen, VipCheckFailed) and seen.reason != failed:
+                self._error(f"VIP check: {seen.reason}")
+            failed = seen.reason if isinstance(seen, VipCheckFailed) else None
+            self._observe(seen)
+            self._vip_checked.set()
+            self._wake.set()
             await asyncio.sleep(vip.check_interval_s)
+
+    async def _first_vip_check(self) -> None:
+        """No write before the guard has checked the VIP once. The first
+        check (arping listens for up to 2 s) runs while SSH connects; if it
+        has not answered in time, the guard's "not checked yet" holds."""
+        if self._guard.vip_configured:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._vip_checked.wait(), FIRST_VIP_CHECK_WAIT_S)
 
     async def _watchdog_pings(self, interval_s: float) -> None:
         while True:
@@ -395,6 +411,7 @@ class Daemon:
         self.stats.last_contact = self._wall()
         self._peer_role, self._peer_epoch = welcome.role, welcome.epoch
         self._observe(PeerWelcomed(welcome.node, Stamp(welcome.seen_epoch, welcome.seen_node)))
+        await self._first_vip_check()
         if not self._guard.may_send:
             raise _Suspended(self._guard.reason or "the guard forbids sending")
         self.state = State.RECONCILING
