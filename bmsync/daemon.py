@@ -245,6 +245,7 @@ class Daemon:
         """Events were lost: the batcher's rescan (counted in the lag until
         the reconcile has run) replaces whatever it had queued."""
         log.warning("events_lost", reason=reason)
+        self._watches_fresh = False  # the reconcile re-creates them before it scans
         self._batcher.rescan(self._clock())
         self._wake.set()
 
