@@ -79,7 +79,7 @@ from bmsync.reconcile import (
     keep_bases,
     resync,
 )
-from bmsync.scan import scan_paths, scan_tree
+from bmsync.scan import UnsupportedFiles, scan_paths, scan_tree
 from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, RoleStore, ensure_state_dir, require_active
 from bmsync.transport import FrameChannel
@@ -166,6 +166,7 @@ class Daemon:
         self._rng = rng
         self._run = run
         self._vip_checked = asyncio.Event()  # the guard has had a VIP observation
+        self._unsupported = UnsupportedFiles()  # FIFOs and the like: listed by status
         self.state = State.DISCONNECTED  # until the first session opens
         self.stats = Stats()
         self.paused_reason: str | None = None
@@ -525,6 +526,7 @@ class Daemon:
             self._error(f"{show(failure.path)}: {failure.reason}")
         for path, reason in report.local_problems:
             self._error(f"{show(path)}: {reason}")
+        self._unsupported.update(report.unsupported)
         if report.halted is not None:
             self._pause(report.halted, held={})
         elif report.converged:
@@ -630,7 +632,11 @@ class Daemon:
             }
             if wider:  # a directory the peer lacks: take all of it
                 changed.update(wider)
-                scan.entries.update(scan_paths(root_fd, syncset, wider).entries)
+                more = scan_paths(root_fd, syncset, wider)
+                scan.entries.update(more.entries)
+                scan.problems += more.problems
+                scan.unsupported += more.unsupported
+            self._unsupported.update(scan.unsupported, scanned=changed)
             for path, reason in scan.problems:
                 self._error(f"{show(path)}: {reason}")
                 changed.pop(path, None)
@@ -815,6 +821,7 @@ class Daemon:
                 {"time": _iso(t), "path": show(p), "kept": k} for t, p, k in self.stats.backups
             ],
             "backup_count": self.stats.backup_count,
+            "unsupported": self._unsupported.paths(),
             **self._guard_status(),
         }
 

@@ -495,3 +495,35 @@ def test_restart_checks_the_acknowledged_manifest_against_the_passive(etc_pair: 
         assert all(p.is_relative_to(etc_pair.base / "state2" / "backups") for p in kept.values())
     finally:
         assert third.stop() == 0
+
+
+def test_fifos_are_listed_by_status_and_logged_once(pair: Pair) -> None:
+    etc = pair.active / "etc"
+    etc.mkdir()
+    (etc / "a.conf").write_text("a\n")
+    os.mkfifo(etc / "initctl")
+    daemon = RunningDaemon(pair)
+    try:
+        status = daemon.wait_state("syncing")
+        assert status["unsupported"] == ["/etc/initctl"] and status["errors"] == []
+        wait_for(lambda: (pair.passive / "etc/a.conf").exists(), 10, "a.conf on the peer")
+        assert not (pair.passive / "etc/initctl").exists()
+
+        os.mkfifo(etc / "other.fifo")  # found by the daemon's batch scan
+        wait_for(
+            lambda: daemon.status()["unsupported"] == ["/etc/initctl", "/etc/other.fifo"],
+            30,
+            "the new FIFO listed",
+        )
+        (etc / "initctl").unlink()
+        wait_for(lambda: daemon.status()["unsupported"] == ["/etc/other.fifo"], 30, "initctl gone")
+        resynced = pair.bmsync("resync")  # a full reconcile, through the daemon
+        assert resynced.returncode == 0, resynced.stderr
+        status = daemon.status()
+        assert status["unsupported"] == ["/etc/other.fifo"] and status["errors"] == []
+        assert "not synced: FIFOs, sockets or device nodes" in pair.bmsync("status").stdout
+        log = daemon.log_path.read_text(errors="replace")
+        assert log.count("unsupported_file") == 2, log[-5000:]  # once per path
+        assert "path=/etc/other.fifo" in log and "sync.exclude" in log
+    finally:
+        assert daemon.stop() == 0
