@@ -61,6 +61,7 @@ from bmsync.core.guard import (
     RefusalCode,
     RoleChanged,
     Stamp,
+    VipCheckFailed,
 )
 from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile, Rename
@@ -88,7 +89,7 @@ from bmsync.reconcile import (
     resync,
 )
 from bmsync.records import BackupLog, KeptCopy, Pause, PauseFlag
-from bmsync.scan import scan_paths, scan_tree
+from bmsync.scan import UnsupportedFiles, scan_paths, scan_tree
 from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, RoleStore, ensure_state_dir, require_active
 from bmsync.transport import FrameChannel
@@ -108,6 +109,8 @@ TRIM_AFTER_OPS = 1000
 DEMOTE_WAIT_S = 30.0
 # A path whose apply failed on the peer is tried again after this long.
 RETRY_FAILED_S = 5.0
+# How long the first session waits for the first VIP check (arping: 2 s).
+FIRST_VIP_CHECK_WAIT_S = 10.0
 
 
 class State(enum.StrEnum):
@@ -167,6 +170,8 @@ class Daemon:
         self._wall = wall
         self._rng = rng
         self._run = run
+        self._vip_checked = asyncio.Event()  # the guard has had a VIP observation
+        self._unsupported = UnsupportedFiles()  # FIFOs and the like: listed by status
         self.stats = Stats()
         # files changed on the passive node since bmsync wrote them
         self._backups = BackupLog(config.state_dir)
@@ -279,6 +284,7 @@ class Daemon:
         """Events were lost: the batcher's rescan (counted in the lag until
         the reconcile has run) replaces whatever it had queued."""
         log.warning("events_lost", reason=reason)
+        self._watches_fresh = False  # the reconcile re-creates them before it scans
         self._batcher.rescan(self._clock())
         self._wake.set()
 
@@ -351,16 +357,28 @@ class Daemon:
         task.add_done_callback(self._tasks.discard)
 
     async def _watch_vip(self, vip: VipConfig) -> None:
-        """The guard's VIP observations, every ``check_interval_s``."""
+        """The guard's VIP observations, every ``check_interval_s``. A check
+        that cannot run suspends sync (fail closed) until one works again;
+        a reload that fixes ``ha.vip`` takes effect at the next check."""
+        failed: str | None = None  # the last check's failure, logged once
         while True:
-            try:
-                seen = await observe_vip(vip, self._run)
-            except BmsyncError as exc:
-                self._error(f"VIP check: {exc}")
-            else:
-                self._observe(seen)
-                self._wake.set()
+            vip = self.config.ha.vip or vip  # removing it takes a restart
+            seen = await observe_vip(vip, self._run)
+            if isinstance(seen, VipCheckFailed) and seen.reason != failed:
+                self._error(f"VIP check: {seen.reason}")
+            failed = seen.reason if isinstance(seen, VipCheckFailed) else None
+            self._observe(seen)
+            self._vip_checked.set()
+            self._wake.set()
             await asyncio.sleep(vip.check_interval_s)
+
+    async def _first_vip_check(self) -> None:
+        """No write before the guard has checked the VIP once. The first
+        check (arping listens for up to 2 s) runs while SSH connects; if it
+        has not answered in time, the guard's "not checked yet" holds."""
+        if self._guard.vip_configured:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._vip_checked.wait(), FIRST_VIP_CHECK_WAIT_S)
 
     async def _watchdog_pings(self, interval_s: float) -> None:
         while True:
@@ -469,6 +487,7 @@ class Daemon:
         self.stats.last_contact = self._wall()
         self._peer_role, self._peer_epoch = welcome.role, welcome.epoch
         self._observe(PeerWelcomed(welcome.node, Stamp(welcome.seen_epoch, welcome.seen_node)))
+        await self._first_vip_check()
         if not self._guard.may_send:
             raise _Suspended(self._guard.reason or "the guard forbids sending")
         self._connected = True
@@ -612,6 +631,7 @@ class Daemon:
             self._error(f"{show(failure.path)}: {failure.reason}")
         for path, reason in report.local_problems:
             self._error(f"{show(path)}: {reason}")
+        self._unsupported.update(report.unsupported)
         if report.halted is not None:
             self._pause(report.halted, held={})
         elif report.converged:
@@ -707,7 +727,11 @@ class Daemon:
             }
             if wider:  # a directory the peer lacks: take all of it
                 changed.update(wider)
-                scan.entries.update(scan_paths(root_fd, syncset, wider).entries)
+                more = scan_paths(root_fd, syncset, wider)
+                scan.entries.update(more.entries)
+                scan.problems += more.problems
+                scan.unsupported += more.unsupported
+            self._unsupported.update(scan.unsupported, scanned=changed)
             for path, reason in scan.problems:
                 self._error(f"{show(path)}: {reason}")
                 changed.pop(path, None)
@@ -896,6 +920,7 @@ class Daemon:
                 {"time": _iso(b.time), "path": b.path, "kept": b.kept} for b in self._backups.recent
             ],
             "backup_count": self._backups.count,
+            "unsupported": self._unsupported.paths(),
             **self._guard_status(),
         }
 

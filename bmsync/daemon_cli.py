@@ -264,4 +264,7 @@ def _human(s: dict[str, Any]) -> str:
             f"  changed on the passive node, copies kept there ({s['backup_count']} in all):"
         )
         lines += [f"    {b['time']}  {b['path']} -> {b['kept']}" for b in s["backups"][-5:]]
+    if s.get("unsupported"):
+        lines.append("  not synced: FIFOs, sockets or device nodes (sync.exclude them to hide):")
+        lines += [f"    {path}" for path in s["unsupported"]]
     return "\n".join(lines)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import structlog
 
 from bmsync.core.excludes import SyncSet
 from bmsync.core.manifest import Entry, Kind
-from bmsync.core.paths import ancestors, basename, is_within, join, parent
+from bmsync.core.paths import ancestors, basename, is_within, join, parent, show
 from bmsync.digests import DigestCache
 from bmsync.errors import LocalFsError
 from bmsync.fsutil import (
@@ -55,6 +55,38 @@ class Scan:
     leftovers: list[bytes] = field(default_factory=list)
     # where unchanged files' digests come from (an input, not a result)
     digests: DigestCache | None = None
+
+
+class UnsupportedFiles:
+    """The FIFOs, sockets and device nodes in the sync set, as the latest
+    scan covering each found them (the daemon's ``bmsync status``); each is
+    logged once, when it is first found."""
+
+    def __init__(self) -> None:
+        self._paths: set[bytes] = set()
+
+    def update(self, found: Iterable[bytes], scanned: Mapping[bytes, bool] | None = None) -> None:
+        """``found`` by a scan of ``scanned`` (path -> with its subtree), or
+        of the whole sync set (``None``)."""
+        now = set(found)
+
+        def rescanned(path: bytes) -> bool:
+            return scanned is None or any(
+                path == top or (deep and is_within(path, top)) for top, deep in scanned.items()
+            )
+
+        self._paths = {p for p in self._paths if p in now or not rescanned(p)}
+        for path in sorted(now - self._paths):
+            log.warning(
+                "unsupported_file",
+                path=show(path),
+                detail="a FIFO, socket or device node: not synced, the peer's copy is left "
+                "alone; add it to sync.exclude to silence this",
+            )
+            self._paths.add(path)
+
+    def paths(self) -> list[str]:
+        return [show(p) for p in sorted(self._paths)]
 
 
 def scan_tree(root: Path, syncset: SyncSet, digests: DigestCache | None = None) -> Scan:

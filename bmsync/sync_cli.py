@@ -237,6 +237,7 @@ async def cmd_verify(conf: config.Config, args: argparse.Namespace) -> int:
                     "in_sync": not found,
                     "differences": [{"path": show(p), "what": w} for p, w in found],
                     "checked": len(scan.entries),
+                    "unsupported": [show(p) for p in scan.unsupported],
                 },
                 indent=2,
             )
@@ -244,6 +245,8 @@ async def cmd_verify(conf: config.Config, args: argparse.Namespace) -> int:
     else:
         for path, what in found:
             print(f"differs {show(path)}: {', '.join(what)}")
+        for path in scan.unsupported:
+            print(f"note: {show(path)} is a FIFO, socket or device node; not synced")
         for path, reason in scan.problems:
             print(f"warning: {show(path)}: {reason}", file=sys.stderr)
         verdict = "in sync" if not found else f"{len(found)} difference(s)"

@@ -13,7 +13,15 @@ waits on us):
 
 Lost events (inotify queue overflow, a watched tree removed) are reported
 through ``on_lost`` so the daemon runs a full reconcile: events are hints,
-the scan is the truth.
+the scan is the truth. That reconcile first re-creates the watches
+(``refresh``), in a new inotify instance, then scans.
+
+watchdog's own repair after an overflow (remove every watch, add them all
+again) is not used: each removed watch queues an IN_IGNORED event, so with
+more directories than ``fs.inotify.max_queued_events`` the repair overflows
+the queue again, and again, a loop that kept reporting overflows (and
+restarting reconciles) long after the burst. Removing the old watches in
+``refresh`` queues those events in the old instance, which is closed.
 
 Trees are watched recursively; a single file (``/etc/aliases`` outside a
 watched tree, ``elasticsearch.yml``) by watching its parent directory and
@@ -44,7 +52,7 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyFD
 
@@ -74,15 +82,18 @@ EVENTS: list[type[FileSystemEvent]] = [
 
 
 class _WatchGroup(InotifyWatchGroup):
-    """watchdog rebuilds its watches after an overflow but does not tell the
-    application that events were lost; this subclass does."""
+    """Tells the application that events were lost (watchdog does not), and
+    leaves the watches alone: the reconcile that follows re-creates them."""
 
-    on_overflow: Callable[[], None] | None = None
+    def __init__(self, *args: Any, on_overflow: Callable[[], None], **kwargs: Any) -> None:
+        self._on_overflow = on_overflow  # before the watches exist
+        super().__init__(*args, **kwargs)
 
     def on_queue_overflow(self) -> None:
-        super().on_queue_overflow()
-        if self.on_overflow is not None:
-            self.on_overflow()
+        with self._lock:
+            if self.is_active:
+                self._move_event_grouper.discard_pending_events()
+        self._on_overflow()
 
 
 class _Emitter(InotifyEmitter):
@@ -91,15 +102,14 @@ class _Emitter(InotifyEmitter):
         self._on_overflow = on_overflow
 
     def on_thread_start(self) -> None:
-        group = _WatchGroup(
+        self._inotify = _WatchGroup(
             self._inotify_fd,
             os.fsencode(self.watch.path),
             is_recursive=self.watch.is_recursive,
             event_mask=self.get_event_mask_from_filter(),
             follow_symlink=self.watch.follow_symlink,
+            on_overflow=self._on_overflow,
         )
-        group.on_overflow = self._on_overflow
-        self._inotify = group
 
 
 class _Observer(BaseObserver):
@@ -128,27 +138,38 @@ class Watcher(FileSystemEventHandler):
         self._loop = loop
         self._on_change = on_change
         self._on_lost = on_lost
-        self._observer = _Observer(on_overflow=self._overflowed)
-        self._watches: list[ObservedWatch] = []
+        self._observer: _Observer | None = None
 
     # -- set-up ------------------------------------------------------------
 
     def start(self) -> None:
-        self._schedule()
-        self._observer.start()
+        observer = self._new_observer()
+        self._observer = observer
+        observer.start()  # first: a watch that cannot be set up is then reported, per path
+        self._schedule(observer)
 
     def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join()
+        observer, self._observer = self._observer, None  # its overflows are ours no more
+        if observer is not None:
+            observer.stop()
+            observer.join()
 
     def refresh(self) -> None:
-        """Re-create the watches (after a reconcile: a tree may have appeared)."""
-        for watch in self._watches:
-            self._observer.unschedule(watch)
-        self._watches = []
-        self._schedule()
+        """Re-create the watches, in a new inotify instance (before a
+        reconcile's scan: a tree may have appeared, and after an overflow
+        the old watches may name moved directories)."""
+        self.stop()
+        self.start()
 
-    def _schedule(self) -> None:
+    def _new_observer(self) -> _Observer:
+        def overflowed() -> None:
+            if observer is self._observer:  # not one stopped or being replaced
+                self._hand(self._on_lost, "inotify queue overflow")
+
+        observer = _Observer(on_overflow=overflowed)
+        return observer
+
+    def _schedule(self, observer: _Observer) -> None:
         wanted: dict[bytes, bool] = {}
         for top in self._syncset.tops:
             full = self._root + top if top else self._root
@@ -156,14 +177,13 @@ class Watcher(FileSystemEventHandler):
                 wanted[full] = True
             else:
                 wanted.setdefault(os.path.dirname(full.rstrip(b"/")), False)
+        watched = 0
         for path, recursive in sorted(wanted.items()):
             if not os.path.isdir(path):
                 log.warning("watch_skipped", path=os.fsdecode(path), reason="no such directory")
                 continue
             try:
-                watch = self._observer.schedule(
-                    self, os.fsdecode(path), recursive=recursive, event_filter=EVENTS
-                )
+                observer.schedule(self, os.fsdecode(path), recursive=recursive, event_filter=EVENTS)
             except OSError as exc:
                 log.error(
                     "watch_failed",
@@ -173,17 +193,14 @@ class Watcher(FileSystemEventHandler):
                 )
                 self._hand(self._on_lost, f"cannot watch {os.fsdecode(path)}: {exc}")
                 continue
-            self._watches.append(watch)
-        log.info("watching", directories=len(self._watches))
+            watched += 1
+        log.info("watching", directories=watched)
 
     # -- events (observer thread) -----------------------------------------
 
     def _hand(self, func: Callable[..., None], *args: Any) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
             self._loop.call_soon_threadsafe(func, *args)
-
-    def _overflowed(self) -> None:
-        self._hand(self._on_lost, "inotify queue overflow")
 
     def _relative(self, path: str | bytes) -> bytes | None:
         raw = os.fsencode(path)

@@ -149,6 +149,7 @@ class Suspicion(enum.StrEnum):
     STALE = "stale"  # a higher promotion exists: this node was superseded
     VIP_ELSEWHERE = "vip-elsewhere"  # the VIP answers from another MAC
     VIP_MISSING = "vip-missing"  # active, but this node does not hold the VIP
+    VIP_UNCHECKED = "vip-unchecked"  # the VIP check cannot run (or has not yet)
 
 
 def clears(what: Suspicion, role: NodeRole, peer: str) -> str:
@@ -174,9 +175,16 @@ def clears(what: Suspicion, role: NodeRole, peer: str) -> str:
             "there), seen by the next VIP check, then the peer confirmed passive at the next "
             "handshake; or 'bmsync resume --force --reason ...'"
         )
+    if what is Suspicion.VIP_MISSING:
+        return (
+            "this node holding the VIP again ('ip addr add' it here), seen by the next VIP "
+            "check, then the peer confirmed passive at the next handshake; or 'bmsync "
+            "demote' here if the node holding it is the active one"
+        )
     return (
-        "this node holding the VIP again ('ip addr add' it here), found by the next VIP "
-        "check; or 'bmsync demote' here if the node holding it is the active one"
+        "the VIP check working again (fix ha.vip in the config and 'systemctl reload "
+        "bmsync'), or, to sync without the VIP guard, removing ha.vip from the config "
+        "and 'systemctl restart bmsync'"
     )
 
 
@@ -217,6 +225,15 @@ class VipSeen:
 
 
 @dataclass(frozen=True)
+class VipCheckFailed:
+    """The VIP check could not run (``ip`` or ``arping`` failed, the
+    interface is missing): nothing rules a split-brain out, so it is a
+    suspicion (fail closed) until a check works again."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class PeerFenced:
     """Fencing confirmed the peer powered off."""
 
@@ -247,6 +264,7 @@ Observation = (
     | PeerRefused
     | PeerLost
     | VipSeen
+    | VipCheckFailed
     | PeerFenced
     | MaintenanceSet
     | ForcedResume
@@ -292,8 +310,12 @@ class Guard:
     @classmethod
     def starting(cls, role: NodeRole, now: float, vip_configured: bool = False) -> Guard:
         """The guard of a node (re)starting from its persisted role: a stale
-        active stays suspended across restarts."""
+        active stays suspended across restarts, and with a VIP configured
+        nothing is sent before the VIP has been checked once."""
         guard = cls(role, vip_configured, _state_since=now)
+        if vip_configured:
+            guard._vip_ok = False
+            guard._raise(Suspicion.VIP_UNCHECKED, "the VIP has not been checked yet", now)
         if role.is_stale():
             guard._raise(
                 Suspicion.STALE,
@@ -403,6 +425,7 @@ class Guard:
                 if not self.vip_configured:
                     return "VIP observation ignored: no VIP configured"
                 self._vip_ok = not others and (held or self.role.role is not Role.ACTIVE)
+                self._raised.pop(Suspicion.VIP_UNCHECKED, None)  # the check works again
                 if others:
                     self._raise(
                         Suspicion.VIP_ELSEWHERE,
@@ -416,6 +439,16 @@ class Guard:
                         now,
                     )
                 return f"VIP held={held}, other MACs={list(others) or 'none'}"
+            case VipCheckFailed(reason=reason):
+                if not self.vip_configured:
+                    return "VIP observation ignored: no VIP configured"
+                self._vip_ok = False  # unknown is not clean
+                self._raise(
+                    Suspicion.VIP_UNCHECKED,
+                    f"the VIP check cannot run, so a split-brain cannot be ruled out: {reason}",
+                    now,
+                )
+                return f"VIP check failed: {reason}"
             case PeerFenced(peer=peer):
                 self._vip_ok = self._vip_ok or not self.vip_configured
                 self._clear_on_evidence()

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import structlog
 
 from bmsync.config import VipConfig
-from bmsync.core.guard import VipSeen
+from bmsync.core.guard import VipCheckFailed, VipSeen
 from bmsync.errors import BmsyncError
 
 log = structlog.get_logger("bmsync.vip")
@@ -25,6 +25,8 @@ DAD_WAIT_S = 1
 
 
 async def run_command(argv: Sequence[str]) -> tuple[int, str]:
+    """Run ``argv``; its exit status (negative: killed by that signal) and
+    its output, stdout and stderr together."""
     try:
         process = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -33,23 +35,49 @@ async def run_command(argv: Sequence[str]) -> tuple[int, str]:
         raise BmsyncError(
             f"{argv[0]} is missing; install iproute2 and iputils-arping for the VIP checks"
         ) from exc
+    except OSError as exc:
+        raise BmsyncError(f"cannot run {argv[0]}: {exc}") from exc
     out, _ = await process.communicate()
-    return process.returncode or 0, out.decode(errors="replace")
+    status = process.returncode
+    return (0 if status is None else status), out.decode(errors="replace")
 
 
-async def observe_vip(vip: VipConfig, run: Runner = run_command) -> VipSeen:
+def _how(status: int, out: str) -> str:
+    said = " ".join(out.split()) or "no output"
+    ended = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+    return f"{ended}: {said}"
+
+
+async def observe_vip(vip: VipConfig, run: Runner = run_command) -> VipSeen | VipCheckFailed:
     """Whether ``vip.address`` is on ``vip.interface`` here, and the MACs of
-    other hosts answering ARP for it."""
-    status, out = await run(["ip", "-o", "-4", "addr", "show", "dev", vip.interface])
-    if status != 0:
-        raise BmsyncError(f"ha.vip.interface {vip.interface}: 'ip addr show' failed: {out.strip()}")
-    held = any(
-        field.split("/")[0] == vip.address for line in out.splitlines() for field in line.split()
-    )
-    # DAD mode (-D): asks from 0.0.0.0, so our own address does not answer
-    # and any reply is another host claiming the VIP.
-    _, out = await run(
-        ["arping", "-D", "-c", "2", "-w", str(DAD_WAIT_S + 1), "-I", vip.interface, vip.address]
-    )
+    other hosts answering ARP for it; or, when the check cannot run (a
+    missing interface or tool, an interface that is down), why not: the
+    guard takes that as a suspicion, never as a clean VIP."""
+    where = f"ha.vip.interface {vip.interface}"
+    try:
+        status, out = await run(["ip", "-o", "-4", "addr", "show", "dev", vip.interface])
+        if status != 0:
+            return VipCheckFailed(f"{where}: 'ip addr show' failed ({_how(status, out)})")
+        held = any(
+            field.split("/")[0] == vip.address
+            for line in out.splitlines()
+            for field in line.split()
+        )
+        # DAD mode (-D): asks from 0.0.0.0, so our own address does not answer
+        # and any reply is another host claiming the VIP.
+        status, out = await run(
+            ["arping", "-D", "-c", "2", "-w", str(DAD_WAIT_S + 1), "-I", vip.interface, vip.address]
+        )
+    except BmsyncError as exc:
+        return VipCheckFailed(f"{where}: {exc}")
     others = tuple(sorted({m.lower() for m in _REPLY.findall(out)}))
-    return VipSeen(held=held, other_macs=others)
+    # arping -D exits 0 when no one answered and 1 when someone did; any
+    # other status (2: no such interface, interface down, no permission) or
+    # a signal means the check did not run.
+    if status == 0 or (status == 1 and others):
+        return VipSeen(held=held, other_macs=others)
+    if status == 1:
+        return VipCheckFailed(
+            f"{where}: arping -D {vip.address} reported a reply but no MAC ({_how(status, out)})"
+        )
+    return VipCheckFailed(f"{where}: arping -D {vip.address} could not check ({_how(status, out)})")

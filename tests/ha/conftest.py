@@ -52,8 +52,13 @@ class Node:
         self.root.mkdir(parents=True)
         self.sshd = Sshd.create(self.base / "sshd", self.address, self.netns)
 
-    def configure(self, peer: Node, vip: bool = False, promote: bool = False) -> None:
-        vip_lines = ("ha:", "  vip:", f"    address: {VIP}", f"    interface: {self.iface}")
+    def configure(
+        self, peer: Node, vip: bool = False, promote: bool = False, vip_iface: str | None = None
+    ) -> None:
+        """``vip_iface``: the interface the VIP check uses (this node's veth
+        by default)."""
+        iface = vip_iface or self.iface
+        vip_lines = ("ha:", "  vip:", f"    address: {VIP}", f"    interface: {iface}")
         extra = [*vip_lines, "    check_interval_s: 0.5"] if vip else []
         write_config(
             self.conf,

@@ -55,6 +55,15 @@ class RunningDaemon:
             time.sleep(0.05)
         raise AssertionError(f"state {state!r} not reached: {last}\n{self.log()}")
 
+    def wait_another_handshake(self, status: dict[str, Any], timeout_s: float = 60) -> None:
+        """Until the daemon has asked the peer again since ``status`` (a
+        suspended daemon asks every reconnect_max_s)."""
+        deadline = time.monotonic() + timeout_s
+        while self.status()["last_contact"] == status["last_contact"]:
+            assert self.process.poll() is None, f"daemon exited: {self.log()}"
+            assert time.monotonic() < deadline, f"the daemon did not ask again\n{self.log()}"
+            time.sleep(0.1)
+
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)

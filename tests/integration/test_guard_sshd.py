@@ -74,13 +74,14 @@ def test_both_promoted_neither_writes_and_both_say_why(pair: Pair) -> None:
     assert pair.bmsync("promote", conf=pair.passive_conf).returncode == 0  # the second operator
     daemon = RunningDaemon(pair)
     try:
-        status = daemon.wait_state("suspended", timeout_s=30)
+        status = daemon.wait_state("suspended", timeout_s=60)
         assert status["exit_code"] == 1
         assert "split-brain suspected: bm2 claims active too" in status["reason"]
         assert status["since"] is not None and status["clears"]
         assert (status["role"], status["epoch"], status["peer_role"]) == ("active", 1, "active")
         (pair.active / "etc" / "b.conf").write_text("still from bm1\n")
-        time.sleep(0.5)
+        daemon.wait_another_handshake(status)  # refused again
+        assert daemon.status()["state"] == "suspended"
         assert not (pair.passive / "etc").exists()  # nothing written on bm2
         human = pair.bmsync("status").stdout
         assert "suspended" in human and "cleared by" in human
@@ -157,3 +158,29 @@ def test_the_passive_records_the_highest_sender_it_accepted(pair: Pair) -> None:
     pair.resync_json()
     seen = RoleStore(pair.base / "state2", "bm2").load().highest_seen
     assert (seen.epoch, seen.node) == (1, "bm1")
+
+
+def test_a_vip_check_that_cannot_run_suspends_sync_and_says_why(pair: Pair) -> None:
+    missing = "bmsync-nx0"  # no such interface on this machine
+    pair.configure(
+        extra_top=("ha:", "  vip:", "    address: 10.231.9.100", f"    interface: {missing}")
+    )
+    (pair.active / "etc").mkdir()
+    (pair.active / "etc" / "a.conf").write_text("from bm1\n")
+    daemon = RunningDaemon(pair)
+    try:
+        status = daemon.wait_state("suspended", timeout_s=30)
+        assert status["exit_code"] == 1
+        assert "split-brain cannot be ruled out" in status["reason"]
+        assert f"ha.vip.interface {missing}: 'ip addr show' failed" in status["reason"]
+        assert any("fix ha.vip in the config" in c for c in status["clears"])
+        daemon.wait_another_handshake(status)  # it asks the peer again, and writes nothing
+        again = daemon.status()
+        assert again["state"] == "suspended" and missing in again["reason"]
+        assert not (pair.passive / "etc").exists()
+        errors = [e["message"] for e in again["errors"]]
+        assert len([e for e in errors if missing in e]) == 1, errors  # once, not every check
+        human = pair.bmsync("status")
+        assert human.returncode == 1 and missing in human.stdout
+    finally:
+        assert daemon.stop() == 0

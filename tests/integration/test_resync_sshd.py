@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
@@ -206,3 +207,9 @@ def test_fifos_are_reported_not_synced_and_the_peer_copy_is_kept(pair: Pair) -> 
     assert "note: /etc/initctl is a FIFO, socket or device node; not synced" in done.stdout
     assert (pair.passive / "etc/initctl").read_text() == "the passive's own\n"
     assert (pair.passive / "etc/a.conf").read_text() == "a\n"
+
+    checked = pair.bmsync("verify")
+    assert checked.returncode == 0, checked.stderr
+    assert "note: /etc/initctl is a FIFO, socket or device node; not synced" in checked.stdout
+    as_json = json.loads(pair.bmsync("verify", "--json").stdout)
+    assert as_json["in_sync"] and as_json["unsupported"] == ["/etc/initctl"]

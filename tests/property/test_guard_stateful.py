@@ -1,14 +1,22 @@
 """Two nodes with persisted roles and epochs, driven through promotions,
 demotions, crashes and restarts, partitions and heals, forced resumes and
-fencing, running the real handshake rule (``judge_sender``) and the real
-guard. The invariant: a write is accepted only from the highest-epoch
-active node, and never while the receiver is itself active."""
+fencing, VIP checks that work or cannot run, running the real handshake
+rule (``judge_sender``) and the real guard. The invariants: a write is
+accepted only from the highest-epoch active node, and never while the
+receiver is itself active; with a VIP configured, a node sends only while
+its last VIP check worked (or an operator forced it since)."""
 
 from __future__ import annotations
 
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from bmsync.core.frames import Role
 from bmsync.core.guard import (
@@ -21,6 +29,8 @@ from bmsync.core.guard import (
     PeerRefused,
     PeerWelcomed,
     Stamp,
+    VipCheckFailed,
+    VipSeen,
     judge_sender,
 )
 
@@ -42,6 +52,14 @@ class TwoNodes(RuleBasedStateMachine):
         self.promotions: dict[str, list[Stamp]] = {n: [] for n in NODES}
         self.accepted: dict[str, list[Stamp]] = {n: [] for n in NODES}
         self.writes = 0
+        self.vip = False
+        self.vip_unknown = {n: False for n in NODES}  # not checked, or the check failed
+
+    @initialize(vip=st.booleans())
+    def configure_vip(self, vip: bool) -> None:
+        self.vip = vip
+        for node in NODES:
+            self.restart(node)
 
     def tick(self) -> float:
         self.now += 1.0
@@ -69,7 +87,17 @@ class TwoNodes(RuleBasedStateMachine):
 
     @rule(node=nodes)
     def restart(self, node: str) -> None:
-        self.guard[node] = Guard.starting(self.disk[node], self.tick())
+        self.guard[node] = Guard.starting(self.disk[node], self.tick(), vip_configured=self.vip)
+        self.vip_unknown[node] = self.vip
+
+    @rule(node=nodes, works=st.booleans(), held=st.booleans())
+    def vip_check(self, node: str, works: bool, held: bool) -> None:
+        guard = self.guard[node]
+        if guard is None:
+            return
+        seen = VipSeen(held=held) if works else VipCheckFailed("arping -D could not check")
+        guard.observe(seen, self.tick())
+        self.vip_unknown[node] = self.vip and not works
 
     @rule()
     def partition(self) -> None:
@@ -84,6 +112,7 @@ class TwoNodes(RuleBasedStateMachine):
         guard = self.guard[node]
         if guard is not None:
             guard.observe(ForcedResume("operator says so"), self.tick())
+            self.vip_unknown[node] = False
 
     @rule(node=nodes)
     def fence_the_peer(self, node: str) -> None:
@@ -145,6 +174,13 @@ class TwoNodes(RuleBasedStateMachine):
             if guard is not None and guard.may_send:
                 assert guard.role.role is Role.ACTIVE
                 assert not guard.role.is_stale()
+
+    @invariant()
+    def no_send_without_a_working_vip_check(self) -> None:
+        for node in NODES:
+            guard = self.guard[node]
+            if guard is not None and self.vip_unknown[node]:
+                assert not guard.may_send, f"{node} sends with its VIP unchecked"
 
 
 TwoNodes.TestCase.settings = settings(max_examples=400, stateful_step_count=40, deadline=None)

@@ -22,6 +22,7 @@ from bmsync.core.guard import (
     RoleChanged,
     Stamp,
     Suspicion,
+    VipCheckFailed,
     VipSeen,
     judge_sender,
 )
@@ -186,7 +187,61 @@ def test_an_active_node_without_its_vip_suspends() -> None:
 
 def test_vip_observations_without_a_vip_are_ignored() -> None:
     guard = Guard.starting(NodeRole("bm1").promote(), 0)
+    assert guard.may_send
     assert guard.observe(VipSeen(held=False, other_macs=("x",)), 1) == []
+    assert guard.observe(VipCheckFailed("arping is missing"), 2) == []
+    assert guard.may_send
+
+
+def test_with_a_vip_nothing_is_sent_before_the_first_check() -> None:
+    guard = Guard.starting(NodeRole("bm1").promote(), 0, vip_configured=True)
+    assert not guard.may_send
+    assert guard.suspicions.keys() == {Suspicion.VIP_UNCHECKED}
+    assert "not been checked yet" in (guard.reason or "")
+    transitions = guard.observe(VipSeen(held=True), 1)  # a clean check: no handshake needed
+    assert [t.new for t in transitions] == [GuardState.SYNCING] and guard.may_send
+
+
+FAILED = "ha.vip.interface eth9: 'ip addr show' failed (exit status 1: Device \"eth9\" ...)"
+
+
+def test_a_vip_check_that_cannot_run_suspends_until_a_check_works() -> None:
+    bm1 = NodeRole("bm1").promote()
+    guard = Guard.starting(bm1, 0, vip_configured=True)
+    guard.observe(VipSeen(held=True), 1)
+    transitions = guard.observe(VipCheckFailed(FAILED), 2)
+    assert [t.new for t in transitions] == [GuardState.SUSPENDED] and not guard.may_send
+    assert "split-brain cannot be ruled out: ha.vip.interface eth9" in (guard.reason or "")
+    assert guard.since == 2
+    (advice,) = guard.clears
+    assert "the VIP check working again" in advice
+    guard.observe(PeerWelcomed("bm2", bm1.stamp), 3)  # the peer is no evidence about the VIP
+    guard.observe(VipCheckFailed(FAILED), 4)  # failing again: same suspicion, same since
+    assert not guard.may_send and guard.since == 2
+    guard.observe(VipSeen(held=True), 5)
+    assert guard.may_send
+
+
+def test_a_failed_check_does_not_let_the_peer_clear_a_disputed_vip() -> None:
+    bm1 = NodeRole("bm1").promote()
+    guard = Guard.starting(bm1, 0, vip_configured=True)
+    guard.observe(VipSeen(held=True, other_macs=("02:00:00:00:00:02",)), 1)
+    guard.observe(VipCheckFailed("arping -D could not check"), 2)
+    guard.observe(PeerWelcomed("bm2", bm1.stamp), 3)  # the VIP is unknown: not clean
+    assert guard.suspicions.keys() == {Suspicion.VIP_ELSEWHERE, Suspicion.VIP_UNCHECKED}
+    guard.observe(VipSeen(held=True), 4)  # clean and checked, but not yet confirmed
+    assert guard.suspicions.keys() == {Suspicion.VIP_ELSEWHERE}
+    guard.observe(PeerWelcomed("bm2", bm1.stamp), 5)
+    assert guard.may_send
+
+
+def test_forcing_past_a_failing_vip_check_lasts_until_the_next_check() -> None:
+    guard = Guard.starting(NodeRole("bm1").promote(), 0, vip_configured=True)
+    guard.observe(VipCheckFailed(FAILED), 1)
+    guard.observe(ForcedResume("checked the VIP by hand"), 2)
+    assert guard.may_send
+    guard.observe(VipCheckFailed(FAILED), 3)
+    assert not guard.may_send and "ha.vip.interface eth9" in (guard.reason or "")
 
 
 def test_maintenance_stops_sending_and_accepting() -> None:
