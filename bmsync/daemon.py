@@ -505,6 +505,8 @@ class Daemon:
                 reason=change.reason,
                 evidence=change.evidence,
             )
+            if change.new is GuardState.SYNCING:
+                self._retry.set()  # a suspended daemon asks its peer now, not later
         seen = self._guard.role.highest_seen
         if seen != before.highest_seen:
             # merged with the file, under its lock: an operator's demote

@@ -4,6 +4,7 @@ namespaces, each with its own sshd, state directory and daemon."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,18 @@ def wait_another_handshake(node: Node, status: dict[str, object], timeout_s: flo
     deadline = time.monotonic() + timeout_s
     while node.status()["last_contact"] == status["last_contact"]:
         assert time.monotonic() < deadline, f"{node.name} did not ask again\n{node.log()}"
+        time.sleep(0.1)
+
+
+def wait_reason(node: Node, reason: str, timeout_s: float) -> dict[str, object]:
+    """Until ``node`` is suspended for ``reason`` (the first suspension of a
+    node with a VIP is "not checked yet", until the first check answers)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = node.wait_state("suspended", timeout_s=timeout_s)
+        if reason in str(status["reason"]):
+            return status
+        assert time.monotonic() < deadline, f"{status}\n{node.log()}"
         time.sleep(0.1)
 
 
@@ -73,7 +86,7 @@ def test_the_old_active_returning_is_refused_and_stale(cluster: Cluster) -> None
     before = tree(b)
 
     a.start()  # bm1 comes back, still believing it is active at epoch 1
-    status = a.wait_state("suspended", timeout_s=10)
+    status = a.wait_state("suspended", timeout_s=60)
     assert "this node is stale" in status["reason"]
     assert status["highest_seen"] == {"epoch": 2, "node": "bm2"}
     time.sleep(1.0)
@@ -118,8 +131,7 @@ def test_the_vip_answered_from_the_other_namespace_suspends(cluster: Cluster) ->
     ip("addr", "add", f"{VIP}/24", "dev", b.iface, netns=b.netns)  # bm2 claims it too
     (a.root / "etc").mkdir()
     a.start()
-    status = a.wait_state("suspended", timeout_s=15)
-    assert f"the VIP also answers from {_mac(b)}" in status["reason"]
+    wait_reason(a, f"the VIP also answers from {_mac(b)}", timeout_s=60)
     (a.root / "etc" / "held.conf").write_text("not while the VIP is disputed\n")
     time.sleep(1.0)
     assert not (b.root / "etc" / "held.conf").exists()
@@ -167,8 +179,7 @@ def test_a_vip_check_that_cannot_run_suspends_until_it_works_again(cluster: Clus
     (a.root / "etc").mkdir()
     (a.root / "etc" / "app.conf").write_text("not before the VIP is checked\n")
     a.start()
-    status = a.wait_state("suspended", timeout_s=60)
-    assert "split-brain cannot be ruled out: ha.vip.interface bmvip0" in status["reason"]
+    status = wait_reason(a, "split-brain cannot be ruled out: ha.vip.interface bmvip0", 60)
     assert "could not check" in status["reason"] and "down" in status["reason"]
     assert any("the VIP check working again" in c for c in status["clears"])
     assert a.bmsync("status").returncode == 1
@@ -204,3 +215,37 @@ def test_a_file_edited_on_the_passive_is_kept_reported_then_overwritten(
     assert copy.is_relative_to(b.state / "backups")
     assert copy.read_text() == "port 9999  # by hand on bm2\n"
     assert "changed on the passive node, copies kept there" in a.bmsync("status").stdout
+
+
+def test_the_advice_for_an_active_node_without_the_vip_works(cluster: Cluster) -> None:
+    a, b = cluster.a, cluster.b
+    a.configure(b, vip=True, promote=True)
+    (a.root / "etc").mkdir()
+    (a.root / "etc" / "app.conf").write_text("not before this node holds the VIP\n")
+    a.start()
+    status = wait_reason(a, "does not hold the VIP", timeout_s=60)
+    (advice,) = status["clears"]
+    assert "this node holding the VIP again ('ip addr add' it here)" in advice
+    assert not (b.root / "etc").exists()
+    ip("addr", "add", f"{VIP}/24", "dev", a.iface, netns=a.netns)  # the advice, followed
+    a.wait_state("syncing", timeout_s=60)
+    wait_identical(a, b, 30)
+
+
+def test_the_advice_for_a_vip_check_that_cannot_run_works(cluster: Cluster) -> None:
+    """A typo in ha.vip.interface: fixing the config and reloading (SIGHUP,
+    what 'systemctl reload bmsync' sends) is enough."""
+    a, b = cluster.a, cluster.b
+    a.configure(b, vip=True, promote=True, vip_iface="bmtypo0")
+    ip("addr", "add", f"{VIP}/24", "dev", a.iface, netns=a.netns)
+    (a.root / "etc").mkdir()
+    (a.root / "etc" / "app.conf").write_text("not before the VIP is checked\n")
+    a.start()
+    status = wait_reason(a, "ha.vip.interface bmtypo0", timeout_s=60)
+    (advice,) = status["clears"]
+    assert "fix ha.vip in the config and 'systemctl reload bmsync'" in advice
+    a.configure(b, vip=True, promote=True)  # the right interface
+    assert a.daemon is not None
+    a.daemon.send_signal(signal.SIGHUP)
+    a.wait_state("syncing", timeout_s=60)
+    wait_identical(a, b, 30)
