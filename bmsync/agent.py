@@ -92,7 +92,8 @@ from bmsync.fsutil import (
     write_xattrs,
 )
 from bmsync.scan import TMP_PREFIX, read_file_entry, scan_tree
-from bmsync.state import WAKE_SIGNAL, RoleStore, SenderLock, ensure_state_dir
+from bmsync.sender_lock import WAKE_SIGNAL, SenderLock
+from bmsync.state import RoleStore, ensure_state_dir
 
 log = structlog.get_logger("bmsync.agent")
 

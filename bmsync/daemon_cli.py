@@ -18,7 +18,8 @@ from bmsync.core.guard import AlreadyActive, Guard, GuardState, NodeRole
 from bmsync.daemon import DEMOTE_WAIT_S, run_daemon
 from bmsync.errors import DaemonNotRunning, DaemonRefused, UsageError
 from bmsync.records import Pause, PauseFlag
-from bmsync.state import RoleStore, SenderLock, ensure_state_dir
+from bmsync.sender_lock import SenderLock
+from bmsync.state import RoleStore, ensure_state_dir
 
 # `bmsync status` exit codes: running and syncing; running but not syncing.
 STATUS_SYNCING = 0

@@ -32,7 +32,8 @@ from bmsync.core.frames import (
 from bmsync.core.guard import NodeRole, RefusalCode, Stamp
 from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Mkdir
-from bmsync.state import LOCK_NAME, RoleStore
+from bmsync.sender_lock import LOCK_NAME
+from bmsync.state import RoleStore
 from tests.integration.test_agent import Node, file_entry
 from tests.sshd import write_config
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bmsync.core.guard import NodeRole, Stamp
-from bmsync.state import LOCK_NAME, RoleStore
+from bmsync.sender_lock import LOCK_NAME
+from bmsync.state import RoleStore
 from tests.integration.conftest import Pair
 from tests.integration.daemon_helpers import RunningDaemon, cmdline, converge, descendants, wait_for
 from tests.sshd import write_config
@@ -234,8 +235,8 @@ def test_resume_force_on_a_daemon_that_is_not_suspended_changes_nothing(pair: Pa
     assert json.loads((pair.base / "state1" / "role.json").read_text())["forced"] is None
 
 
-def test_waiting_for_the_lock_is_not_needed_to_see_the_session_end(pair: Pair) -> None:
-    """After `promote` returns there is no agent process left for bm1."""
+def test_after_a_promotion_no_agent_process_is_left_for_the_old_active(pair: Pair) -> None:
+    """The agent has exited before `promote` returns (sshd reaps it just after)."""
     daemon = syncing_pair(pair)
     try:
         (pid,) = agents(pair)
