@@ -535,6 +535,8 @@ class Daemon:
         try:
             while not self._stopping.is_set():
                 if lost.done() or self._session is not session:
+                    if lost.done():
+                        await session.why_lost()  # a refusal mid-session, if it said so
                     raise _LinkLost("the SSH session to the agent ended")
                 self._check_role()
                 if not self._guard.may_send:

@@ -119,7 +119,12 @@ def cmd_resume(conf: Config, args: argparse.Namespace) -> int:
     _check(answer)
     state = answer["state"]
     if not answer["changed"]:
-        what = "not suspended; nothing to force" if args.force else "not paused"
+        if not args.force:
+            what = "not paused"
+        elif state == "suspended":
+            what = "--force cleared nothing (it never clears 'stale': the peer would refuse)"
+        else:
+            what = "not suspended; nothing to force"
         print(f"bmsync on {conf.node}: {state}: {what}; nothing changed")
         _print_blockers(answer)
         return NOTHING_CHANGED
@@ -164,7 +169,9 @@ def cmd_role(conf: Config, change: str) -> int:
     )
     if after.role is Role.ACTIVE:
         # a writer accepted here before must not write once this node is active
-        print(f"  {SenderLock(conf.state_dir).end_session(END_SESSION_WAIT_S)}")
+        ended = SenderLock(conf.state_dir).end_session(END_SESSION_WAIT_S)
+        if ended is not None:
+            print(f"  {ended}")
     with contextlib.suppress(DaemonNotRunning):
         answer = asyncio.run(control.request(conf.control_socket, "role", DEMOTE_WAIT_S + 10))
         _check(answer)

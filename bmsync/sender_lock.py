@@ -56,17 +56,20 @@ class SenderLock:
             os.close(self._fd)
             self._fd = None
 
-    def end_session(self, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> str:
+    def end_session(
+        self, timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> str | None:
         """Make the session holding the lock (if any) check this node's role
         again, which the caller has just changed, and wait until it has
-        ended. Returns what happened, for the operator."""
+        ended. Returns what happened, for the operator (``None``: no session
+        was open)."""
         try:
             fd = os.open(self._path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
-            return "no writing session was open"
+            return None
         try:
             if _try_lock(fd):
-                return "no writing session was open"
+                return None
             holder, pid, wakes = _holder(fd)
             if pid is None or not wakes:
                 # an agent inside another program (tests, the daemon's own

@@ -76,6 +76,9 @@ DeltaBase = Callable[[bytes], tuple[bytes, bytes] | None]
 DELTA_LITERAL_MAX_BYTES = 1024 * 1024
 # Reads of a file that keeps changing before it is left for the next pass.
 SEND_ATTEMPTS = 3
+# What the agent wrote before it hung up is already on its way: a last read
+# need not wait long for it.
+WHY_LOST_WAIT_S = 2.0
 
 
 @dataclass
@@ -178,6 +181,13 @@ class PeerSession:
 
     async def wait_lost(self) -> None:
         await self._channel.wait_lost()
+
+    async def why_lost(self) -> None:
+        """The link is gone while nothing was being read: raise the refusal
+        the agent sent before it hung up (it was promoted, or saw a higher
+        stamp), if it sent one."""
+        with contextlib.suppress(TransportError, ProtocolError, TimeoutError):
+            await asyncio.wait_for(self._receive(), WHY_LOST_WAIT_S)
 
     async def close(self) -> None:
         """Say goodbye if the agent still listens (it hangs up after a

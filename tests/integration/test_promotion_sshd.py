@@ -77,6 +77,9 @@ def test_promoting_the_passive_ends_the_live_session_before_promote_returns(pair
         assert "stale" in status["reason"], status
         assert status["highest_seen"] == {"epoch": 2, "node": "bm2"}
         assert status["exit_code"] == 1
+        # told by the session that ended, not found out at a reconnection
+        (told,) = [e["message"] for e in status["errors"]]
+        assert told.startswith("peer refused: peer bm2 ended the session: bm2 is active")
 
         resync = pair.bmsync("resync")  # through the daemon
         assert resync.returncode == NOT_ACTIVE, resync.stderr
