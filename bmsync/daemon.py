@@ -24,7 +24,7 @@ import random
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +44,7 @@ from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Applied,
     Commit,
+    Failure,
     Hello,
     Purpose,
     Role,
@@ -67,6 +68,7 @@ from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile, Rename
 from bmsync.core.paths import show
 from bmsync.core.planner import plan
+from bmsync.core.retries import Retries
 from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.digests import DigestCache
 from bmsync.errors import (
@@ -107,8 +109,6 @@ TRIM_AFTER_BYTES = 1 << 20
 TRIM_AFTER_OPS = 1000
 # How long `bmsync demote` waits for the batch in flight before answering.
 DEMOTE_WAIT_S = 30.0
-# A path whose apply failed on the peer is tried again after this long.
-RETRY_FAILED_S = 5.0
 # How long the first session waits for the first VIP check (arping: 2 s).
 FIRST_VIP_CHECK_WAIT_S = 10.0
 
@@ -118,6 +118,7 @@ class State(enum.StrEnum):
 
     RECONCILING = "reconciling"
     SYNCING = "syncing"
+    DEGRADED = "degraded"  # connected, but some paths fail on the peer (retried)
     PAUSED = "paused"
     DISCONNECTED = "disconnected"
     SUSPENDED = "suspended"  # the guard: a split-brain is suspected
@@ -188,6 +189,7 @@ class Daemon:
         self._brake_released = False
         self._batcher = self._new_batcher()
         self._brake = DeleteBrake(self.config.brake_limits())
+        self._retries = Retries()  # paths the peer failed to apply
         self._peer = ManifestTree()
         self._store = ManifestStore(config.state_dir)
         self._digests = DigestCache(config.state_dir)
@@ -231,6 +233,8 @@ class Daemon:
             return State.PAUSED
         if not self._connected:
             return State.DISCONNECTED
+        if self._retries:
+            return State.DEGRADED
         return State.RECONCILING if self._reconciling else State.SYNCING
 
     def _tell_systemd(self, detail: str = "") -> None:
@@ -238,8 +242,8 @@ class Daemon:
         state = self.state
         if state is State.SUSPENDED or state is State.MAINTENANCE:
             detail = self._guard.reason or ""
-        elif state is State.PAUSED:
-            detail = self.paused_reason or ""
+        elif state is State.PAUSED or state is State.DEGRADED:
+            detail = self._blocked()[0] or ""
         elif state in (State.SYNCING, State.RECONCILING) and self.config.peer is not None:
             detail = f"to {self.config.peer.host}"
         line = f"{state}: {detail}" if detail else str(state)
@@ -548,7 +552,10 @@ class Daemon:
                     await self._reconcile(session)
                     continue
                 now = self._clock()
-                deadline = self._batcher.next_deadline()
+                for path in self._retries.take_due(now):
+                    self._batcher.add(path, now, settled=True, deep=True)
+                deadlines = [self._batcher.next_deadline(), self._retries.next_due()]
+                deadline = min((d for d in deadlines if d is not None), default=None)
                 if deadline is None or deadline > now:
                     await self._idle(None if deadline is None else deadline - now)
                     continue
@@ -631,8 +638,10 @@ class Daemon:
         self._kept(report.backups)
         self.stats.files_sent += report.files_sent
         self.stats.bytes_sent += report.bytes_sent
-        for failure in report.failures:
-            self._error(f"{show(failure.path)}: {failure.reason}")
+        if report.converged and not report.failures:
+            self._retries.clear()
+        else:
+            self._failures_retried(report.failures, landed=report.sent)
         for path, reason in report.local_problems:
             self._error(f"{show(path)}: {reason}")
         self._unsupported.update(report.unsupported)
@@ -743,6 +752,8 @@ class Daemon:
                 changed.pop(path, None)
             ops = plan_changes(scan.entries, self._peer, changed)
             if not ops:
+                for path in changed:  # a retried path found in sync meanwhile
+                    self._retries.landed(path)
                 return
             deletes = lost_files(ops, self._peer)
             now = self._clock()
@@ -757,6 +768,11 @@ class Daemon:
                 delta_base=base_finder(self._peer, self._bases),
                 acknowledged=acknowledged_in(self._peer),
             )
+        except BaseException:
+            # not acknowledged (the link died under it): queued again, and
+            # still as old as it was
+            self._batcher.requeue(batch)
+            raise
         finally:
             os.close(root_fd)
             self._inflight_oldest = None
@@ -777,11 +793,7 @@ class Daemon:
         for path in stale:  # the peer's copy was not our base: send it whole, now
             log.info("delta_base_stale", path=show(path))
             self._batcher.add(path, self._clock(), settled=True)
-        failed = [f for f in outcome.failures if f.code != BASE_MISMATCH]
-        for failure in failed:
-            self._error(f"{show(failure.path)}: {failure.reason}")
-        if failed:
-            self._spawn(self._retry_later([f.path for f in failed]))
+        self._failures_retried(outcome.failures, landed=changed)
         duration_ms = round((self._clock() - started) * 1000, 2)
         self.stats.batches += 1
         self.stats.files_sent += outcome.files_sent
@@ -804,11 +816,19 @@ class Daemon:
             failures=len(outcome.failures),
         )
 
-    async def _retry_later(self, paths: list[bytes]) -> None:
-        await asyncio.sleep(RETRY_FAILED_S)
-        for path in paths:
-            self._batcher.add(path, self._clock(), settled=True, deep=True)
-        self._wake.set()
+    def _failures_retried(self, failures: list[Failure], landed: Iterable[bytes]) -> None:
+        """Paths the peer failed to apply are tried again with backoff until
+        they land, whatever pass failed them; ``landed``: the other paths
+        of that pass, applied (or found in sync)."""
+        failed = {f.path for f in failures if f.code != BASE_MISMATCH}
+        for path in landed:
+            if path not in failed:
+                self._retries.landed(path)
+        now = self._clock()
+        for failure in failures:
+            if failure.code != BASE_MISMATCH:
+                self._error(f"{show(failure.path)}: {failure.reason}")
+                self._retries.failed(failure.path, failure.reason, now)
 
     # -- pause / resume ------------------------------------------------------------
 
@@ -899,7 +919,12 @@ class Daemon:
         now = self._clock()
         oldest = [
             t
-            for t in (self._batcher.oldest(), self._inflight_oldest, self._held_since)
+            for t in (
+                self._batcher.oldest(),
+                self._inflight_oldest,
+                self._held_since,
+                self._retries.oldest(),
+            )
             if t is not None
         ]
         peer = self.config.peer
@@ -913,7 +938,7 @@ class Daemon:
             "last_sync": _iso(self.stats.last_sync),
             "last_batch": self.stats.last_batch,
             "lag_s": round(now - min(oldest), 3) if oldest else 0.0,
-            "queued": self._batcher.queued + len(self._held),
+            "queued": self._batcher.queued + len(self._held) + self._retries.waiting,
             "files_sent": self.stats.files_sent,
             "bytes_sent": self.stats.bytes_sent,
             "batches": self.stats.batches,
@@ -935,7 +960,20 @@ class Daemon:
         if guard.state is not GuardState.SYNCING:
             return guard.reason, guard.since, guard.clears
         if self.paused_reason is None:
-            return None, None, []
+            first = self._retries.first()
+            if first is None:
+                return None, None, []
+            path, why = first
+            return (
+                f"{len(self._retries)} path(s) not applied on the peer (retried every "
+                f"{self._retries.first_s:g} to {self._retries.max_s:g} s); first: {show(path)}: "
+                f"{why}",
+                None,
+                [
+                    "the cause fixed on the peer (disk space, permissions, immutable files...): "
+                    "the next retry then lands; 'bmsync status' lists the errors"
+                ],
+            )
         pause = self._pause_flag.load()
         if self.paused_reason.startswith("delete storm"):
             clears = [

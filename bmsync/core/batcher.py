@@ -84,6 +84,23 @@ class Batcher:
             self._rescan_oldest = min((p.first_s for p in self._pending.values()), default=now)
         self._pending.clear()
 
+    def requeue(self, batch: Batch) -> None:
+        """A batch taken but not acknowledged (the link died under it): its
+        paths wait again, ready at once, as old as the batch was, so the
+        lag keeps counting from the first change."""
+        first = batch.oldest_s if batch.oldest_s is not None else float("-inf")
+        if batch.rescan or self._rescan_since is not None:
+            self.rescan(first)
+            self._rescan_oldest = min(self._rescan_oldest, first)
+            return
+        for path, deep in batch.paths.items():
+            entry = self._pending.get(path)
+            if entry is None:
+                self._pending[path] = _Pending(first, first, True, deep, False)
+            else:
+                entry.first_s = min(entry.first_s, first)
+                entry.deep = entry.deep or deep
+
     @property
     def queued(self) -> int:
         return len(self._pending) + (1 if self._rescan_since is not None else 0)

@@ -321,3 +321,29 @@ def test_the_latest_event_decides_whether_a_path_is_deleted() -> None:
     assert b.next_deadline() == pytest.approx(1.01 + WINDOW)
     assert b.take(1.01) is None
     assert b.take(1.01 + WINDOW) == Batch(paths={b"etc/g": False}, oldest_s=1.0)
+
+
+def test_a_batch_the_link_lost_is_queued_again_as_old_as_it_was() -> None:
+    b = batcher()
+    b.add(b"etc/a", 1.0, settled=True)
+    b.add(b"etc/d", 1.5, settled=True, deep=True)
+    taken = b.take(2.0)
+    assert taken is not None and b.queued == 0
+    b.add(b"etc/a", 3.0, settled=False)  # written again while in flight
+    b.requeue(taken)  # the link died before the answer
+    assert b.queued == 2 and b.oldest() == 1.0  # the lag goes on from the first change
+    # a/ is still being written, but its first change is older than max_delay
+    again = b.take(3.0)
+    assert again is not None and again.paths == {b"etc/a": False, b"etc/d": True}
+    assert again.oldest_s == 1.0
+
+
+def test_a_lost_batch_folds_into_a_pending_rescan() -> None:
+    b = batcher()
+    b.add(b"etc/a", 1.0, settled=True)
+    taken = b.take(1.0)
+    assert taken is not None
+    b.rescan(2.0)  # an overflow meanwhile
+    b.requeue(taken)
+    assert b.queued == 1 and b.oldest() == 1.0
+    assert (rescan := b.take(2.0)) is not None and rescan.rescan

@@ -1,0 +1,142 @@
+"""Faults on the passive node and on the link while the daemon runs: what
+failed is retried until it lands, what was not acknowledged stays counted,
+and the state says what is true."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from bmsync.scan import TMP_PREFIX
+from tests.integration.conftest import Pair
+from tests.integration.daemon_helpers import RunningDaemon, cmdline, converge, descendants
+
+
+def agents(pair: Pair) -> list[int]:
+    assert pair.sshd.process is not None
+    return [p for p in descendants(pair.sshd.process.pid) if " agent" in cmdline(p)]
+
+
+@contextlib.contextmanager
+def small_ext4(image: Path, mountpoint: Path, size_mb: int) -> Iterator[Path]:
+    """A real ext4 filesystem of ``size_mb`` in ``image`` on a loop device,
+    mounted at ``mountpoint``; unmounted and detached afterwards (only what
+    it made)."""
+    with open(image, "wb") as f:
+        f.truncate(size_mb << 20)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    done = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    )
+    device = done.stdout.strip()
+    try:
+        mountpoint.mkdir(exist_ok=True)
+        subprocess.run(["mount", device, str(mountpoint)], check=True)
+        try:
+            (mountpoint / "lost+found").rmdir()
+            yield mountpoint
+        finally:
+            subprocess.run(["umount", str(mountpoint)], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=True)
+        image.unlink()
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the filesystem is full."""
+    chunk = b"\0" * (1 << 16)
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    os.sync()
+
+
+def test_a_path_the_start_up_reconcile_failed_lands_once_the_disk_has_room(pair: Pair) -> None:
+    pair.configure(exclude=("/etc/filler",))  # the passive's own, never synced
+    etc = pair.active / "etc"
+    etc.mkdir()
+    (etc / "big.bin").write_bytes(os.urandom(2 << 20))
+    with small_ext4(pair.base / "passive-etc.img", pair.passive / "etc", 8) as passive_etc:
+        fill(passive_etc / "filler")
+        daemon = RunningDaemon(pair)
+        try:
+            status = daemon.wait_state("degraded", timeout_s=60)
+            assert status["exit_code"] == 1
+            assert "big.bin" in status["reason"] and "No space left" in status["reason"]
+            assert status["queued"] >= 1 and status["lag_s"] > 0
+            assert status["clears"]
+            (passive_etc / "filler").unlink()  # the administrator makes room
+            status = daemon.wait_state("syncing", timeout_s=90)
+            assert (status["queued"], status["lag_s"], status["reason"]) == (0, 0.0, None)
+            assert (passive_etc / "big.bin").read_bytes() == (etc / "big.bin").read_bytes()
+        finally:
+            assert daemon.stop() == 0
+
+
+def test_a_change_in_flight_when_the_link_dies_stays_queued_and_ages(pair: Pair) -> None:
+    etc = pair.active / "etc"
+    etc.mkdir()
+    (etc / "a.conf").write_text("a\n")
+    daemon = RunningDaemon(pair)
+    try:
+        daemon.wait_state("syncing")
+        converge(pair, timeout_s=10)
+        with open(etc / "large.bin", "wb") as f:
+            for _ in range(160):
+                f.write(os.urandom(1 << 20))
+        passive_etc = pair.passive / "etc"
+        deadline = time.monotonic() + 60
+        while not any(p.name.startswith(os.fsdecode(TMP_PREFIX)) for p in passive_etc.iterdir()):
+            assert time.monotonic() < deadline, "the batch never reached the passive"
+            time.sleep(0.001)
+        sessions = agents(pair)  # the batch is in flight: its file is being staged
+        pair.sshd.stop()
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        status = daemon.wait_state("disconnected", timeout_s=30)
+        assert status["queued"] >= 1, status
+        first_lag = status["lag_s"]
+        assert first_lag > 0
+        time.sleep(0.2)
+        assert daemon.status()["lag_s"] > first_lag  # it ages
+        pair.sshd.start()
+        daemon.wait_state("syncing", timeout_s=60)
+        converge(pair, timeout_s=60)
+        assert daemon.status()["queued"] == 0
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_paused_daemon_stays_paused_across_a_lost_link(pair: Pair) -> None:
+    etc = pair.active / "etc"
+    etc.mkdir()
+    (etc / "a.conf").write_text("a\n")
+    daemon = RunningDaemon(pair)
+    try:
+        daemon.wait_state("syncing")
+        assert pair.bmsync("pause", "--reason", "maintenance window").returncode == 0
+        before = daemon.status()
+        sessions = agents(pair)
+        pair.sshd.stop()
+        for pid in sessions:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        pair.sshd.start()
+        deadline = time.monotonic() + 60
+        while (status := daemon.status())["last_contact"] == before["last_contact"]:
+            assert time.monotonic() < deadline, "the daemon did not reconnect"
+            time.sleep(0.05)
+        assert (status["state"], status["exit_code"]) == ("paused", 1)
+        assert status["paused_reason"] == "maintenance window"
+    finally:
+        assert daemon.stop() == 0
