@@ -258,12 +258,17 @@ async def verify(
 ) -> tuple[list[tuple[bytes, list[str]]], Scan]:
     """Differences between this node's tree and the peer's, path by path:
     every file on both sides is read (no digest cache)."""
-    peer = await session.fetch_manifest(fresh=True)
+    fetched = await session.fetch_manifest(fresh=True)
     scan = scan_tree(root, syncset)
-    peer = _peer_view(peer, scan)
+    peer = _peer_view(fetched, scan)
     found = []
     for path in sorted(scan.entries.keys() | peer.keys()):
         what = differences(scan.entries.get(path), peer.get(path))
         if what:
             found.append((path, what))
+    for path in scan.unsupported:
+        # skipped, so the peer keeps what it had there: not the same tree
+        if (theirs := fetched.get(path)) is not None:
+            kind = theirs.kind.name.lower()
+            found.append((path, [f"a FIFO, socket or device node here, a {kind} on the peer"]))
     return found, scan

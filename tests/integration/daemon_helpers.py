@@ -55,6 +55,15 @@ class RunningDaemon:
             time.sleep(0.05)
         raise AssertionError(f"state {state!r} not reached: {last}\n{self.log()}")
 
+    def wait_reason(self, state: str, reason: str, timeout_s: float = 60) -> dict[str, Any]:
+        """Until the daemon is in ``state`` for ``reason`` (a daemon with a
+        VIP is first suspended as "not checked yet", until the check answers)."""
+        deadline = time.monotonic() + timeout_s
+        while reason not in str((status := self.wait_state(state, timeout_s))["reason"]):
+            assert time.monotonic() < deadline, f"{status}\n{self.log()}"
+            time.sleep(0.05)
+        return status
+
     def wait_another_handshake(self, status: dict[str, Any], timeout_s: float = 60) -> None:
         """Until the daemon has asked the peer again since ``status`` (a
         suspended daemon asks every reconnect_max_s)."""

@@ -208,8 +208,16 @@ def test_fifos_are_reported_not_synced_and_the_peer_copy_is_kept(pair: Pair) -> 
     assert (pair.passive / "etc/initctl").read_text() == "the passive's own\n"
     assert (pair.passive / "etc/a.conf").read_text() == "a\n"
 
+    # the peer still holds a file where this node has a FIFO: never "in sync"
     checked = pair.bmsync("verify")
-    assert checked.returncode == 0, checked.stderr
+    assert checked.returncode == 1, checked.stderr
     assert "note: /etc/initctl is a FIFO, socket or device node; not synced" in checked.stdout
+    assert "differs /etc/initctl: a FIFO, socket or device node here, a file on the peer" in (
+        checked.stdout
+    )
+    as_json = json.loads(pair.bmsync("verify", "--json").stdout)
+    assert not as_json["in_sync"] and as_json["unsupported"] == ["/etc/initctl"]
+    (pair.passive / "etc/initctl").unlink()  # nothing there on the peer: nothing differs
+    assert pair.bmsync("resync").returncode == 0  # (the directory's mtime changed)
     as_json = json.loads(pair.bmsync("verify", "--json").stdout)
     assert as_json["in_sync"] and as_json["unsupported"] == ["/etc/initctl"]
