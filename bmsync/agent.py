@@ -74,9 +74,15 @@ from bmsync.core.frames import (
 from bmsync.core.guard import Accepted, NodeRole, RefusalCode, Refused, Stamp, judge_sender
 from bmsync.core.manifest import Entry, Kind, manifest_digest, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
-from bmsync.core.paths import basename, parent, show
+from bmsync.core.paths import basename, join, parent, show
 from bmsync.digests import DigestCache
-from bmsync.errors import BmsyncError, PeerRefused, ProtocolError, RoleStateError
+from bmsync.errors import (
+    BmsyncError,
+    LocalFsError,
+    PeerRefused,
+    ProtocolError,
+    RoleStateError,
+)
 from bmsync.fsutil import (
     O_DIR,
     O_READ,
@@ -344,19 +350,17 @@ class Agent:
                 RefusalCode.INCOMPATIBLE,
             )
         if hello.purpose == Purpose.WRITE:
-            holder = f"{hello.node} epoch {hello.epoch}"
             try:
-                self._lock.acquire(holder, self.wakes)
-            except PeerRefused as exc:
-                if self._local or not self._supersedes(hello):
-                    return self._refuse(str(exc), RefusalCode.BUSY)
-                log.info("previous_writer", result=self._lock.end_session(PREEMPT_WAIT_S))
-                try:
-                    self._lock.acquire(holder, self.wakes)
-                except PeerRefused as again:
-                    return self._refuse(str(again), RefusalCode.BUSY)
-            # under the lock: one sender's update of highest_seen at a time
-            judged = self._roles.load() if self._local else self._judge(hello)
+                judged = self._accept_writer(hello)
+            except OSError as exc:
+                # the lock and role.json live there: no writer without them
+                self._lock.release()
+                return self._refuse(
+                    f"cannot write this node's state directory {self.state_dir}: "
+                    f"{_reason(exc)}; it must be writable (check the filesystem holding it, "
+                    "e.g. 'mount' and the kernel log) before this node accepts a sender",
+                    RefusalCode.INCOMPATIBLE,
+                )
             if isinstance(judged, list):
                 self._lock.release()
                 return judged
@@ -388,6 +392,22 @@ class Agent:
             )
         ]
 
+    def _accept_writer(self, hello: Hello) -> NodeRole | list[Frame]:
+        """Take the sender lock and judge the writer (``_judge``)."""
+        holder = f"{hello.node} epoch {hello.epoch}"
+        try:
+            self._lock.acquire(holder, self.wakes)
+        except PeerRefused as exc:
+            if self._local or not self._supersedes(hello):
+                return self._refuse(str(exc), RefusalCode.BUSY)
+            log.info("previous_writer", result=self._lock.end_session(PREEMPT_WAIT_S))
+            try:
+                self._lock.acquire(holder, self.wakes)
+            except PeerRefused as again:
+                return self._refuse(str(again), RefusalCode.BUSY)
+        # under the lock: one sender's update of highest_seen at a time
+        return self._roles.load() if self._local else self._judge(hello)
+
     def _bye(self, _: Bye) -> list[Frame]:
         self.finished = True
         return []
@@ -416,6 +436,8 @@ class Agent:
         return parts
 
     def _remove_leftovers(self, leftovers: list[bytes]) -> None:
+        """Temporary files a killed agent left; one that cannot be removed
+        (a read-only filesystem) is logged and left for a later session."""
         assert self._root_fd is not None
         for path in leftovers:
             try:
@@ -423,10 +445,11 @@ class Agent:
             except OSError:
                 continue
             try:
-                _unlink_quietly(dir_fd, basename(path))
+                removed = _unlink_quietly(dir_fd, basename(path), path)
             finally:
                 os.close(dir_fd)
-            log.info("leftover_removed", path=show(path))
+            if removed:
+                log.info("leftover_removed", path=show(path))
 
     # -- confinement -----------------------------------------------------
 
@@ -525,7 +548,7 @@ class Agent:
                 )
                 os.rename(tmp, basename(op.path), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except BaseException:
-                _unlink_quietly(dir_fd, tmp)
+                _unlink_quietly(dir_fd, tmp, join(parent(op.path), tmp))
                 raise
         finally:
             os.close(dir_fd)
@@ -830,7 +853,7 @@ class Agent:
             os.close(staged.fd)
             staged.fd = None
         if staged.dir_fd >= 0:
-            _unlink_quietly(staged.dir_fd, staged.tmp)
+            _unlink_quietly(staged.dir_fd, staged.tmp, _tmp_path(staged))
             staged.dir_fd = -1
 
     # -- commit ----------------------------------------------------------
@@ -895,14 +918,21 @@ class Agent:
         if not ready:
             return
         if len(ready) >= SYNCFS_FROM_FILES:
-            sync_filesystem(ready[0].dir_fd)
+            try:
+                sync_filesystem(ready[0].dir_fd)
+            except OSError as exc:
+                for staged in ready:
+                    _not_durable(batch, staged, exc)
             return
         for staged in ready:
-            fd = os.open(staged.tmp, O_READ, dir_fd=staged.dir_fd)
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                fd = os.open(staged.tmp, O_READ, dir_fd=staged.dir_fd)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                _not_durable(batch, staged, exc)
 
     def _sync_dirs(self, batch: _Batch) -> None:
         """Make the batch's renames, creations and deletions durable: an
@@ -911,21 +941,27 @@ class Agent:
         assert self._root_fd is not None
         touched = dict.fromkeys(parent(p) for p in batch.touched)
         if len(touched) >= SYNCFS_FROM_FILES:
-            sync_filesystem(self._root_fd)
+            try:
+                sync_filesystem(self._root_fd)
+            except OSError as exc:
+                _not_flushed(batch, None, exc)
             return
         for path in touched:
             dir_fd = batch.dirs.get(path)
-            if dir_fd is not None:
-                os.fsync(dir_fd)
-                continue
             try:
-                dir_fd = open_dir(self._root_fd, path)
-            except OSError:
-                continue  # deleted later in the batch
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+                if dir_fd is not None:
+                    os.fsync(dir_fd)
+                    continue
+                try:
+                    dir_fd = open_dir(self._root_fd, path)
+                except OSError:
+                    continue  # deleted later in the batch
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError as exc:
+                _not_flushed(batch, path, exc)
 
     def _entry_now(self, path: bytes) -> Entry | None:
         """What ``path`` holds now, or ``None`` (absent, unreadable)."""
@@ -962,11 +998,30 @@ def _drop(batch: _Batch) -> None:
             os.close(staged.fd)
             staged.fd = None
         if staged.dir_fd >= 0 and staged.tmp:
-            _unlink_quietly(staged.dir_fd, staged.tmp)
+            _unlink_quietly(staged.dir_fd, staged.tmp, _tmp_path(staged))
     for dir_fd in batch.dirs.values():
         os.close(dir_fd)
     batch.staged.clear()
     batch.dirs.clear()
+
+
+def _not_durable(batch: _Batch, staged: _Staged, exc: OSError) -> None:
+    """A staged file whose data could not be flushed: not renamed in (its
+    target keeps its old version), a failure for its path."""
+    reason = f"cannot flush the received file to disk: {_reason(exc)}; not applied"
+    log.warning("op_failed", path=show(staged.path), reason=reason)
+    batch.failures.append(Failure(staged.path, reason))
+    staged.entry, staged.failed = None, True
+
+
+def _not_flushed(batch: _Batch, directory: bytes | None, exc: OSError) -> None:
+    """The batch's changes in ``directory`` (``None``: all) were made but
+    cannot be made durable: each is a failure, so the sender tries again."""
+    reason = f"applied, but cannot be flushed to disk: {_reason(exc)}"
+    for path in dict.fromkeys(batch.touched):
+        if directory is None or parent(path) == directory:
+            log.warning("op_failed", path=show(path), reason=reason)
+            batch.failures.append(Failure(path, reason))
 
 
 def _reason(exc: Exception) -> str:
@@ -985,9 +1040,29 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _unlink_quietly(dir_fd: int, name: bytes) -> None:
-    with contextlib.suppress(FileNotFoundError):
+def _unlink_quietly(dir_fd: int, name: bytes, shown: bytes) -> bool:
+    """Remove a temporary file of ours (``shown``: its path, for the log).
+    One that cannot be removed (a read-only or failing filesystem) is
+    logged and left: the next writing session removes it (``.bmsync-tmp.*``
+    is never part of a manifest). False when it is still there."""
+    try:
         os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning(
+            "temp_file_left",
+            path=show(shown),
+            reason=_reason(exc),
+            what="cannot be removed; the next writing session removes it",
+        )
+        return False
+    return True
+
+
+def _tmp_path(staged: _Staged) -> bytes:
+    """Where a staged file's temporary file is, below the root."""
+    return join(parent(staged.path), staged.tmp)
 
 
 def _set_meta_fd(fd: int, entry: Entry, times: bool) -> None:
@@ -1037,11 +1112,24 @@ class AgentConnection:
                     out.extend(encode(reply) for reply in self.agent.handle(frame))
         except BmsyncError as exc:
             # a broken frame, or this node's tree unreadable: tell the sender
-            log.error("session_failed", error=str(exc))
+            self._fail_session(str(exc), exc.exit_code)
             out.append(encode(ErrorFrame(str(exc))))
-            self.agent.finished = True
-            self.exit_code = exc.exit_code
+        except OSError as exc:
+            # not one path's failure (those are Failures in Applied): this
+            # node's state_dir failing mid-session, say; tell the sender why
+            message = (
+                f"{self.agent.node}: the agent failed on its own filesystem "
+                f"({exc.filename!r}: {_reason(exc)}); check the filesystems holding "
+                f"{self.agent.state_dir} and {self.agent.root} on {self.agent.node}"
+            )
+            self._fail_session(message, LocalFsError.exit_code)
+            out.append(encode(ErrorFrame(message)))
         return b"".join(out)
+
+    def _fail_session(self, error: str, exit_code: int) -> None:
+        log.error("session_failed", error=error)
+        self.agent.finished = True
+        self.exit_code = exit_code
 
     def wake(self) -> bytes:
         """This node's role may have changed: the refusal ending the writing
