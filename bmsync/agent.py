@@ -598,7 +598,7 @@ class Agent:
                     f"not a {op.kind.name.lower()}; not deleted"
                 )
             if op.kind == Kind.FILE:
-                self._keep_if_changed_here(self._batch, dir_fd, op.path)
+                self._keep_if_changed_here(self._batch, dir_fd, op.path, "deleted")
             if op.kind == Kind.DIR:
                 try:
                     os.rmdir(name, dir_fd=dir_fd)
@@ -714,10 +714,12 @@ class Agent:
         self._batch.expected[frame.path] = frame.digest
         return []
 
-    def _keep_if_changed_here(self, batch: _Batch, dir_fd: int, path: bytes) -> None:
-        """Before ``path`` is replaced or deleted: if the sender expected
-        another version (someone edited it on this node), keep a copy under
-        state_dir/backups/<time>/<path>, and report it in Applied."""
+    def _keep_if_changed_here(self, batch: _Batch, dir_fd: int, path: bytes, verb: str) -> None:
+        """Before ``path`` is ``verb`` (replaced, deleted): if the sender
+        expected another version (someone edited it on this node), keep a
+        copy under state_dir/backups/<time>/<path>, and report it in
+        Applied. OpFailed if the copy cannot be made: then ``path`` must
+        not be touched (nothing of the copy is left)."""
         expected = batch.expected.pop(path, None)
         if expected is None:
             return
@@ -733,18 +735,17 @@ class Agent:
             if digest == expected:
                 return
             target = self._backup_path(batch, path)
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.lseek(fd, 0, os.SEEK_SET)
-            out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                while chunk := os.read(fd, 1 << 20):
-                    _write_all(out, chunk)
-                os.fchown(out, st.st_uid, st.st_gid)
-                os.fchmod(out, stat.S_IMODE(st.st_mode))
-                os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
-                os.fsync(out)
-            finally:
-                os.close(out)
+                _copy_out(fd, st, target, self.state_dir / BACKUPS_NAME)
+            except OSError as exc:
+                log.error("backup_failed", path=show(path), kept=str(target), reason=_reason(exc))
+                raise OpFailed(
+                    f"changed on this node since bmsync wrote it, and the copy to keep before "
+                    f"it is {verb} cannot be written to {target}: {_reason(exc)}; not {verb}, "
+                    f"this node's version is left as it is. Free space in "
+                    f"{self.state_dir / BACKUPS_NAME} (or repair its filesystem); the change "
+                    "is sent again"
+                ) from exc
         finally:
             os.close(fd)
         batch.backups.append((path, str(target)))
@@ -872,14 +873,14 @@ class Agent:
                 self._discard(staged)
                 continue
             try:
-                self._keep_if_changed_here(batch, staged.dir_fd, staged.path)
+                self._keep_if_changed_here(batch, staged.dir_fd, staged.path, "replaced")
                 os.rename(
                     staged.tmp,
                     basename(staged.path),
                     src_dir_fd=staged.dir_fd,
                     dst_dir_fd=staged.dir_fd,
                 )
-            except OSError as exc:
+            except (OSError, OpFailed) as exc:
                 batch.failures.append(Failure(staged.path, _reason(exc)))
                 self._discard(staged)
                 continue
@@ -1003,6 +1004,38 @@ def _drop(batch: _Batch) -> None:
         os.close(dir_fd)
     batch.staged.clear()
     batch.dirs.clear()
+
+
+def _copy_out(src: int, st: os.stat_result, target: Path, top: Path) -> None:
+    """Copy the open file ``src`` (``st``: its stat) to ``target``, with
+    its owner, mode and times, fsynced. On failure, nothing is left of the
+    copy (neither the partial file nor the directories made for it)."""
+    made = [d for d in (target.parent, *target.parent.parents) if d.is_relative_to(top)]
+    made = [d for d in made if not d.exists()]
+    out: int | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.lseek(src, 0, os.SEEK_SET)
+        while chunk := os.read(src, 1 << 20):
+            _write_all(out, chunk)
+        os.fchown(out, st.st_uid, st.st_gid)
+        os.fchmod(out, stat.S_IMODE(st.st_mode))
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.fsync(out)
+    except OSError:
+        if out is not None:  # ours (O_EXCL): never someone else's file
+            os.close(out)
+            out = None
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+        for directory in made:  # deepest first; one holding other copies stays
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        raise
+    finally:
+        if out is not None:
+            os.close(out)
 
 
 def _not_durable(batch: _Batch, staged: _Staged, exc: OSError) -> None:

@@ -17,6 +17,7 @@ from bmsync.core.frames import (
     Applied,
     Commit,
     ErrorFrame,
+    Expect,
     Hello,
     ManifestPart,
     ManifestRequest,
@@ -25,7 +26,8 @@ from bmsync.core.frames import (
     Refuse,
     Role,
 )
-from bmsync.core.ops import Mkdir
+from bmsync.core.manifest import Kind, digest_bytes
+from bmsync.core.ops import Delete, Mkdir
 from tests.integration.conftest import Pair
 from tests.integration.test_agent import DIR, Node, file_entry
 from tests.loopfs import LoopFs, loop_ext4, needs_loop_devices
@@ -188,3 +190,65 @@ def test_state_dir_failing_mid_session_ends_it_with_the_reason(
         assert not (node.root / "etc/new").exists()
     finally:
         node.close()
+
+
+# -- the copy kept of a file changed here cannot be written ------------------
+
+
+@pytest.fixture
+def full_backups(tmp_path: Path) -> Iterator[Node]:
+    """A Node whose state_dir/backups is a 64 KiB tmpfs: a copy of a larger
+    file runs out of space halfway."""
+    node = Node(tmp_path)
+    backups = node.state / "backups"
+    backups.mkdir(mode=0o700)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "bmsync-test", str(backups)],
+        check=True,
+        timeout=30,
+    )
+    try:
+        yield node
+    finally:
+        node.close()
+        subprocess.run(["umount", str(backups)], check=True, timeout=30)
+
+
+def test_a_failed_backup_copy_leaves_no_partial_file_and_keeps_the_file(
+    full_backups: Node,
+) -> None:
+    node = full_backups
+    edited = b"edited by hand on the passive\n" * 10_000  # 300 KB: more than fits
+    (node.root / "etc/big.conf").write_bytes(edited)
+    (node.root / "etc/stray.conf").write_bytes(edited)
+    node.hello()
+    applied = node.commit(
+        Expect(b"etc/big.conf", digest_bytes(b"what bmsync wrote\n")),
+        Put(b"etc/big.conf", 0, b"new\n", file_entry(b"new\n")),
+        Expect(b"etc/stray.conf", b""),
+        Delete(b"etc/stray.conf", Kind.FILE),
+    )
+    # the passive node's version is still there, and no partial copy anywhere
+    assert (node.root / "etc/big.conf").read_bytes() == edited
+    assert (node.root / "etc/stray.conf").read_bytes() == edited
+    assert list((node.state / "backups").rglob("*")) == []
+    assert temp_files(node.root) == []
+    reasons = {f.path: f.reason for f in applied.failures}
+    assert set(reasons) == {b"etc/big.conf", b"etc/stray.conf"}
+    for path, verb in ((b"etc/big.conf", "replaced"), (b"etc/stray.conf", "deleted")):
+        assert "changed on this node" in reasons[path]
+        assert "No space left on device" in reasons[path]
+        assert f"not {verb}" in reasons[path]
+        assert str(node.state / "backups") in reasons[path]
+    assert applied.backups == []
+
+    # with room for the copy, the same batch keeps it and applies
+    subprocess.run(["mount", "-o", "remount,size=2m", str(node.state / "backups")], check=True)
+    applied = node.commit(
+        Expect(b"etc/big.conf", digest_bytes(b"what bmsync wrote\n")),
+        Put(b"etc/big.conf", 0, b"new\n", file_entry(b"new\n")),
+    )
+    assert applied.failures == []
+    ((path, kept),) = applied.backups
+    assert Path(kept).read_bytes() == edited
+    assert (node.root / "etc/big.conf").read_bytes() == b"new\n"
