@@ -256,6 +256,15 @@ class Agent:
         verdict = judge_sender(me, self._sender, Role.ACTIVE)
         if isinstance(verdict, Refused):
             return self._end_writer(verdict.reason, verdict.code, me)
+        if self._sender > me.highest_seen:
+            # accepting the writer raised highest_seen to its stamp at least:
+            # an operator lowered it since (a leaked key's epoch)
+            return self._end_writer(
+                f"{self.node}'s highest seen epoch was reset to {me.highest_seen}, below "
+                f"{self._sender} (bmsync reset-epoch); this session ends, connect again",
+                RefusalCode.EPOCH_RESET,
+                me,
+            )
         self._role_version = version
         return []
 
