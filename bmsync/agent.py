@@ -573,18 +573,32 @@ class Agent:
             dst_dir = self._open_parent(op.dst)
             try:
                 fd = os.open(basename(op.src), O_READ, dir_fd=src_dir)
+                copy = None
                 try:
-                    if kind_of(os.fstat(fd).st_mode) != Kind.FILE:
+                    st = os.fstat(fd)
+                    if kind_of(st.st_mode) != Kind.FILE:
                         raise OpFailed(f"move source {show(op.src)} is not a regular file")
-                    digest, _ = hash_fd(fd)
-                    if digest != op.entry.digest:
-                        raise OpFailed(f"move source {show(op.src)} changed on this node; resend")
-                    _set_meta_fd(fd, op.entry, times=True)
+                    changed = f"move source {show(op.src)} changed on this node; resend"
+                    if st.st_nlink > 1:
+                        # its inode has other names (maybe outside the root):
+                        # move a copy, leave theirs as it is
+                        copy = _copy_with_meta(fd, dst_dir, parent(op.dst), op.entry, changed)
+                    else:
+                        digest, _ = hash_fd(fd)
+                        if digest != op.entry.digest:
+                            raise OpFailed(changed)
+                        _set_meta_fd(fd, op.entry, times=True)
                 finally:
                     os.close(fd)
-                os.rename(
-                    basename(op.src), basename(op.dst), src_dir_fd=src_dir, dst_dir_fd=dst_dir
-                )
+                if copy is None:
+                    os.rename(
+                        basename(op.src), basename(op.dst), src_dir_fd=src_dir, dst_dir_fd=dst_dir
+                    )
+                else:
+                    _put_in_place(dst_dir, copy, op.dst)
+                    self._batch.touched.extend((op.src, op.dst))
+                    os.unlink(basename(op.src), dir_fd=src_dir)
+                    return
             finally:
                 os.close(dst_dir)
         finally:
@@ -652,12 +666,21 @@ class Agent:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise OpFailed(f"is not a {entry.kind.name.lower()} here") from exc
                     raise
+                copy = None
                 try:
-                    if kind_of(os.fstat(fd).st_mode) != entry.kind:
+                    st = os.fstat(fd)
+                    if kind_of(st.st_mode) != entry.kind:
                         raise OpFailed(f"is not a {entry.kind.name.lower()} here")
-                    _set_meta_fd(fd, entry, times=True)
+                    if entry.kind == Kind.FILE and st.st_nlink > 1:
+                        # its inode has other names (maybe outside the root):
+                        # replace this one by a copy, leave theirs as it is
+                        copy = _copy_with_meta(fd, dir_fd, parent(op.path), entry, None)
+                    else:
+                        _set_meta_fd(fd, entry, times=True)
                 finally:
                     os.close(fd)
+                if copy is not None:
+                    _put_in_place(dir_fd, copy, op.path)
         finally:
             os.close(dir_fd)
 
@@ -1045,6 +1068,45 @@ def _copy_out(src: int, st: os.stat_result, target: Path, top: Path) -> None:
     finally:
         if out is not None:
             os.close(out)
+
+
+def _copy_with_meta(
+    src: int, dir_fd: int, where: bytes, entry: Entry, changed: str | None
+) -> bytes:
+    """A new temporary file in ``dir_fd`` (directory ``where``): a copy of
+    ``src`` with ``entry``'s owner, mode, xattrs and mtime, fsynced; its
+    name. For a file whose inode has other names (hard links, perhaps to a
+    file outside the root), which metadata set in place would change too.
+    ``changed``: the content must have ``entry``'s digest, or OpFailed with
+    this reason."""
+    tmp = _tmp_name()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    out = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+    try:
+        hasher = new_hasher()
+        os.lseek(src, 0, os.SEEK_SET)
+        while chunk := os.read(src, 1 << 20):
+            hasher.update(chunk)
+            _write_all(out, chunk)
+        if changed is not None and hasher.digest() != entry.digest:
+            raise OpFailed(changed)
+        _set_meta_fd(out, entry, times=True)
+        os.fsync(out)
+    except BaseException:
+        os.close(out)
+        _unlink_quietly(dir_fd, tmp, join(where, tmp))
+        raise
+    os.close(out)
+    return tmp
+
+
+def _put_in_place(dir_fd: int, tmp: bytes, path: bytes) -> None:
+    """Rename the temporary file ``tmp`` over ``path`` (in ``dir_fd``)."""
+    try:
+        os.rename(tmp, basename(path), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        _unlink_quietly(dir_fd, tmp, join(parent(path), tmp))
+        raise
 
 
 def _not_durable(batch: _Batch, staged: _Staged, exc: OSError) -> None:
