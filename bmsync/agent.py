@@ -74,9 +74,15 @@ from bmsync.core.frames import (
 from bmsync.core.guard import Accepted, NodeRole, RefusalCode, Refused, Stamp, judge_sender
 from bmsync.core.manifest import Entry, Kind, manifest_digest, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
-from bmsync.core.paths import basename, parent, show
+from bmsync.core.paths import basename, join, parent, show
 from bmsync.digests import DigestCache
-from bmsync.errors import BmsyncError, PeerRefused, ProtocolError, RoleStateError
+from bmsync.errors import (
+    BmsyncError,
+    LocalFsError,
+    PeerRefused,
+    ProtocolError,
+    RoleStateError,
+)
 from bmsync.fsutil import (
     O_DIR,
     O_READ,
@@ -250,6 +256,15 @@ class Agent:
         verdict = judge_sender(me, self._sender, Role.ACTIVE)
         if isinstance(verdict, Refused):
             return self._end_writer(verdict.reason, verdict.code, me)
+        if self._sender > me.highest_seen:
+            # accepting the writer raised highest_seen to its stamp at least:
+            # an operator lowered it since (a leaked key's epoch)
+            return self._end_writer(
+                f"{self.node}'s highest seen epoch was reset to {me.highest_seen}, below "
+                f"{self._sender} (bmsync reset-epoch); this session ends, connect again",
+                RefusalCode.EPOCH_RESET,
+                me,
+            )
         self._role_version = version
         return []
 
@@ -344,19 +359,17 @@ class Agent:
                 RefusalCode.INCOMPATIBLE,
             )
         if hello.purpose == Purpose.WRITE:
-            holder = f"{hello.node} epoch {hello.epoch}"
             try:
-                self._lock.acquire(holder, self.wakes)
-            except PeerRefused as exc:
-                if self._local or not self._supersedes(hello):
-                    return self._refuse(str(exc), RefusalCode.BUSY)
-                log.info("previous_writer", result=self._lock.end_session(PREEMPT_WAIT_S))
-                try:
-                    self._lock.acquire(holder, self.wakes)
-                except PeerRefused as again:
-                    return self._refuse(str(again), RefusalCode.BUSY)
-            # under the lock: one sender's update of highest_seen at a time
-            judged = self._roles.load() if self._local else self._judge(hello)
+                judged = self._accept_writer(hello)
+            except OSError as exc:
+                # the lock and role.json live there: no writer without them
+                self._lock.release()
+                return self._refuse(
+                    f"cannot write this node's state directory {self.state_dir}: "
+                    f"{_reason(exc)}; it must be writable (check the filesystem holding it, "
+                    "e.g. 'mount' and the kernel log) before this node accepts a sender",
+                    RefusalCode.INCOMPATIBLE,
+                )
             if isinstance(judged, list):
                 self._lock.release()
                 return judged
@@ -388,6 +401,22 @@ class Agent:
             )
         ]
 
+    def _accept_writer(self, hello: Hello) -> NodeRole | list[Frame]:
+        """Take the sender lock and judge the writer (``_judge``)."""
+        holder = f"{hello.node} epoch {hello.epoch}"
+        try:
+            self._lock.acquire(holder, self.wakes)
+        except PeerRefused as exc:
+            if self._local or not self._supersedes(hello):
+                return self._refuse(str(exc), RefusalCode.BUSY)
+            log.info("previous_writer", result=self._lock.end_session(PREEMPT_WAIT_S))
+            try:
+                self._lock.acquire(holder, self.wakes)
+            except PeerRefused as again:
+                return self._refuse(str(again), RefusalCode.BUSY)
+        # under the lock: one sender's update of highest_seen at a time
+        return self._roles.load() if self._local else self._judge(hello)
+
     def _bye(self, _: Bye) -> list[Frame]:
         self.finished = True
         return []
@@ -416,6 +445,8 @@ class Agent:
         return parts
 
     def _remove_leftovers(self, leftovers: list[bytes]) -> None:
+        """Temporary files a killed agent left; one that cannot be removed
+        (a read-only filesystem) is logged and left for a later session."""
         assert self._root_fd is not None
         for path in leftovers:
             try:
@@ -423,10 +454,11 @@ class Agent:
             except OSError:
                 continue
             try:
-                _unlink_quietly(dir_fd, basename(path))
+                removed = _unlink_quietly(dir_fd, basename(path), path)
             finally:
                 os.close(dir_fd)
-            log.info("leftover_removed", path=show(path))
+            if removed:
+                log.info("leftover_removed", path=show(path))
 
     # -- confinement -----------------------------------------------------
 
@@ -525,7 +557,7 @@ class Agent:
                 )
                 os.rename(tmp, basename(op.path), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except BaseException:
-                _unlink_quietly(dir_fd, tmp)
+                _unlink_quietly(dir_fd, tmp, join(parent(op.path), tmp))
                 raise
         finally:
             os.close(dir_fd)
@@ -541,18 +573,32 @@ class Agent:
             dst_dir = self._open_parent(op.dst)
             try:
                 fd = os.open(basename(op.src), O_READ, dir_fd=src_dir)
+                copy = None
                 try:
-                    if kind_of(os.fstat(fd).st_mode) != Kind.FILE:
+                    st = os.fstat(fd)
+                    if kind_of(st.st_mode) != Kind.FILE:
                         raise OpFailed(f"move source {show(op.src)} is not a regular file")
-                    digest, _ = hash_fd(fd)
-                    if digest != op.entry.digest:
-                        raise OpFailed(f"move source {show(op.src)} changed on this node; resend")
-                    _set_meta_fd(fd, op.entry, times=True)
+                    changed = f"move source {show(op.src)} changed on this node; resend"
+                    if st.st_nlink > 1:
+                        # its inode has other names (maybe outside the root):
+                        # move a copy, leave theirs as it is
+                        copy = _copy_with_meta(fd, dst_dir, parent(op.dst), op.entry, changed)
+                    else:
+                        digest, _ = hash_fd(fd)
+                        if digest != op.entry.digest:
+                            raise OpFailed(changed)
+                        _set_meta_fd(fd, op.entry, times=True)
                 finally:
                     os.close(fd)
-                os.rename(
-                    basename(op.src), basename(op.dst), src_dir_fd=src_dir, dst_dir_fd=dst_dir
-                )
+                if copy is None:
+                    os.rename(
+                        basename(op.src), basename(op.dst), src_dir_fd=src_dir, dst_dir_fd=dst_dir
+                    )
+                else:
+                    _put_in_place(dst_dir, copy, op.dst)
+                    self._batch.touched.extend((op.src, op.dst))
+                    os.unlink(basename(op.src), dir_fd=src_dir)
+                    return
             finally:
                 os.close(dst_dir)
         finally:
@@ -575,7 +621,7 @@ class Agent:
                     f"not a {op.kind.name.lower()}; not deleted"
                 )
             if op.kind == Kind.FILE:
-                self._keep_if_changed_here(self._batch, dir_fd, op.path)
+                self._keep_if_changed_here(self._batch, dir_fd, op.path, "deleted")
             if op.kind == Kind.DIR:
                 try:
                     os.rmdir(name, dir_fd=dir_fd)
@@ -620,12 +666,21 @@ class Agent:
                     if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise OpFailed(f"is not a {entry.kind.name.lower()} here") from exc
                     raise
+                copy = None
                 try:
-                    if kind_of(os.fstat(fd).st_mode) != entry.kind:
+                    st = os.fstat(fd)
+                    if kind_of(st.st_mode) != entry.kind:
                         raise OpFailed(f"is not a {entry.kind.name.lower()} here")
-                    _set_meta_fd(fd, entry, times=True)
+                    if entry.kind == Kind.FILE and st.st_nlink > 1:
+                        # its inode has other names (maybe outside the root):
+                        # replace this one by a copy, leave theirs as it is
+                        copy = _copy_with_meta(fd, dir_fd, parent(op.path), entry, None)
+                    else:
+                        _set_meta_fd(fd, entry, times=True)
                 finally:
                     os.close(fd)
+                if copy is not None:
+                    _put_in_place(dir_fd, copy, op.path)
         finally:
             os.close(dir_fd)
 
@@ -691,10 +746,12 @@ class Agent:
         self._batch.expected[frame.path] = frame.digest
         return []
 
-    def _keep_if_changed_here(self, batch: _Batch, dir_fd: int, path: bytes) -> None:
-        """Before ``path`` is replaced or deleted: if the sender expected
-        another version (someone edited it on this node), keep a copy under
-        state_dir/backups/<time>/<path>, and report it in Applied."""
+    def _keep_if_changed_here(self, batch: _Batch, dir_fd: int, path: bytes, verb: str) -> None:
+        """Before ``path`` is ``verb`` (replaced, deleted): if the sender
+        expected another version (someone edited it on this node), keep a
+        copy under state_dir/backups/<time>/<path>, and report it in
+        Applied. OpFailed if the copy cannot be made: then ``path`` must
+        not be touched (nothing of the copy is left)."""
         expected = batch.expected.pop(path, None)
         if expected is None:
             return
@@ -710,18 +767,17 @@ class Agent:
             if digest == expected:
                 return
             target = self._backup_path(batch, path)
-            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            os.lseek(fd, 0, os.SEEK_SET)
-            out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
-                while chunk := os.read(fd, 1 << 20):
-                    _write_all(out, chunk)
-                os.fchown(out, st.st_uid, st.st_gid)
-                os.fchmod(out, stat.S_IMODE(st.st_mode))
-                os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
-                os.fsync(out)
-            finally:
-                os.close(out)
+                _copy_out(fd, st, target, self.state_dir / BACKUPS_NAME)
+            except OSError as exc:
+                log.error("backup_failed", path=show(path), kept=str(target), reason=_reason(exc))
+                raise OpFailed(
+                    f"changed on this node since bmsync wrote it, and the copy to keep before "
+                    f"it is {verb} cannot be written to {target}: {_reason(exc)}; not {verb}, "
+                    f"this node's version is left as it is. Free space in "
+                    f"{self.state_dir / BACKUPS_NAME} (or repair its filesystem); the change "
+                    "is sent again"
+                ) from exc
         finally:
             os.close(fd)
         batch.backups.append((path, str(target)))
@@ -830,7 +886,7 @@ class Agent:
             os.close(staged.fd)
             staged.fd = None
         if staged.dir_fd >= 0:
-            _unlink_quietly(staged.dir_fd, staged.tmp)
+            _unlink_quietly(staged.dir_fd, staged.tmp, _tmp_path(staged))
             staged.dir_fd = -1
 
     # -- commit ----------------------------------------------------------
@@ -849,14 +905,14 @@ class Agent:
                 self._discard(staged)
                 continue
             try:
-                self._keep_if_changed_here(batch, staged.dir_fd, staged.path)
+                self._keep_if_changed_here(batch, staged.dir_fd, staged.path, "replaced")
                 os.rename(
                     staged.tmp,
                     basename(staged.path),
                     src_dir_fd=staged.dir_fd,
                     dst_dir_fd=staged.dir_fd,
                 )
-            except OSError as exc:
+            except (OSError, OpFailed) as exc:
                 batch.failures.append(Failure(staged.path, _reason(exc)))
                 self._discard(staged)
                 continue
@@ -895,14 +951,21 @@ class Agent:
         if not ready:
             return
         if len(ready) >= SYNCFS_FROM_FILES:
-            sync_filesystem(ready[0].dir_fd)
+            try:
+                sync_filesystem(ready[0].dir_fd)
+            except OSError as exc:
+                for staged in ready:
+                    _not_durable(batch, staged, exc)
             return
         for staged in ready:
-            fd = os.open(staged.tmp, O_READ, dir_fd=staged.dir_fd)
             try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+                fd = os.open(staged.tmp, O_READ, dir_fd=staged.dir_fd)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                _not_durable(batch, staged, exc)
 
     def _sync_dirs(self, batch: _Batch) -> None:
         """Make the batch's renames, creations and deletions durable: an
@@ -911,21 +974,27 @@ class Agent:
         assert self._root_fd is not None
         touched = dict.fromkeys(parent(p) for p in batch.touched)
         if len(touched) >= SYNCFS_FROM_FILES:
-            sync_filesystem(self._root_fd)
+            try:
+                sync_filesystem(self._root_fd)
+            except OSError as exc:
+                _not_flushed(batch, None, exc)
             return
         for path in touched:
             dir_fd = batch.dirs.get(path)
-            if dir_fd is not None:
-                os.fsync(dir_fd)
-                continue
             try:
-                dir_fd = open_dir(self._root_fd, path)
-            except OSError:
-                continue  # deleted later in the batch
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+                if dir_fd is not None:
+                    os.fsync(dir_fd)
+                    continue
+                try:
+                    dir_fd = open_dir(self._root_fd, path)
+                except OSError:
+                    continue  # deleted later in the batch
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except OSError as exc:
+                _not_flushed(batch, path, exc)
 
     def _entry_now(self, path: bytes) -> Entry | None:
         """What ``path`` holds now, or ``None`` (absent, unreadable)."""
@@ -962,11 +1031,101 @@ def _drop(batch: _Batch) -> None:
             os.close(staged.fd)
             staged.fd = None
         if staged.dir_fd >= 0 and staged.tmp:
-            _unlink_quietly(staged.dir_fd, staged.tmp)
+            _unlink_quietly(staged.dir_fd, staged.tmp, _tmp_path(staged))
     for dir_fd in batch.dirs.values():
         os.close(dir_fd)
     batch.staged.clear()
     batch.dirs.clear()
+
+
+def _copy_out(src: int, st: os.stat_result, target: Path, top: Path) -> None:
+    """Copy the open file ``src`` (``st``: its stat) to ``target``, with
+    its owner, mode and times, fsynced. On failure, nothing is left of the
+    copy (neither the partial file nor the directories made for it)."""
+    made = [d for d in (target.parent, *target.parent.parents) if d.is_relative_to(top)]
+    made = [d for d in made if not d.exists()]
+    out: int | None = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.lseek(src, 0, os.SEEK_SET)
+        while chunk := os.read(src, 1 << 20):
+            _write_all(out, chunk)
+        os.fchown(out, st.st_uid, st.st_gid)
+        os.fchmod(out, stat.S_IMODE(st.st_mode))
+        os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.fsync(out)
+    except OSError:
+        if out is not None:  # ours (O_EXCL): never someone else's file
+            os.close(out)
+            out = None
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+        for directory in made:  # deepest first; one holding other copies stays
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        raise
+    finally:
+        if out is not None:
+            os.close(out)
+
+
+def _copy_with_meta(
+    src: int, dir_fd: int, where: bytes, entry: Entry, changed: str | None
+) -> bytes:
+    """A new temporary file in ``dir_fd`` (directory ``where``): a copy of
+    ``src`` with ``entry``'s owner, mode, xattrs and mtime, fsynced; its
+    name. For a file whose inode has other names (hard links, perhaps to a
+    file outside the root), which metadata set in place would change too.
+    ``changed``: the content must have ``entry``'s digest, or OpFailed with
+    this reason."""
+    tmp = _tmp_name()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    out = os.open(tmp, flags, 0o600, dir_fd=dir_fd)
+    try:
+        hasher = new_hasher()
+        os.lseek(src, 0, os.SEEK_SET)
+        while chunk := os.read(src, 1 << 20):
+            hasher.update(chunk)
+            _write_all(out, chunk)
+        if changed is not None and hasher.digest() != entry.digest:
+            raise OpFailed(changed)
+        _set_meta_fd(out, entry, times=True)
+        os.fsync(out)
+    except BaseException:
+        os.close(out)
+        _unlink_quietly(dir_fd, tmp, join(where, tmp))
+        raise
+    os.close(out)
+    return tmp
+
+
+def _put_in_place(dir_fd: int, tmp: bytes, path: bytes) -> None:
+    """Rename the temporary file ``tmp`` over ``path`` (in ``dir_fd``)."""
+    try:
+        os.rename(tmp, basename(path), src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        _unlink_quietly(dir_fd, tmp, join(parent(path), tmp))
+        raise
+
+
+def _not_durable(batch: _Batch, staged: _Staged, exc: OSError) -> None:
+    """A staged file whose data could not be flushed: not renamed in (its
+    target keeps its old version), a failure for its path."""
+    reason = f"cannot flush the received file to disk: {_reason(exc)}; not applied"
+    log.warning("op_failed", path=show(staged.path), reason=reason)
+    batch.failures.append(Failure(staged.path, reason))
+    staged.entry, staged.failed = None, True
+
+
+def _not_flushed(batch: _Batch, directory: bytes | None, exc: OSError) -> None:
+    """The batch's changes in ``directory`` (``None``: all) were made but
+    cannot be made durable: each is a failure, so the sender tries again."""
+    reason = f"applied, but cannot be flushed to disk: {_reason(exc)}"
+    for path in dict.fromkeys(batch.touched):
+        if directory is None or parent(path) == directory:
+            log.warning("op_failed", path=show(path), reason=reason)
+            batch.failures.append(Failure(path, reason))
 
 
 def _reason(exc: Exception) -> str:
@@ -985,9 +1144,29 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _unlink_quietly(dir_fd: int, name: bytes) -> None:
-    with contextlib.suppress(FileNotFoundError):
+def _unlink_quietly(dir_fd: int, name: bytes, shown: bytes) -> bool:
+    """Remove a temporary file of ours (``shown``: its path, for the log).
+    One that cannot be removed (a read-only or failing filesystem) is
+    logged and left: the next writing session removes it (``.bmsync-tmp.*``
+    is never part of a manifest). False when it is still there."""
+    try:
         os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning(
+            "temp_file_left",
+            path=show(shown),
+            reason=_reason(exc),
+            what="cannot be removed; the next writing session removes it",
+        )
+        return False
+    return True
+
+
+def _tmp_path(staged: _Staged) -> bytes:
+    """Where a staged file's temporary file is, below the root."""
+    return join(parent(staged.path), staged.tmp)
 
 
 def _set_meta_fd(fd: int, entry: Entry, times: bool) -> None:
@@ -1037,11 +1216,24 @@ class AgentConnection:
                     out.extend(encode(reply) for reply in self.agent.handle(frame))
         except BmsyncError as exc:
             # a broken frame, or this node's tree unreadable: tell the sender
-            log.error("session_failed", error=str(exc))
+            self._fail_session(str(exc), exc.exit_code)
             out.append(encode(ErrorFrame(str(exc))))
-            self.agent.finished = True
-            self.exit_code = exc.exit_code
+        except OSError as exc:
+            # not one path's failure (those are Failures in Applied): this
+            # node's state_dir failing mid-session, say; tell the sender why
+            message = (
+                f"{self.agent.node}: the agent failed on its own filesystem "
+                f"({exc.filename!r}: {_reason(exc)}); check the filesystems holding "
+                f"{self.agent.state_dir} and {self.agent.root} on {self.agent.node}"
+            )
+            self._fail_session(message, LocalFsError.exit_code)
+            out.append(encode(ErrorFrame(message)))
         return b"".join(out)
+
+    def _fail_session(self, error: str, exit_code: int) -> None:
+        log.error("session_failed", error=error)
+        self.agent.finished = True
+        self.exit_code = exit_code
 
     def wake(self) -> bytes:
         """This node's role may have changed: the refusal ending the writing

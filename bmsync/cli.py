@@ -40,7 +40,8 @@ exit codes:
   5   the peer refused the session (another sender, version, roles, epochs)
   6   some paths could not be applied (each is listed)
   7   this node's tree could not be read
-  8   this node is passive ('bmsync promote' first) or its role.json is damaged
+  8   this node is passive ('bmsync promote' first) or its role.json is damaged;
+      promote past the highest epoch, or reset-epoch on an active node
   70  internal error
 'bmsync status': 0 the daemon runs and syncs, 1 it runs but does not sync
 (paused, disconnected, suspended), 3 no daemon answers."""
@@ -141,6 +142,19 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--reason", default="", help="why --force is safe (recorded)")
     command("promote", "make this node the active one, at an epoch above every one seen")
     command("demote", "make this node passive (it then only receives)")
+    reset = command(
+        "reset-epoch",
+        "passive node only: lower the highest epoch seen here, raised by a sender "
+        "with a leaked key (replace the key first)",
+    )
+    reset.add_argument(
+        "--to",
+        type=int,
+        required=True,
+        metavar="EPOCH",
+        help="the epoch of the last promotion you trust",
+    )
+    reset.add_argument("--reason", required=True, help="why (logged, kept in role.json)")
 
     conf = command("config", "check the configuration file")
     conf_cmds = conf.add_subparsers(
@@ -194,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return daemon_cli.cmd_resume(conf, args)
         if args.command in ("promote", "demote"):
             return daemon_cli.cmd_role(conf, args.command)
+        if args.command == "reset-epoch":
+            return daemon_cli.cmd_reset_epoch(conf, args.to, args.reason)
         raise UsageError(f"unknown command {args.command!r}")
     except BmsyncError as exc:
         print(f"bmsync: error: {exc}", file=sys.stderr)

@@ -11,6 +11,8 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from bmsync import control
 from bmsync.config import Config
 from bmsync.core.frames import Role
@@ -20,6 +22,8 @@ from bmsync.errors import DaemonNotRunning, DaemonRefused, UsageError
 from bmsync.records import Pause, PauseFlag
 from bmsync.sender_lock import SenderLock
 from bmsync.state import RoleStore, ensure_state_dir
+
+log = structlog.get_logger("bmsync.cli")
 
 # `bmsync status` exit codes: running and syncing; running but not syncing.
 STATUS_SYNCING = 0
@@ -148,7 +152,7 @@ def cmd_role(conf: Config, change: str) -> int:
     session on this node (if any) is ended, then the daemon (if any) told."""
     ensure_state_dir(conf.state_dir)
     store = RoleStore(conf.state_dir, conf.node)
-    before = store.load()
+    before = store.load_record(lenient=change == "demote")[0]
     if change == "demote" and before.role is Role.PASSIVE:
         print(f"bmsync on {conf.node}: already passive at epoch {before.epoch}; nothing changed")
         return NOTHING_CHANGED
@@ -156,6 +160,7 @@ def cmd_role(conf: Config, change: str) -> int:
         after = store.update(
             NodeRole.promote if change == "promote" else NodeRole.demote,
             f"{_now()} bmsync {change}",
+            lenient=change == "demote",  # always safe: this node stops sending
         )
     except AlreadyActive:
         print(
@@ -177,6 +182,51 @@ def cmd_role(conf: Config, change: str) -> int:
         _check(answer)
         if answer["state"] == "stopped":
             print("  the daemon here finished the batch in flight and stopped sending")
+    return 0
+
+
+def cmd_reset_epoch(conf: Config, epoch: int, reason: str) -> int:
+    """``bmsync reset-epoch``: lower this passive node's highest seen epoch
+    after a sender with a leaked key raised it (README, "A leaked key").
+    Logged and recorded in role.json; the writing session on this node, if
+    any (the hostile one, perhaps), is ended."""
+    if not reason.strip():
+        raise UsageError(
+            'bmsync reset-epoch needs --reason "...": say why the epoch seen here is not '
+            "to be trusted (it is logged and kept in role.json)"
+        )
+    ensure_state_dir(conf.state_dir)
+    store = RoleStore(conf.state_dir, conf.node)
+    before = store.load_record(lenient=True)[0]
+    after = store.update(
+        lambda role: role.reset_seen(epoch),
+        f"{_now()} bmsync reset-epoch from {before.highest_seen} to epoch {epoch}: {reason}",
+        lenient=True,
+    )
+    if after == before:
+        print(
+            f"bmsync on {conf.node}: nothing above epoch {epoch} (highest seen: "
+            f"{before.highest_seen}, own epoch {before.epoch}); nothing changed"
+        )
+        return NOTHING_CHANGED
+    log.warning(
+        "epoch_reset",
+        node=conf.node,
+        old=str(before.highest_seen),
+        new=str(after.highest_seen),
+        own_epoch=after.epoch,
+        reason=reason,
+    )
+    print(
+        f"bmsync on {conf.node}: highest seen epoch reset from {before.highest_seen} to "
+        f"{after.highest_seen} (own epoch {after.epoch}); recorded in {store.path}"
+    )
+    # a session accepted at the old epoch (the leaked key's) writes nothing more
+    ended = SenderLock(conf.state_dir).end_session(END_SESSION_WAIT_S)
+    if ended is not None:
+        print(f"  {ended}")
+    with contextlib.suppress(DaemonNotRunning):
+        _check(asyncio.run(control.request(conf.control_socket, "role", DEMOTE_WAIT_S + 10)))
     return 0
 
 

@@ -17,7 +17,9 @@
     ├── NotActive                    exit 8   this node may not send (passive, stale, suspended)
     ├── SyncPaused                   exit 9   sync is paused, or the delete-storm brake held
     │                                         deletions back: nothing was deleted
-    ├── RoleStateError               exit 8   the persisted role is missing or damaged
+    ├── RoleStateError               exit 8   the persisted role is missing or damaged, or
+    │   │                                     cannot change so (reset-epoch on an active node)
+    │   └── EpochExhausted                    a promotion would pass MAX_EPOCH
     ├── ApplyIncomplete              exit 6   some paths could not be applied
     ├── LocalFsError                 exit 7   reading this node's tree failed
     ├── DaemonNotRunning             exit 3   no daemon on the control socket
@@ -110,6 +112,11 @@ class SyncPaused(BmsyncError):
 
 class RoleStateError(BmsyncError):
     exit_code = 8
+
+
+class EpochExhausted(RoleStateError):
+    """A promotion would take an epoch past ``frames.MAX_EPOCH``: only a
+    hostile sender's epoch gets there; the operator resets it."""
 
 
 class ApplyIncomplete(BmsyncError):

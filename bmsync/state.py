@@ -14,7 +14,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from bmsync.core.frames import Role
+from bmsync.core.frames import MAX_EPOCH, Role
 from bmsync.core.guard import NodeRole, Stamp
 from bmsync.core.manifest import Entry, manifest_digest
 from bmsync.errors import ConfigError, NotActive, RoleStateError
@@ -89,12 +89,15 @@ class RoleStore:
         finally:
             os.close(fd)
 
-    def update(self, change: Callable[[NodeRole], NodeRole], changed: str) -> NodeRole:
+    def update(
+        self, change: Callable[[NodeRole], NodeRole], changed: str, lenient: bool = False
+    ) -> NodeRole:
         """Read, change and write the role under the lock (the agent raising
         ``highest_seen`` and an operator promoting never lose each other's
-        write); returns the role now on disk."""
+        write); returns the role now on disk. ``lenient``: see
+        ``load_record`` (demote and reset-epoch repair such a file)."""
         with self.locked():
-            before = self.load()
+            before = self.load_record(lenient)[0]
             after = change(before)
             if after != before:
                 self.save(after, changed)
@@ -109,7 +112,10 @@ class RoleStore:
             return None
         return st.st_ino, st.st_mtime_ns
 
-    def load_record(self) -> tuple[NodeRole, _RoleFile | None]:
+    def load_record(self, lenient: bool = False) -> tuple[NodeRole, _RoleFile | None]:
+        """The role, and the file's record. An epoch out of range (written
+        by a bmsync that did not check epochs, from a hostile sender's) is
+        an error unless ``lenient``."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -129,11 +135,20 @@ class RoleStore:
                 f"{self._node!r}; check 'node:' in the configuration"
             )
         seen = Stamp(record.highest_seen.epoch, record.highest_seen.node)
+        for what, epoch in (("epoch", record.epoch), ("highest_seen epoch", seen.epoch)):
+            if not lenient and not 0 <= epoch <= MAX_EPOCH:
+                raise RoleStateError(
+                    f"{self.path}: {what} {epoch} is out of range (0 to {MAX_EPOCH}); a sender "
+                    "holding this pair's SSH key raised it before bmsync checked epochs. "
+                    "Replace the key (README, 'A leaked key'), then on this node: 'bmsync "
+                    "demote' if it is active, and 'bmsync reset-epoch --to EPOCH --reason "
+                    '"..."\' with EPOCH the last promotion you trust'
+                )
         return NodeRole(record.node, record.role, record.epoch, seen), record
 
     def save(self, role: NodeRole, changed: str, forced: str | None = None) -> None:
         if forced is None:
-            _, old = self.load_record()
+            _, old = self.load_record(lenient=True)
             forced = None if old is None else old.forced
         record = _RoleFile(
             role.node,

@@ -39,6 +39,14 @@ MAX_FRAME_BYTES = 8 * 1024 * 1024
 # Files travel in chunks of this size, so memory stays flat for any file.
 CHUNK_BYTES = 1024 * 1024
 _LENGTH = struct.Struct(">I")
+# The highest epoch (fencing token) a frame may carry and a promotion may
+# reach: 2**53 - 1. msgpack stops at 2**64 - 1 and a promotion adds 1, so an
+# epoch at the msgpack limit, accepted, made the next promotion unsendable
+# (OverflowError); role.json is JSON, whose common readers (jq, JavaScript)
+# are exact only up to 2**53. No honest pair comes near it (a promotion a
+# second for 285 million years): a larger epoch is a broken or hostile
+# sender, refused before anything is stored.
+MAX_EPOCH = 2**53 - 1
 
 
 class Role(enum.StrEnum):
@@ -51,6 +59,15 @@ class Purpose(enum.StrEnum):
     READ = "read"  # verify, dry runs: manifest only, never writes
 
 
+def check_epoch(value: int, what: str) -> None:
+    """An epoch from the wire: 0 to ``MAX_EPOCH``, or a ProtocolError."""
+    if not 0 <= value <= MAX_EPOCH:
+        raise ProtocolError(
+            f"{what} {value} is out of range (0 to {MAX_EPOCH}): a broken or hostile sender; "
+            "nothing of it is recorded"
+        )
+
+
 class Hello(msgspec.Struct, frozen=True, tag="hello"):
     """The sender's (node, role, epoch): its claim, judged by the agent."""
 
@@ -60,6 +77,9 @@ class Hello(msgspec.Struct, frozen=True, tag="hello"):
     epoch: int
     purpose: Purpose
     software: str
+
+    def __post_init__(self) -> None:
+        check_epoch(self.epoch, "Hello epoch")
 
 
 class Welcome(msgspec.Struct, frozen=True, tag="welcome"):
@@ -73,6 +93,10 @@ class Welcome(msgspec.Struct, frozen=True, tag="welcome"):
     seen_epoch: int = 0
     seen_node: str = ""
 
+    def __post_init__(self) -> None:
+        check_epoch(self.epoch, "Welcome epoch")
+        check_epoch(self.seen_epoch, "Welcome seen_epoch")
+
 
 class Refuse(msgspec.Struct, frozen=True, tag="refuse"):
     """``code``: a ``RefusalCode``; the role and highest (epoch, node) seen
@@ -85,6 +109,10 @@ class Refuse(msgspec.Struct, frozen=True, tag="refuse"):
     code: str = ""
     seen_epoch: int = 0
     seen_node: str = ""
+
+    def __post_init__(self) -> None:
+        check_epoch(self.epoch, "Refuse epoch")
+        check_epoch(self.seen_epoch, "Refuse seen_epoch")
 
 
 class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):

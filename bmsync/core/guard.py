@@ -18,7 +18,8 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
-from bmsync.core.frames import Role
+from bmsync.core.frames import MAX_EPOCH, Role
+from bmsync.errors import EpochExhausted, RoleStateError
 
 
 class Stamp(NamedTuple):
@@ -63,10 +64,36 @@ class NodeRole:
         if self.role is Role.ACTIVE and not self.is_stale():
             raise AlreadyActive(f"{self.node} is already active ({self.stamp})")
         epoch = self.highest_seen.epoch + 1
+        if epoch > MAX_EPOCH:
+            raise EpochExhausted(
+                f"{self.node} cannot be promoted: it has seen {self.highest_seen}, and the "
+                f"next epoch would pass the highest bmsync allows ({MAX_EPOCH}). No honest "
+                "pair gets there: a sender holding the SSH key raised it. Replace the key "
+                "first (README, 'A leaked key'); then here: 'bmsync demote' if this node is "
+                "active, 'bmsync reset-epoch --to EPOCH --reason \"...\"' with EPOCH the last "
+                "promotion you trust, and 'bmsync promote'"
+            )
         return replace(self, role=Role.ACTIVE, epoch=epoch, highest_seen=Stamp(epoch, self.node))
 
     def demote(self) -> NodeRole:
         return replace(self, role=Role.PASSIVE)
+
+    def reset_seen(self, epoch: int) -> NodeRole:
+        """An operator lowers ``highest_seen`` to ``epoch`` (after a sender
+        with a leaked key raised it: README, "A leaked key"), and this
+        node's own epoch with it if higher. Only on a passive node (an
+        active one would go on sending at the old epoch): ``demote`` first.
+        Unchanged if nothing is above ``epoch``."""
+        if self.role is Role.ACTIVE:
+            raise RoleStateError(
+                f"{self.node} is active ({self.stamp}): reset-epoch only runs on a passive "
+                "node; run 'bmsync demote' first, then 'bmsync promote' after the reset"
+            )
+        if not 0 <= epoch <= MAX_EPOCH:
+            raise RoleStateError(f"epoch {epoch} is out of range (0 to {MAX_EPOCH})")
+        if self.highest_seen.epoch <= epoch and self.epoch <= epoch:
+            return self
+        return replace(self, epoch=min(self.epoch, epoch), highest_seen=Stamp(epoch, ""))
 
     def saw(self, stamp: Stamp) -> NodeRole:
         return self if stamp <= self.highest_seen else replace(self, highest_seen=stamp)
@@ -89,6 +116,7 @@ class RefusalCode(enum.StrEnum):
     SENDER_STALE = "sender-stale"  # a higher promotion has been seen here
     SENDER_NOT_ACTIVE = "sender-not-active"  # the sender does not claim active
     BUSY = "busy"  # another sender holds the lock
+    EPOCH_RESET = "epoch-reset"  # an operator lowered highest_seen below the writer
     INCOMPATIBLE = "incompatible"  # protocol version, node ids, root
 
 

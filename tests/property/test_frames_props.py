@@ -6,10 +6,12 @@ import struct
 from typing import Any, get_args
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bmsync.core.frames import (
+    MAX_EPOCH,
     Applied,
     Bye,
     Commit,
@@ -40,6 +42,9 @@ TAGS: list[str] = [t.__struct_config__.tag for t in FRAME_TYPES]
 FIELD_NAMES: list[str] = sorted({name for t in FRAME_TYPES for name in t.__struct_fields__})
 
 int64 = st.integers(-(2**63), 2**63 - 1)
+epochs = st.integers(0, MAX_EPOCH)
+# what msgpack can carry but no epoch may be
+bad_epochs = st.integers(-(2**63), -1) | st.integers(MAX_EPOCH + 1, 2**64 - 1)
 uint32 = st.integers(0, 2**32 - 1)
 text = st.text(st.characters(codec="utf-8"), max_size=30)
 
@@ -75,18 +80,37 @@ def entries_of(kind: Kind) -> st.SearchStrategy[Entry]:
 
 entries = st.one_of(entries_of(Kind.FILE), entries_of(Kind.DIR), entries_of(Kind.SYMLINK))
 
-frames: st.SearchStrategy[Any] = st.one_of(
+handshake_frames: st.SearchStrategy[Any] = st.one_of(
     st.builds(
         Hello,
         version=int64,
         node=text,
         role=st.sampled_from(Role),
-        epoch=int64,
+        epoch=epochs,
         purpose=st.sampled_from(Purpose),
         software=text,
     ),
-    st.builds(Welcome, version=int64, node=text, role=st.sampled_from(Role), epoch=int64),
-    st.builds(Refuse, reason=text, node=text, role=st.sampled_from(Role), epoch=int64),
+    st.builds(
+        Welcome,
+        version=int64,
+        node=text,
+        role=st.sampled_from(Role),
+        epoch=epochs,
+        seen_epoch=epochs,
+        seen_node=text,
+    ),
+    st.builds(
+        Refuse,
+        reason=text,
+        node=text,
+        role=st.sampled_from(Role),
+        epoch=epochs,
+        seen_epoch=epochs,
+        seen_node=text,
+    ),
+)
+frames: st.SearchStrategy[Any] = st.one_of(
+    handshake_frames,
     st.just(ManifestRequest()),
     st.builds(
         ManifestPart,
@@ -262,3 +286,40 @@ def test_corrupted_encodings_never_crash(frame: Any, data: st.DataObject) -> Non
 @given(st.binary(max_size=80))
 def test_any_body_gives_a_frame_or_protocol_error(body: bytes) -> None:
     drain(framed(body))
+
+
+EPOCH_FIELDS = [
+    (Hello, "epoch"),
+    (Welcome, "epoch"),
+    (Welcome, "seen_epoch"),
+    (Refuse, "epoch"),
+    (Refuse, "seen_epoch"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(handshake_frames, st.data())
+def test_any_epoch_out_of_range_is_a_protocol_error(frame: Any, data: st.DataObject) -> None:
+    """An epoch a hostile sender picks past MAX_EPOCH (or below 0) never
+    becomes a frame, so it is never judged nor recorded."""
+    fields = msgspec.msgpack.decode(encode(frame)[4:])
+    name = data.draw(st.sampled_from([n for t, n in EPOCH_FIELDS if t is type(frame)]))
+    fields[name] = epoch = data.draw(bad_epochs)
+    try:
+        decode_body(msgspec.msgpack.encode(fields))
+    except ProtocolError as exc:
+        assert f"epoch {epoch} is out of range (0 to {MAX_EPOCH})" in str(exc)
+    else:
+        raise AssertionError(f"{type(frame).__name__}.{name} = {epoch} was decoded")
+
+
+@pytest.mark.parametrize(("frame_type", "name"), EPOCH_FIELDS)
+def test_the_highest_epoch_itself_decodes(frame_type: type, name: str) -> None:
+    fields = {
+        Hello: {"version": 1, "node": "a", "role": "active", "purpose": "write", "software": ""},
+        Welcome: {"version": 1, "node": "a", "role": "passive"},
+        Refuse: {"reason": "r", "node": "a", "role": "passive"},
+    }[frame_type]
+    body = {"type": frame_type.__struct_config__.tag, "epoch": 0, **fields, name: MAX_EPOCH}
+    frame = decode_body(msgspec.msgpack.encode(body))
+    assert getattr(frame, name) == MAX_EPOCH

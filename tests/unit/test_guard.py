@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bmsync.core.frames import Role
+from bmsync.core.frames import MAX_EPOCH, Role
 from bmsync.core.guard import (
     Accepted,
     AlreadyActive,
@@ -26,6 +26,7 @@ from bmsync.core.guard import (
     VipSeen,
     judge_sender,
 )
+from bmsync.errors import EpochExhausted, RoleStateError
 
 
 def test_a_fresh_node_is_passive_at_epoch_0() -> None:
@@ -251,3 +252,39 @@ def test_maintenance_stops_sending_and_accepting() -> None:
     assert "maintenance" in (guard.reason or "")
     guard.observe(MaintenanceSet(False), 2)
     assert guard.may_send
+
+
+# -- epochs past the maximum (a hostile sender's) ----------------------------
+
+
+def test_promotion_reaches_the_highest_epoch_and_refuses_to_pass_it() -> None:
+    role = NodeRole("bm1").saw(Stamp(MAX_EPOCH - 1, "bm2")).promote()
+    assert role.stamp == Stamp(MAX_EPOCH, "bm1")
+    with pytest.raises(EpochExhausted) as raised:
+        NodeRole("bm1").saw(Stamp(MAX_EPOCH, "evil")).promote()
+    message = str(raised.value)
+    assert f"epoch {MAX_EPOCH} (evil)" in message and "cannot be promoted" in message
+    assert "Replace the key" in message and "bmsync reset-epoch --to EPOCH" in message
+    assert EpochExhausted.exit_code == 8
+
+
+def test_reset_epoch_lowers_what_a_passive_node_has_seen() -> None:
+    hit = NodeRole("bm2", Role.PASSIVE, 3).saw(Stamp(MAX_EPOCH, "evil"))
+    reset = hit.reset_seen(5)
+    assert (reset.role, reset.epoch, reset.highest_seen) == (Role.PASSIVE, 3, Stamp(5, ""))
+    # the real active, promoted at 5 or above, is accepted again
+    assert isinstance(judge_sender(reset, Stamp(5, "bm1"), Role.ACTIVE), Accepted)
+    # below its own epoch: both go down (a passive node's epoch only says
+    # when it was last promoted)
+    assert hit.reset_seen(1).stamp == Stamp(1, "bm2")
+    assert hit.reset_seen(MAX_EPOCH) is hit  # nothing above the maximum: unchanged
+    assert reset.reset_seen(7) is reset
+
+
+def test_reset_epoch_refuses_an_active_node_and_epochs_out_of_range() -> None:
+    active = NodeRole("bm1").promote()
+    with pytest.raises(RoleStateError, match=r"only runs on a passive node.*bmsync demote"):
+        active.reset_seen(0)
+    for epoch in (-1, MAX_EPOCH + 1):
+        with pytest.raises(RoleStateError, match="out of range"):
+            active.demote().reset_seen(epoch)
