@@ -4,48 +4,21 @@ and the state says what is true."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from bmsync.scan import TMP_PREFIX
 from tests.integration.conftest import Pair
 from tests.integration.daemon_helpers import RunningDaemon, cmdline, converge, descendants
+from tests.loopfs import loop_ext4, needs_loop_devices
 
 
 def agents(pair: Pair) -> list[int]:
     assert pair.sshd.process is not None
     return [p for p in descendants(pair.sshd.process.pid) if " agent" in cmdline(p)]
-
-
-@contextlib.contextmanager
-def small_ext4(image: Path, mountpoint: Path, size_mb: int) -> Iterator[Path]:
-    """A real ext4 filesystem of ``size_mb`` in ``image`` on a loop device,
-    mounted at ``mountpoint``; unmounted and detached afterwards (only what
-    it made)."""
-    with open(image, "wb") as f:
-        f.truncate(size_mb << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    done = subprocess.run(
-        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
-    )
-    device = done.stdout.strip()
-    try:
-        mountpoint.mkdir(exist_ok=True)
-        subprocess.run(["mount", device, str(mountpoint)], check=True)
-        try:
-            (mountpoint / "lost+found").rmdir()
-            yield mountpoint
-        finally:
-            subprocess.run(["umount", str(mountpoint)], check=True)
-    finally:
-        subprocess.run(["losetup", "-d", device], check=True)
-        image.unlink()
 
 
 def fill(path: Path) -> None:
@@ -61,12 +34,15 @@ def fill(path: Path) -> None:
     os.sync()
 
 
+@needs_loop_devices()
 def test_a_path_the_start_up_reconcile_failed_lands_once_the_disk_has_room(pair: Pair) -> None:
     pair.configure(exclude=("/etc/filler",))  # the passive's own, never synced
     etc = pair.active / "etc"
     etc.mkdir()
     (etc / "big.bin").write_bytes(os.urandom(2 << 20))
-    with small_ext4(pair.base / "passive-etc.img", pair.passive / "etc", 8) as passive_etc:
+    passive_etc = pair.passive / "etc"
+    passive_etc.mkdir()
+    with loop_ext4(pair.base / "passive-etc.img", passive_etc, size_kib=8192):
         fill(passive_etc / "filler")
         daemon = RunningDaemon(pair)
         try:
