@@ -1,0 +1,242 @@
+"""A hostile sender against a real ``bmsync agent`` process.
+
+The attacks of issue 11 (item 11, "unbounded agent memory"; the SSH key has
+leaked and the sender is hostile) as streams of encoded frames, and a driver
+that runs ``python -m bmsync agent`` on stdin/stdout pipes and reports what
+it answered, its exit code and its peak resident memory: ``ru_maxrss`` of
+the agent alone, from ``wait4`` on its pid (the kernel's high-water mark of
+that process, whatever the load on the machine).
+
+Used by tests/integration/test_agent_hostile.py (scaled to a few seconds)
+and by bench/agent_memory.py (at the issue's scale).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bmsync.core.delta import Copy, DeltaOp, Literal
+from bmsync.core.frames import (
+    PROTOCOL_VERSION,
+    Applied,
+    Bye,
+    Commit,
+    ErrorFrame,
+    Expect,
+    Fetch,
+    Frame,
+    FrameDecoder,
+    Hello,
+    Purpose,
+    PutDelta,
+    Role,
+    encode,
+)
+from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind, digest_bytes
+from bmsync.core.ops import SetMeta
+from tests.sshd import write_config
+
+BASE_PATH = b"etc/base.bin"
+BASE_BYTES = 64 * 1024
+BIG_PATH = b"etc/big.img"
+# frames are written to the agent in pieces of about this size
+WRITE_BYTES = 1024 * 1024
+
+
+@dataclass
+class Passive:
+    """A passive node's tree and configuration, holding one file a delta
+    can name as its base."""
+
+    root: Path
+    state: Path
+    config: Path
+    base: bytes
+
+    @classmethod
+    def make(cls, where: Path, big_file: int = 0) -> Passive:
+        """``big_file``: also a (sparse) file of that size, ``BIG_PATH``."""
+        root, state = where / "root", where / "state"
+        (root / "etc").mkdir(parents=True)
+        base = random.Random(11).randbytes(BASE_BYTES)
+        (root / os.fsdecode(BASE_PATH)).write_bytes(base)
+        if big_file:
+            with open(root / os.fsdecode(BIG_PATH), "wb") as f:
+                f.truncate(big_file)
+        config = write_config(where / "passive.yaml", "bm2", root, state, promote=False)
+        return cls(root, state, config, base)
+
+    def files(self) -> dict[str, bytes]:
+        """Every file under the root (temporary files included), by path."""
+        found = {}
+        for top, _, names in os.walk(self.root):
+            for name in names:
+                path = Path(top) / name
+                found[str(path.relative_to(self.root))] = path.read_bytes()
+        return found
+
+
+@dataclass
+class AgentRun:
+    replies: list[Frame]
+    exit_code: int
+    peak_kib: int  # ru_maxrss of the agent process
+    seconds: float
+    sent_bytes: int
+    stderr: str = ""
+    write_error: str = ""  # why the sender stopped early (the agent hung up)
+
+    @property
+    def peak_mib(self) -> float:
+        return self.peak_kib / 1024
+
+    def errors(self) -> list[str]:
+        return [f.message for f in self.replies if isinstance(f, ErrorFrame)]
+
+    def applied(self) -> list[Applied]:
+        return [f for f in self.replies if isinstance(f, Applied)]
+
+
+def hello() -> bytes:
+    return encode(Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 1, Purpose.WRITE, "hostile"))
+
+
+def result_entry(size: int) -> Entry:
+    return Entry(Kind.FILE, 0o644, 0, 0, 0, size=size, digest=b"\x5a" * DIGEST_SIZE)
+
+
+def expect_flood(total_bytes: int, path_bytes: int = 4000) -> Iterator[bytes]:
+    """``total_bytes`` of Expect frames, each for another long path, and no
+    Commit: everything the agent keeps of them waits for a commit that never
+    comes."""
+    yield hello()
+    sent = 0
+    n = 0
+    names = (path_bytes - 4) // 200 + 1
+    while sent < total_bytes:
+        piece = []
+        size = 0
+        while size < WRITE_BYTES and sent + size < total_bytes:
+            stem = b"/".join(b"%0200d" % (n * names + k) for k in range(names))
+            frame = encode(Expect(b"etc/" + stem[: path_bytes - 4], b"\x01" * DIGEST_SIZE))
+            piece.append(frame)
+            size += len(frame)
+            n += 1
+        sent += size
+        yield b"".join(piece)
+    yield encode(Bye())
+
+
+def zlib_bomb(inflated_bytes: int, declared_size: int, base: bytes) -> Iterator[bytes]:
+    """A delta whose one literal is a zlib stream of ``inflated_bytes`` of
+    zeros (about a thousandth of that on the wire), for a result that
+    claims ``declared_size`` bytes."""
+    packer = zlib.compressobj(9)
+    zeros = bytes(WRITE_BYTES)
+    parts = [packer.compress(zeros) for _ in range(inflated_bytes // WRITE_BYTES)]
+    parts.append(packer.flush())
+    ops: list[DeltaOp] = [Literal(b"".join(parts), compressed=True)]
+    yield hello()
+    yield encode(PutDelta(BASE_PATH, digest_bytes(base), ops, result_entry(declared_size)))
+    yield encode(Commit(0))
+    yield encode(Bye())
+
+
+def copy_flood(count: int, length: int, base: bytes) -> Iterator[bytes]:
+    """A delta of ``count`` copies of the same ``length`` bytes of the base
+    (six bytes each on the wire), for a result of ``count * length`` bytes."""
+    ops: list[DeltaOp] = [Copy(0, length)] * count
+    yield hello()
+    yield encode(PutDelta(BASE_PATH, digest_bytes(base), ops, result_entry(count * length)))
+    yield encode(Commit(0))
+    yield encode(Bye())
+
+
+def setmeta_flood(total_bytes: int, pairs: int = 9_000) -> Iterator[bytes]:
+    """SetMeta frames for a directory, each with ``pairs`` small extended
+    attributes, and no Commit: directory metadata waits for the commit."""
+    xattrs = tuple((b"user.%d" % k, b"") for k in range(pairs))
+    frame = encode(SetMeta(b"etc", Entry(Kind.DIR, 0o755, 0, 0, 0, xattrs=xattrs)))
+    yield hello()
+    per_write = max(1, WRITE_BYTES // len(frame))
+    for _ in range(0, total_bytes // len(frame) + 1, per_write):
+        yield frame * per_write
+    yield encode(Bye())
+
+
+def fetch(path: bytes) -> Iterator[bytes]:
+    """Ask for a file back (a read session, as ``resume --discard`` does)."""
+    yield encode(Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 1, Purpose.READ, "hostile"))
+    yield encode(Fetch(path))
+    yield encode(Bye())
+
+
+def run_agent(config: Path, stream: Iterable[bytes], log: Path, timeout: float = 300) -> AgentRun:
+    """Run ``bmsync agent`` with ``config``, write ``stream`` to its stdin
+    (stopping if it hangs up), read every frame it answers, and wait for it
+    to exit. Killed (by its pid) after ``timeout`` seconds."""
+    started = time.monotonic()
+    with open(log, "wb") as stderr:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "bmsync", "-c", str(config), "agent"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+    assert agent.stdin is not None and agent.stdout is not None
+    stdin = agent.stdin
+    sent = 0
+    write_error = ""
+
+    def write() -> None:
+        nonlocal sent, write_error
+        try:
+            for data in stream:
+                stdin.write(data)
+                sent += len(data)
+        except OSError as exc:  # BrokenPipeError: the agent hung up
+            write_error = str(exc)
+        finally:
+            try:
+                stdin.close()
+            except OSError as exc:
+                write_error = write_error or str(exc)
+
+    killer = threading.Timer(timeout, agent.kill)
+    writer = threading.Thread(target=write, name="hostile-writer")
+    killer.start()
+    writer.start()
+    decoder = FrameDecoder()
+    replies: list[Frame] = []
+    try:
+        while data := os.read(agent.stdout.fileno(), WRITE_BYTES):
+            decoder.feed(data)
+            while (frame := decoder.next_frame()) is not None:
+                replies.append(frame)
+        _, status, usage = os.wait4(agent.pid, 0)
+        agent.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        killer.cancel()
+        if agent.returncode is None:
+            agent.kill()
+            agent.wait()
+        writer.join()
+        agent.stdout.close()
+    return AgentRun(
+        replies=replies,
+        exit_code=agent.returncode,
+        peak_kib=usage.ru_maxrss,
+        seconds=time.monotonic() - started,
+        sent_bytes=sent,
+        stderr=log.read_text(errors="replace"),
+        write_error=write_error,
+    )
