@@ -44,7 +44,7 @@ import structlog
 from bmsync import __version__
 from bmsync.config import Config
 from bmsync.config import load as load_config
-from bmsync.core.delta import DELTA_MAX_BYTES, DeltaError, apply_delta
+from bmsync.core.delta import DELTA_MAX_BYTES, Copy, DeltaError, delta_pieces
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import (
     BASE_MISMATCH,
@@ -85,9 +85,10 @@ from bmsync.fsutil import (
     hash_fd,
     kind_of,
     open_dir,
+    open_file,
     open_root,
-    read_whole,
     read_xattrs,
+    same_version,
     sync_filesystem,
     write_xattrs,
 )
@@ -644,6 +645,10 @@ class Agent:
         return []
 
     def _put_delta(self, frame: PutDelta) -> list[Frame]:
+        """Apply a delta to this node's file, straight into a staged
+        temporary file: the base is read and the literals inflated a piece
+        at a time, and no more than the declared ``entry.size`` is built
+        (the decoder has bounded the operations and that size)."""
         self._require_write()
         if frame.entry.kind != Kind.FILE:
             raise ProtocolError(f"PutDelta {show(frame.path)} with a {frame.entry.kind.name} entry")
@@ -653,36 +658,85 @@ class Agent:
             self._discard(previous)
         if len(batch.staged) >= MAX_STAGED:
             raise ProtocolError(f"more than {MAX_STAGED} files in one batch")
+        base: tuple[int, os.stat_result] | None = None
         try:
             self._check_covered(frame.path, False)
-            base = self._current(frame.path)
-            if base is None or base[1].digest != frame.base:
-                batch.touched.append(frame.path)  # Applied tells what is here instead
-                self._fail(
-                    frame.path,
-                    "this node's copy is not the version the delta was made against; "
-                    "the whole file will be sent",
-                    BASE_MISMATCH,
-                )
+            base = self._delta_base(frame.path, frame.base)
+            if base is None:
+                self._base_mismatch(frame.path)
                 return []
             if batch.expected.get(frame.path) == frame.base:
                 del batch.expected[frame.path]  # just read and verified: no second read
-            data = apply_delta(base[0], frame.ops)
             staged = self._stage(frame.path)
             batch.staged[frame.path] = staged
-            staged.size = len(data)
-            staged.hasher.update(data)
-            assert staged.fd is not None
-            _write_all(staged.fd, data)
+            if not self._write_delta(staged, base, frame):
+                del batch.staged[frame.path]
+                self._discard(staged)
+                self._base_mismatch(frame.path)
+                return []
             self._finish(staged, frame.entry)
-        except DeltaError as exc:
-            self._fail(frame.path, f"bad delta: {exc}")
-        except (OpFailed, OSError) as exc:
-            self._fail(frame.path, _reason(exc))
+        except (DeltaError, OpFailed, OSError) as exc:
+            reason = f"bad delta: {exc}" if isinstance(exc, DeltaError) else _reason(exc)
+            self._fail(frame.path, reason)
             staged_now = batch.staged.pop(frame.path, None)
             if staged_now is not None:
                 self._discard(staged_now)
+        finally:
+            if base is not None:
+                os.close(base[0])
         return []
+
+    def _base_mismatch(self, path: bytes) -> None:
+        self._batch.touched.append(path)  # Applied tells what is here instead
+        self._fail(
+            path,
+            "this node's copy is not the version the delta was made against; "
+            "the whole file will be sent",
+            BASE_MISMATCH,
+        )
+
+    def _delta_base(self, path: bytes, digest: bytes) -> tuple[int, os.stat_result] | None:
+        """This node's regular file at ``path``, open, if its content has
+        ``digest`` (read a piece at a time, never whole); ``None`` if not,
+        or if it is too large to be a delta's base."""
+        assert self._root_fd is not None
+        try:
+            fd = open_file(self._root_fd, path)
+        except OSError:
+            return None
+        matches = False
+        try:
+            st = os.fstat(fd)
+            matches = (
+                kind_of(st.st_mode) == Kind.FILE
+                and st.st_size <= DELTA_MAX_BYTES
+                and hash_fd(fd) == (digest, st.st_size)
+            )
+        except OSError:
+            matches = False
+        finally:
+            if not matches:
+                os.close(fd)
+        return (fd, st) if matches else None
+
+    def _write_delta(
+        self, staged: _Staged, base: tuple[int, os.stat_result], frame: PutDelta
+    ) -> bool:
+        """Write the delta's result to ``staged``, a piece at a time; False if
+        the base changed meanwhile (nothing of it is then applied)."""
+        base_fd, before = base
+        assert staged.fd is not None
+        for piece in delta_pieces(frame.ops, before.st_size, frame.entry.size):
+            if isinstance(piece, Copy):
+                data = os.pread(base_fd, piece.length, piece.offset)
+                if len(data) != piece.length:
+                    return False
+            else:
+                data = piece
+            staged.hasher.update(data)
+            _write_all(staged.fd, data)
+            staged.size += len(data)
+        return same_version(before, os.fstat(base_fd))
 
     # -- divergence: files changed on this node since bmsync wrote them ----
 
@@ -737,15 +791,6 @@ class Agent:
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
             batch.backup_dir = self.state_dir / BACKUPS_NAME / stamp
         return batch.backup_dir / os.fsdecode(path)
-
-    def _current(self, path: bytes) -> tuple[bytes, Entry] | None:
-        """This node's regular file at ``path``, whole, with its entry
-        (``None``: none, changing, or too large to be a delta base)."""
-        assert self._root_fd is not None
-        try:
-            return read_whole(self._root_fd, path, DELTA_MAX_BYTES)
-        except OSError:
-            return None
 
     def _fetch(self, fetch: Fetch) -> list[Frame]:
         """Send a file back (``bmsync resume --discard`` restores from here)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import subprocess
 import sys
 import threading
@@ -23,6 +24,8 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from bmsync.core.delta import Copy, DeltaOp, Literal
 from bmsync.core.frames import (
@@ -37,7 +40,6 @@ from bmsync.core.frames import (
     FrameDecoder,
     Hello,
     Purpose,
-    PutDelta,
     Role,
     encode,
 )
@@ -106,6 +108,19 @@ class AgentRun:
         return [f for f in self.replies if isinstance(f, Applied)]
 
 
+def raw(fields: dict[str, object]) -> bytes:
+    """A frame as a hostile sender writes it: no check of ours on the way."""
+    body = msgspec.msgpack.encode(fields)
+    return struct.pack(">I", len(body)) + body
+
+
+def put_delta(ops: list[DeltaOp], base: bytes, declared_size: int) -> bytes:
+    entry = result_entry(declared_size)
+    return raw(
+        {"type": "delta", "path": BASE_PATH, "base": digest_bytes(base), "ops": ops, "entry": entry}
+    )
+
+
 def hello() -> bytes:
     return encode(Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 1, Purpose.WRITE, "hostile"))
 
@@ -146,7 +161,7 @@ def zlib_bomb(inflated_bytes: int, declared_size: int, base: bytes) -> Iterator[
     parts.append(packer.flush())
     ops: list[DeltaOp] = [Literal(b"".join(parts), compressed=True)]
     yield hello()
-    yield encode(PutDelta(BASE_PATH, digest_bytes(base), ops, result_entry(declared_size)))
+    yield put_delta(ops, base, declared_size)
     yield encode(Commit(0))
     yield encode(Bye())
 
@@ -156,7 +171,7 @@ def copy_flood(count: int, length: int, base: bytes) -> Iterator[bytes]:
     (six bytes each on the wire), for a result of ``count * length`` bytes."""
     ops: list[DeltaOp] = [Copy(0, length)] * count
     yield hello()
-    yield encode(PutDelta(BASE_PATH, digest_bytes(base), ops, result_entry(count * length)))
+    yield put_delta(ops, base, count * length)
     yield encode(Commit(0))
     yield encode(Bye())
 

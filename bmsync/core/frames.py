@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import enum
 import struct
+from typing import Annotated
 
 import msgspec
 
-from bmsync.core.delta import DeltaOp
+from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS, DeltaOp
 from bmsync.core.manifest import DIGEST_SIZE, Entry, check_entry
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
-from bmsync.core.paths import check_relpath
+from bmsync.core.paths import check_relpath, show
 from bmsync.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -168,11 +169,14 @@ class Commit(msgspec.Struct, frozen=True, tag="commit"):
 class PutDelta(msgspec.Struct, frozen=True, tag="delta"):
     """A file as a delta against the version the agent holds (``base``, its
     xxh3-128 digest); ``entry`` describes the result. The agent applies it
-    only if its file matches ``base``, and checks the result's digest."""
+    only if its file matches ``base``, builds no more than ``entry.size``
+    bytes, and checks the result's digest. At most ``MAX_DELTA_OPS``
+    operations (the decoder refuses more before building any), for a result
+    of at most ``DELTA_MAX_BYTES``."""
 
     path: bytes
     base: bytes
-    ops: list[DeltaOp]
+    ops: Annotated[list[DeltaOp], msgspec.Meta(max_length=MAX_DELTA_OPS)]
     entry: Entry
 
     def __post_init__(self) -> None:
@@ -180,6 +184,16 @@ class PutDelta(msgspec.Struct, frozen=True, tag="delta"):
         if len(self.base) != DIGEST_SIZE:
             raise ProtocolError(f"delta base digest of {len(self.base)} bytes")
         check_entry(self.entry)
+        if len(self.ops) > MAX_DELTA_OPS:
+            raise ProtocolError(
+                f"delta of {show(self.path)} has {len(self.ops)} operations, "
+                f"more than the {MAX_DELTA_OPS} allowed"
+            )
+        if self.entry.size > DELTA_MAX_BYTES:
+            raise ProtocolError(
+                f"delta of {show(self.path)} declares a {self.entry.size}-byte result, "
+                f"more than the {DELTA_MAX_BYTES} bytes a delta may build"
+            )
 
 
 # Failure codes the sender acts on.

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from bmsync import agent as agent_module
 from bmsync.agent import Agent, AgentConnection
 from bmsync.core.delta import Copy, Literal, make_delta
 from bmsync.core.excludes import Rule, SyncSet
@@ -296,6 +298,43 @@ def test_delta_applies_to_its_base_only(node: Node) -> None:
     applied = node.commit(bad)
     assert "bad delta: copy of 0+1000000000 past the base" in applied.failures[0].reason
     assert os.listdir(node.root / "etc") == ["big.conf"]
+
+
+def test_a_delta_builds_no_more_than_the_size_it_declares(node: Node) -> None:
+    base = b"line\n" * 20_000
+    target = node.root / "etc/big.conf"
+    target.write_bytes(base)
+    node.hello()
+    # 100 MB of zeros in 100 KB: inflated only as far as the declared 1000 bytes
+    bomb = Literal(zlib.compress(bytes(100_000_000), 9), compressed=True)
+    applied = node.commit(
+        PutDelta(b"etc/big.conf", digest_bytes(base), [bomb], file_entry(b"y" * 1000))
+    )
+    assert [f.reason for f in applied.failures] == [
+        "bad delta: literal data inflates past 1000 bytes (the room left in a result of at "
+        "most 1000)"
+    ]
+    # copies that would build more than the declared size are not made
+    copies = [Copy(0, 100_000)] * 3
+    applied = node.commit(
+        PutDelta(b"etc/big.conf", digest_bytes(base), copies, file_entry(b"z" * 150_000))
+    )
+    assert [f.reason for f in applied.failures] == ["bad delta: the result grows past 150000 bytes"]
+    assert target.read_bytes() == base
+    assert os.listdir(node.root / "etc") == ["big.conf"]  # no temporary file left
+
+
+def test_a_delta_is_not_applied_to_a_base_too_large_to_be_one(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = b"line\n" * 20_000
+    (node.root / "etc/big.conf").write_bytes(base)
+    monkeypatch.setattr(agent_module, "DELTA_MAX_BYTES", len(base) - 1)
+    node.hello()
+    delta = PutDelta(b"etc/big.conf", digest_bytes(base), [Copy(0, 10)], file_entry(base[:10]))
+    applied = node.commit(delta)
+    assert [f.code for f in applied.failures] == [BASE_MISMATCH]
+    assert (node.root / "etc/big.conf").read_bytes() == base
 
 
 # -- a file changed on this (passive) node since bmsync wrote it -------------

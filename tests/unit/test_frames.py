@@ -8,7 +8,7 @@ from typing import Any, get_args
 import msgspec
 import pytest
 
-from bmsync.core.delta import Copy, Literal
+from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS, Copy, Literal
 from bmsync.core.frames import (
     BASE_MISMATCH,
     MAX_FRAME_BYTES,
@@ -412,3 +412,41 @@ def test_an_expected_digest_of_the_wrong_size_is_refused() -> None:
     fields["digest"] = b"\0" * 5
     with pytest.raises(ProtocolError, match="expected digest of 5 bytes"):
         decode_body(body_of(fields))
+
+
+# -- deltas: bounded when decoded, before anything is built ------------------
+
+
+def delta_body(count_header: bytes, ops: bytes, size: int = 10) -> bytes:
+    """A PutDelta body whose ops array has the given msgpack header."""
+    entry = msgspec.msgpack.encode(Entry(Kind.FILE, 0o644, 0, 0, 0, size, b"d" * DIGEST_SIZE))
+    return (
+        b"\x85\xa4type\xa5delta\xa4path\xc4\x03etc\xa4base\xc4\x10"
+        + b"b" * DIGEST_SIZE
+        + b"\xa3ops"
+        + count_header
+        + ops
+        + b"\xa5entry"
+        + entry
+    )
+
+
+def test_a_delta_of_more_operations_than_allowed_is_refused_unbuilt() -> None:
+    copy = msgspec.msgpack.encode(Copy(0, 1000))
+    ok = decode_body(delta_body(b"\xdd" + struct.pack(">I", 3), copy * 3))
+    assert isinstance(ok, PutDelta) and ok.ops == [Copy(0, 1000)] * 3
+    # the array header says 4 billion: refused at once, nothing allocated
+    with pytest.raises(ProtocolError, match=f"length <= {MAX_DELTA_OPS}"):
+        decode_body(delta_body(b"\xdd\xff\xff\xff\xff", copy * 3))
+    too_many = b"\xdd" + struct.pack(">I", MAX_DELTA_OPS + 1)
+    with pytest.raises(ProtocolError, match=f"length <= {MAX_DELTA_OPS}"):
+        decode_body(delta_body(too_many, copy * (MAX_DELTA_OPS + 1)))
+    with pytest.raises(ProtocolError, match=f"more than the {MAX_DELTA_OPS} allowed"):
+        PutDelta(b"etc/x", b"b" * DIGEST_SIZE, [Copy(0, 1)] * (MAX_DELTA_OPS + 1), FILE)
+
+
+def test_a_delta_declaring_a_result_past_the_delta_limit_is_refused() -> None:
+    body = delta_body(b"\x91", msgspec.msgpack.encode(Copy(0, 1)), size=DELTA_MAX_BYTES + 1)
+    with pytest.raises(ProtocolError, match=f"more than the {DELTA_MAX_BYTES} bytes a delta"):
+        decode_body(body)
+    assert isinstance(decode_body(delta_body(b"\x90", b"", size=DELTA_MAX_BYTES)), PutDelta)
