@@ -110,6 +110,23 @@ SYNCFS_FROM_FILES = 16
 # A batch may stage this many files; more is a sender bug or an attack on
 # the agent's file descriptors and disk.
 MAX_STAGED = 20_000
+# What a batch keeps until its Commit (see "Bounds" in the module docstring).
+# A bmsync sender commits every 1000 operations (session.BATCH_MAX_OPS), each
+# with at most an Expect and, per attempt to send a file (3), its first chunk:
+# far below either bound. Past one, the sender is broken or hostile: a
+# ProtocolError ends the session, and nothing it staged is applied.
+MAX_BATCH_RECORDS = MAX_STAGED
+MAX_BATCH_HELD_BYTES = 24 * 1024 * 1024
+# What one record costs, counted generously (measured with tracemalloc: 130
+# to 930 bytes, xxh3 state included): the Python objects around one path (a
+# _Staged, an Expect's dict slot, a Failure and its reason, list slots)...
+_RECORD_BYTES = 1024
+# ...its path, kept up to this many times over (in a Failure's reason too,
+# escaped: show() spells a byte that is not UTF-8 in 4 characters)...
+_PATH_COPIES = 5
+# ...and each extended attribute of an entry kept whole (a tuple of two
+# bytes objects: 105 bytes measured), besides its name and value.
+_XATTR_BYTES = 128
 # How long a sender whose stamp supersedes the one writing here waits for
 # that session to end (it is told to at once; this covers a slow commit).
 PREEMPT_WAIT_S = 10.0
@@ -150,6 +167,53 @@ class _Batch:
     expected: dict[bytes, bytes] = field(default_factory=dict)
     backups: list[tuple[bytes, str]] = field(default_factory=list)
     backup_dir: Path | None = None
+    # what all of the above keep, bounded: see hold()
+    records: int = 0
+    held_bytes: int = 0
+
+    def hold(self, frame: _Held) -> None:
+        """Count what this batch may keep of ``frame`` until its commit
+        (before the frame is applied): past MAX_BATCH_RECORDS records or
+        MAX_BATCH_HELD_BYTES, a ProtocolError that ends the session."""
+        records, size = _held(frame)
+        self.records += records
+        self.held_bytes += size
+        if self.records > MAX_BATCH_RECORDS:
+            raise ProtocolError(
+                f"more than {MAX_BATCH_RECORDS} operations and Expect frames in one "
+                f"batch without a Commit (at {type(frame).__name__} {show(_path_of(frame))})"
+            )
+        if self.held_bytes > MAX_BATCH_HELD_BYTES:
+            raise ProtocolError(
+                f"one batch's paths and entries would keep more than {MAX_BATCH_HELD_BYTES} "
+                f"bytes until its Commit (at {type(frame).__name__} {show(_path_of(frame))})"
+            )
+
+
+_Held = Expect | PutChunk | Put | PutDelta | Mkdir | Symlink | Rename | Delete | SetMeta
+# The frames a batch keeps something of until its commit (a path, an entry).
+_HELD = (Expect, PutChunk, Put, PutDelta, Mkdir, Symlink, Rename, Delete, SetMeta)
+
+
+def _path_of(frame: _Held) -> bytes:
+    return frame.dst if isinstance(frame, Rename) else frame.path
+
+
+def _held(frame: _Held) -> tuple[int, int]:
+    """(records, bytes): at most what a batch keeps of ``frame`` until its
+    commit. A file's later chunks add nothing to the record its first one
+    made (its ``Put`` adds the entry); see the constants for the rest."""
+    if isinstance(frame, PutChunk | Put) and frame.offset > 0:
+        return 0, _entry_bytes(frame.entry) if isinstance(frame, Put) else 0
+    paths = len(frame.src) + len(frame.dst) if isinstance(frame, Rename) else len(frame.path)
+    size = _RECORD_BYTES + _PATH_COPIES * paths
+    if not isinstance(frame, Expect | PutChunk | Delete):
+        size += _entry_bytes(frame.entry)
+    return 1, size
+
+
+def _entry_bytes(entry: Entry) -> int:
+    return len(entry.target) + sum(_XATTR_BYTES + len(k) + len(v) for k, v in entry.xattrs)
 
 
 class Agent:
@@ -207,6 +271,8 @@ class Agent:
             raise ProtocolError(f"the agent does not accept {type(frame).__name__} frames")
         if self._purpose is None and not isinstance(frame, Hello):
             raise ProtocolError(f"{type(frame).__name__} before Hello")
+        if isinstance(frame, _HELD) and not self._local:
+            self._batch.hold(frame)  # the daemon's own restore is not bounded here
         if self._sender is None or not isinstance(frame, _WRITES):
             return handler(frame)
         if self._hold is None:

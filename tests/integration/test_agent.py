@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from bmsync import agent as agent_module
-from bmsync.agent import Agent, AgentConnection
+from bmsync.agent import MAX_BATCH_HELD_BYTES, MAX_BATCH_RECORDS, Agent, AgentConnection
 from bmsync.core.delta import Copy, Literal, make_delta
 from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.frames import (
@@ -31,6 +31,7 @@ from bmsync.core.frames import (
     ManifestRequest,
     Purpose,
     Put,
+    PutAbort,
     PutChunk,
     PutDelta,
     Refuse,
@@ -39,7 +40,7 @@ from bmsync.core.frames import (
     encode,
 )
 from bmsync.core.manifest import Entry, Kind, digest_bytes
-from bmsync.core.ops import Delete, Mkdir, Rename
+from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta
 from tests.helpers import walk
 
 
@@ -335,6 +336,74 @@ def test_a_delta_is_not_applied_to_a_base_too_large_to_be_one(
     applied = node.commit(delta)
     assert [f.code for f in applied.failures] == [BASE_MISMATCH]
     assert (node.root / "etc/big.conf").read_bytes() == base
+
+
+# -- what a batch keeps until its commit is bounded ---------------------------
+
+
+def test_expectations_without_a_commit_end_the_session_past_the_bound(node: Node) -> None:
+    node.hello()
+    expects = [Expect(b"etc/f%05d" % i, b"\1" * 16) for i in range(MAX_BATCH_RECORDS + 1)]
+    replies = node.send(*expects[:-1])
+    assert replies == []  # up to the bound: kept, waiting for the commit
+    (reply,) = node.send(expects[-1])
+    assert isinstance(reply, ErrorFrame)
+    assert reply.message == (
+        f"more than {MAX_BATCH_RECORDS} operations and Expect frames in one batch "
+        f"without a Commit (at Expect /etc/f{MAX_BATCH_RECORDS:05})"
+    )
+    assert node.connection.finished and node.connection.exit_code == 4
+
+
+def long_path(i: int) -> bytes:
+    return b"etc/" + b"/".join([b"%05d" % i + b"x" * 240] + [b"y" * 250] * 14)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        lambda i: Expect(long_path(i), b"\1" * 16),
+        lambda i: Delete(long_path(i), Kind.FILE),  # each a Failure: no parent here
+        lambda i: SetMeta(  # directory metadata waits for the commit
+            b"etc", Entry(Kind.DIR, 0o755, 0, 0, 0, xattrs=((b"user.x", b"v" * 3000),))
+        ),
+    ],
+)
+def test_what_a_batch_keeps_until_its_commit_is_bounded_in_bytes(
+    node: Node, frame: Callable[[int], Frame]
+) -> None:
+    node.hello()
+    frames = [frame(i) for i in range(MAX_BATCH_HELD_BYTES // 3000)]
+    replies = node.send(*frames)
+    assert isinstance(replies[-1], ErrorFrame), replies[-3:]
+    assert f"would keep more than {MAX_BATCH_HELD_BYTES} bytes until its Commit" in (
+        replies[-1].message
+    )
+    assert node.connection.finished and node.connection.exit_code == 4
+    assert os.listdir(node.root / "etc") == []
+
+
+def test_the_largest_batch_a_sender_makes_is_well_within_the_bounds(node: Node) -> None:
+    """1000 files (session.BATCH_MAX_OPS) with 200-byte paths, an xattr
+    the size of an ACL, an Expect each, and every file read three times
+    (changing while read): at most half of either bound."""
+    where = b"etc/" + b"d" * 150
+    (node.root / os.fsdecode(where)).mkdir()
+    node.hello()
+    acl = ((b"user.acl_like", b"a" * 44),)  # an ACL's size
+    frames: list[Frame] = []
+    for i in range(1000):
+        path = where + b"/%044d" % i
+        data = b"%d\n" % i
+        entry = Entry(Kind.FILE, 0o644, 0, 0, 0, len(data), digest_bytes(data), xattrs=acl)
+        frames += [Expect(path, b"\1" * 16)]
+        frames += [PutChunk(path, 0, b"x"), PutAbort(path)] * 2
+        frames += [PutChunk(path, 0, data[:1]), Put(path, 1, data[1:], entry)]
+    batch = node.connection.agent._batch
+    node.send(*frames)
+    assert batch.records < MAX_BATCH_RECORDS / 2 and batch.held_bytes < MAX_BATCH_HELD_BYTES / 2
+    applied = node.commit()
+    assert applied.failures == [] and len(applied.results) == 1000
 
 
 # -- a file changed on this (passive) node since bmsync wrote it -------------
