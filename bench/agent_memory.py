@@ -95,6 +95,16 @@ def attacks(scale: float) -> list[Attack]:
             lambda p: hostile.setmeta_flood(int(40_000_000 * scale)),
         ),
         Attack(
+            "xattr_bomb",
+            "one 8 MiB SetMeta frame of 1.4 million 6-byte xattrs",
+            lambda p: hostile.xattr_bomb(),
+        ),
+        Attack(
+            "manifest_bomb",
+            "one 8 MiB ManifestPart frame (agents send those, never receive them)",
+            lambda p: hostile.manifest_bomb(),
+        ),
+        Attack(
             "fetch_big",
             f"Fetch of a {int(512 * scale)} MiB file on the passive node",
             lambda p: hostile.fetch(hostile.BIG_PATH),

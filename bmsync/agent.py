@@ -1125,7 +1125,7 @@ class AgentConnection:
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(to_agent=True)
         self.exit_code = 0
 
     @property

@@ -4,8 +4,8 @@ The attacks of issue 11 (item 11, "unbounded agent memory"; the SSH key has
 leaked and the sender is hostile) as streams of encoded frames, and a driver
 that runs ``python -m bmsync agent`` on stdin/stdout pipes and reports what
 it answered, its exit code and its peak resident memory: ``ru_maxrss`` of
-the agent alone, from ``wait4`` on its pid (the kernel's high-water mark of
-that process, whatever the load on the machine).
+the agent alone, from ``wait4`` in a small wrapper process (the kernel's
+high-water mark of that process, whatever the load on the machine).
 
 Used by tests/integration/test_agent_hostile.py (scaled to a few seconds)
 and by bench/agent_memory.py (at the issue's scale).
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import struct
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import msgspec
 
 from bmsync.core.delta import Copy, DeltaOp, Literal
 from bmsync.core.frames import (
+    MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
     Applied,
     Bye,
@@ -188,6 +190,29 @@ def setmeta_flood(total_bytes: int, pairs: int = 9_000) -> Iterator[bytes]:
     yield encode(Bye())
 
 
+def xattr_bomb(frame_bytes: int = MAX_FRAME_BYTES - 64) -> Iterator[bytes]:
+    """One SetMeta frame of ``frame_bytes`` that is nearly all extended
+    attributes of 6 bytes each (name ``u``, empty value): each decodes to a
+    tuple of two bytes objects, 70 bytes of Python objects."""
+    pairs = (frame_bytes - 64) // 6
+    xattrs = [[b"u", b""]] * pairs
+    yield hello()
+    yield raw(
+        {"type": "setmeta", "path": b"etc", "entry": [2, 0o755, 0, 0, 0, 0, b"", b"", xattrs]}
+    )
+    yield encode(Bye())
+
+
+def manifest_bomb(frame_bytes: int = MAX_FRAME_BYTES - 64) -> Iterator[bytes]:
+    """One ManifestPart frame (which only an agent sends) of minimal entries,
+    ten bytes each on the wire, 200 bytes each once decoded."""
+    count = (frame_bytes - 64) // 10
+    entries = [[b"a", [2, 0, 0, 0, 0]]] * count
+    yield hello()
+    yield raw({"type": "manifest", "entries": entries, "last": True})
+    yield encode(Bye())
+
+
 def fetch(path: bytes) -> Iterator[bytes]:
     """Ask for a file back (a read session, as ``resume --discard`` does)."""
     yield encode(Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 1, Purpose.READ, "hostile"))
@@ -195,20 +220,41 @@ def fetch(path: bytes) -> Iterator[bytes]:
     yield encode(Bye())
 
 
+# Runs the agent as its child and reports the agent's ru_maxrss (wait4). A
+# process's ru_maxrss counts the memory of whoever forked it, up to its exec:
+# this wrapper is small (no site, nothing imported but os and sys), the test
+# or bench that starts it may be large. It keeps no copy of stdin or stdout.
+_WRAPPER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+os.close(0)
+os.close(1)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}")
+"""
+
+
 def run_agent(config: Path, stream: Iterable[bytes], log: Path, timeout: float = 300) -> AgentRun:
-    """Run ``bmsync agent`` with ``config``, write ``stream`` to its stdin
-    (stopping if it hangs up), read every frame it answers, and wait for it
-    to exit. Killed (by its pid) after ``timeout`` seconds."""
+    """Run ``bmsync agent`` with ``config`` (under the wrapper above), write
+    ``stream`` to its stdin (stopping if it hangs up), read every frame it
+    answers, and wait for it to exit. Killed (its process group, by id)
+    after ``timeout`` seconds."""
     started = time.monotonic()
+    usage = log.with_suffix(".rusage")
+    agent_argv = [sys.executable, "-m", "bmsync", "-c", str(config), "agent"]
     with open(log, "wb") as stderr:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "bmsync", "-c", str(config), "agent"],
+        wrapper = subprocess.Popen(
+            [sys.executable, "-S", "-E", "-c", _WRAPPER, str(usage), *agent_argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=stderr,
+            start_new_session=True,
         )
-    assert agent.stdin is not None and agent.stdout is not None
-    stdin = agent.stdin
+    assert wrapper.stdin is not None and wrapper.stdout is not None
+    stdin = wrapper.stdin
     sent = 0
     write_error = ""
 
@@ -226,30 +272,30 @@ def run_agent(config: Path, stream: Iterable[bytes], log: Path, timeout: float =
             except OSError as exc:
                 write_error = write_error or str(exc)
 
-    killer = threading.Timer(timeout, agent.kill)
+    killer = threading.Timer(timeout, os.killpg, (wrapper.pid, signal.SIGKILL))
     writer = threading.Thread(target=write, name="hostile-writer")
     killer.start()
     writer.start()
     decoder = FrameDecoder()
     replies: list[Frame] = []
     try:
-        while data := os.read(agent.stdout.fileno(), WRITE_BYTES):
+        while data := os.read(wrapper.stdout.fileno(), WRITE_BYTES):
             decoder.feed(data)
             while (frame := decoder.next_frame()) is not None:
                 replies.append(frame)
-        _, status, usage = os.wait4(agent.pid, 0)
-        agent.returncode = os.waitstatus_to_exitcode(status)
+        wrapper.wait()
     finally:
         killer.cancel()
-        if agent.returncode is None:
-            agent.kill()
-            agent.wait()
+        if wrapper.returncode is None:
+            os.killpg(wrapper.pid, signal.SIGKILL)
+            wrapper.wait()
         writer.join()
-        agent.stdout.close()
+        wrapper.stdout.close()
+    peak_kib, exit_code = (int(n) for n in usage.read_text().split())
     return AgentRun(
         replies=replies,
-        exit_code=agent.returncode,
-        peak_kib=usage.ru_maxrss,
+        exit_code=exit_code,
+        peak_kib=peak_kib,
         seconds=time.monotonic() - started,
         sent_bytes=sent,
         stderr=log.read_text(errors="replace"),

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import tracemalloc
+from collections.abc import Callable
 from typing import Any, get_args
 
 import msgspec
@@ -31,11 +34,12 @@ from bmsync.core.frames import (
     PutDelta,
     Refuse,
     Role,
+    ToAgent,
     Welcome,
     decode_body,
     encode,
 )
-from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind, digest_bytes
+from bmsync.core.manifest import DIGEST_SIZE, MAX_XATTRS, Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.errors import ProtocolError
 
@@ -450,3 +454,58 @@ def test_a_delta_declaring_a_result_past_the_delta_limit_is_refused() -> None:
     with pytest.raises(ProtocolError, match=f"more than the {DELTA_MAX_BYTES} bytes a delta"):
         decode_body(body)
     assert isinstance(decode_body(delta_body(b"\x90", b"", size=DELTA_MAX_BYTES)), PutDelta)
+
+
+# -- what decoding a hostile frame can build is bounded ----------------------
+
+
+def traced_peak(run: Callable[[], object]) -> int:
+    """Bytes allocated at the peak of ``run`` beyond what was before."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with contextlib.suppress(ProtocolError):
+            run()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_an_agents_decoder_never_builds_a_frame_only_agents_send() -> None:
+    entries = [[b"a", [2, 0, 0, 0, 0]]] * 800_000  # 8 MB: 170 MB of objects
+    bomb = msgspec.msgpack.encode({"type": "manifest", "entries": entries, "last": True})
+    decoder = FrameDecoder(to_agent=True)
+    decoder.feed(struct.pack(">I", len(bomb)) + bomb)
+    with pytest.raises(ProtocolError, match="the agent does not accept ManifestPart frames"):
+        decoder.next_frame()
+    assert traced_peak(lambda: decode_body(bomb, to_agent=True)) < 1024 * 1024
+    for frame in SAMPLES:
+        if isinstance(frame, get_args(ToAgent)):
+            assert decode_body(encode(frame)[4:], to_agent=True) == frame
+        else:
+            with pytest.raises(ProtocolError, match="the agent does not accept"):
+                decode_body(encode(frame)[4:], to_agent=True)
+    with pytest.raises(ProtocolError, match="malformed frame"):
+        decode_body(b"\x81\xa4type\xaaformat-all", to_agent=True)
+
+
+def test_more_xattrs_than_linux_allows_are_refused_unbuilt() -> None:
+    def setmeta(count_header: bytes, pairs: int) -> bytes:
+        entry = b"\x99\x02\xcd\x01\xed\x00\x00\x00\x00\xc4\x00\xc4\x00" + count_header
+        body = b"\x83\xa4type\xa7setmeta\xa4path\xc4\x03etc\xa5entry" + entry
+        return body + b"\x92\xc4\x01u\xc4\x00" * pairs
+
+    ok = decode_body(setmeta(b"\xdd" + struct.pack(">I", MAX_XATTRS), MAX_XATTRS))
+    assert isinstance(ok, SetMeta) and len(ok.entry.xattrs) == MAX_XATTRS
+    over = setmeta(b"\xdd" + struct.pack(">I", 1_398_000), 1_398_000)  # an 8 MiB frame
+    peak = traced_peak(lambda: decode_body(over))
+    with pytest.raises(ProtocolError, match=f"length <= {MAX_XATTRS}"):
+        decode_body(over)
+    assert peak < 1024 * 1024  # not the 120 MiB of tuples it would make
+
+
+def test_a_frame_is_decoded_in_place_not_copied() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(encode(PutChunk(b"etc/big", 0, b"x" * 8_000_000)))
+    peak = traced_peak(decoder.next_frame)
+    assert 8_000_000 <= peak < 8_500_000  # the chunk's data, once
