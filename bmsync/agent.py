@@ -127,6 +127,9 @@ _PATH_COPIES = 5
 # ...and each extended attribute of an entry kept whole (a tuple of two
 # bytes objects: 105 bytes measured), besides its name and value.
 _XATTR_BYTES = 128
+# Replies sent by `bmsync agent` as soon as this many bytes of them are ready
+# (a run of small frames can ask for many manifests or Applied answers).
+FLUSH_BYTES = 1024 * 1024
 # How long a sender whose stamp supersedes the one writing here waits for
 # that session to end (it is told to at once; this covers a slow commit).
 PREEMPT_WAIT_S = 10.0
@@ -244,7 +247,7 @@ class Agent:
         self._held = False
         self._batch = _Batch()
         self._root_fd: int | None = None
-        self._handlers: dict[type[Any], Callable[[Any], list[Frame]]] = {
+        self._handlers: dict[type[Any], Callable[[Any], list[Frame] | Iterator[Frame]]] = {
             Hello: self._hello,
             ManifestRequest: self._manifest,
             PutChunk: self._put_chunk,
@@ -265,7 +268,9 @@ class Agent:
 
     # -- session ---------------------------------------------------------
 
-    def handle(self, frame: Frame) -> list[Frame]:
+    def handle(self, frame: Frame) -> list[Frame] | Iterator[Frame]:
+        """The answers to ``frame``: a list, or for ``Fetch`` (a file of any
+        size, read-only) an iterator to be sent as it comes."""
         handler = self._handlers.get(type(frame))
         if handler is None:
             raise ProtocolError(f"the agent does not accept {type(frame).__name__} frames")
@@ -858,15 +863,17 @@ class Agent:
             batch.backup_dir = self.state_dir / BACKUPS_NAME / stamp
         return batch.backup_dir / os.fsdecode(path)
 
-    def _fetch(self, fetch: Fetch) -> list[Frame]:
-        """Send a file back (``bmsync resume --discard`` restores from here)."""
+    def _fetch(self, fetch: Fetch) -> Iterator[Frame]:
+        """Send a file back (``bmsync resume --discard`` restores from here),
+        a chunk at a time: ``PutChunk``* then ``Put``, or ``PutAbort`` (also
+        after some chunks, if it cannot be read to its end)."""
         assert self._root_fd is not None
         try:
             self._check_covered(fetch.path, False)
-            return list(file_frames(self._root_fd, fetch.path))
+            yield from file_frames(self._root_fd, fetch.path)
         except (OpFailed, OSError) as exc:
             log.warning("fetch_failed", path=show(fetch.path), reason=_reason(exc))
-            return [PutAbort(fetch.path)]
+            yield PutAbort(fetch.path)
 
     def _put_abort(self, abort: PutAbort) -> list[Frame]:
         self._require_write()
@@ -1120,12 +1127,17 @@ def _set_meta_fd(fd: int, entry: Entry, times: bool) -> None:
 
 class AgentConnection:
     """Bytes in, bytes out, for any transport: ``receive_data`` returns what
-    to send back. A protocol error becomes an ErrorFrame and ends the
-    session (``finished``); nothing of the offending frame was applied."""
+    to send back, or with ``send``, sends it as it is made. A protocol error
+    becomes an ErrorFrame and ends the session (``finished``); nothing of the
+    offending frame was applied."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, send: Callable[[bytes], None] | None = None) -> None:
+        """``send``: write replies once ``FLUSH_BYTES`` of them are ready
+        (and a ``Fetch``, chunk by chunk), never while holding the role lock,
+        so what waits to be sent stays small whatever the sender asks for."""
         self.agent = agent
         self._decoder = FrameDecoder(to_agent=True)
+        self._send = send
         self.exit_code = 0
 
     @property
@@ -1143,16 +1155,50 @@ class AgentConnection:
                 self.agent.finished = True
                 return b""
             self._decoder.feed(data)
-            with self.agent.role_held():
-                while not self.agent.finished and (frame := self._decoder.next_frame()):
-                    out.extend(encode(reply) for reply in self.agent.handle(frame))
+            while self._handle_some(out):
+                self._flush(out)
         except BmsyncError as exc:
             # a broken frame, or this node's tree unreadable: tell the sender
             log.error("session_failed", error=str(exc))
             out.append(encode(ErrorFrame(str(exc))))
             self.agent.finished = True
             self.exit_code = exc.exit_code
-        return b"".join(out)
+        return self._flush(out)
+
+    def _handle_some(self, out: list[bytes]) -> bool:
+        """Handle the frames received, under the role lock, until none is
+        left (False) or, when replies are sent as they come, until
+        ``FLUSH_BYTES`` of them wait or a Fetch is to be streamed (True)."""
+        stream: Iterator[Frame] | None = None
+        size = sum(len(b) for b in out)
+        with self.agent.role_held():
+            while not self.agent.finished and (frame := self._decoder.next_frame()):
+                replies = self.agent.handle(frame)
+                if self._send is not None and not isinstance(replies, list):
+                    stream = replies
+                    break
+                for reply in replies:
+                    out.append(encode(reply))
+                    size += len(out[-1])
+                if self._send is not None and size >= FLUSH_BYTES:
+                    return True
+            else:
+                return False
+        assert stream is not None
+        for reply in stream:  # read-only: a file, never under the role lock
+            out.append(encode(reply))
+            self._flush(out)
+        return True
+
+    def _flush(self, out: list[bytes]) -> bytes:
+        """With ``send``: send ``out`` and return nothing; else return it."""
+        data = b"".join(out)
+        out.clear()
+        if self._send is None:
+            return data
+        if data:
+            self._send(data)
+        return b""
 
     def wake(self) -> bytes:
         """This node's role may have changed: the refusal ending the writing
@@ -1163,8 +1209,8 @@ class AgentConnection:
 def serve(agent: Agent, read: Callable[[], bytes | None], write: Callable[[bytes], None]) -> int:
     """Run a session over blocking ``read``/``write`` (``read`` returns b""
     at end of input, ``None`` when woken by ``WAKE_SIGNAL``); returns the
-    process exit code."""
-    connection = AgentConnection(agent)
+    process exit code. Replies are written as they are made."""
+    connection = AgentConnection(agent, write)
     try:
         while not connection.finished:
             data = read()

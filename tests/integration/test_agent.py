@@ -3,6 +3,7 @@ sender would: every bad input gets a clear answer and changes nothing."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
 import zlib
@@ -13,7 +14,13 @@ import msgspec
 import pytest
 
 from bmsync import agent as agent_module
-from bmsync.agent import MAX_BATCH_HELD_BYTES, MAX_BATCH_RECORDS, Agent, AgentConnection
+from bmsync.agent import (
+    FLUSH_BYTES,
+    MAX_BATCH_HELD_BYTES,
+    MAX_BATCH_RECORDS,
+    Agent,
+    AgentConnection,
+)
 from bmsync.core.delta import Copy, Literal, make_delta
 from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.frames import (
@@ -24,6 +31,7 @@ from bmsync.core.frames import (
     Commit,
     ErrorFrame,
     Expect,
+    Fetch,
     Frame,
     FrameDecoder,
     Hello,
@@ -404,6 +412,40 @@ def test_the_largest_batch_a_sender_makes_is_well_within_the_bounds(node: Node) 
     assert batch.records < MAX_BATCH_RECORDS / 2 and batch.held_bytes < MAX_BATCH_HELD_BYTES / 2
     applied = node.commit()
     assert applied.failures == [] and len(applied.results) == 1000
+
+
+def test_replies_are_sent_as_they_come_and_never_under_the_role_lock(node: Node) -> None:
+    """A Fetch of a file of any size is sent a chunk at a time, and the
+    replies of many frames once a megabyte of them waits; the sender may not
+    read them for a while, so the role lock (which promote waits for) is
+    never held while they are written."""
+    with open(node.root / "etc/big.img", "wb") as f:
+        f.truncate(20 * CHUNK_BYTES + 5)
+    sent: list[bytes] = []
+
+    def send(data: bytes) -> None:
+        assert len(data) <= FLUSH_BYTES + CHUNK_BYTES + 1024
+        fd = os.open(node.state / "role.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: not held
+        finally:
+            os.close(fd)
+        sent.append(data)
+
+    connection = AgentConnection(node.connection.agent, send)
+    hello = Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 0, Purpose.WRITE, "test")
+    frames = [hello, Mkdir(b"etc/new", DIR), Fetch(b"etc/big.img"), Commit(1)]
+    frames += [Commit(n) for n in range(2, 40_000)]  # 40,000 small answers
+    assert connection.receive_data(b"".join(encode(f) for f in frames)) == b""
+    decoder = FrameDecoder()
+    decoder.feed(b"".join(sent))
+    replies = []
+    while (frame := decoder.next_frame()) is not None:
+        replies.append(frame)
+    assert [type(r) for r in replies[:23]] == [Welcome, *[PutChunk] * 20, Put, Applied]
+    assert sum(len(r.data) for r in replies[1:22]) == 20 * CHUNK_BYTES + 5
+    assert [r.batch for r in replies[22:]] == list(range(1, 40_000))
+    assert len(sent) > 20 and (node.root / "etc/new").is_dir()
 
 
 # -- a file changed on this (passive) node since bmsync wrote it -------------
