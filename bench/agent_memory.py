@@ -33,6 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import bmsync  # noqa: E402
+from bmsync.agent import MAX_BATCH_HELD_BYTES  # noqa: E402
 from bmsync.core import delta  # noqa: E402
 from bmsync.core.frames import Bye, encode  # noqa: E402
 from tests import hostile  # noqa: E402
@@ -46,6 +47,7 @@ class Attack:
     what: str
     frames: Callable[[hostile.Passive], Iterable[bytes]]
     big_file: int = 0
+    files: int = 0
 
 
 @dataclass
@@ -95,6 +97,16 @@ def attacks(scale: float) -> list[Attack]:
             lambda p: hostile.setmeta_flood(int(40_000_000 * scale)),
         ),
         Attack(
+            "staged_flood",
+            "the first chunk of 20,001 files, never their end",
+            lambda p: hostile.staged_flood(20_001),
+        ),
+        Attack(
+            "worst_case",
+            "what a batch may keep, nearly to its 24 MiB, then an 8 MiB delta of 65,536 literals",
+            lambda p: hostile.worst_case(MAX_BATCH_HELD_BYTES - 2 * MIB, p.base),
+        ),
+        Attack(
             "xattr_bomb",
             "one 8 MiB SetMeta frame of 1.4 million 6-byte xattrs",
             lambda p: hostile.xattr_bomb(),
@@ -110,6 +122,13 @@ def attacks(scale: float) -> list[Attack]:
             lambda p: hostile.fetch(hostile.BIG_PATH),
             big_file=int(512 * MIB * scale),
         ),
+        Attack(
+            "manifest_100k",
+            f"ManifestRequest on a passive node of {int(100_000 * scale):,} files: "
+            "proportional to its own tree, not to what is sent",
+            lambda p: hostile.manifest(),
+            files=int(100_000 * scale),
+        ),
     ]
 
 
@@ -118,10 +137,11 @@ def outcome(run: hostile.AgentRun) -> str:
     if errors:
         return "ErrorFrame: " + errors[0][:160]
     failures = [f for a in run.applied() for f in a.failures]
+    results = [path for a in run.applied() for path, _ in a.results]
     if failures:
-        return "not applied: " + failures[0].reason[:160]
+        return f"{len(failures)} failed of {len(results)}: " + failures[0].reason[:160]
     if run.applied():
-        return "applied"
+        return f"applied: {len(results)} paths"
     return f"answered {len(run.replies)} frames, no ErrorFrame"
 
 
@@ -138,7 +158,7 @@ def main() -> int:
         if args.only and attack.name not in args.only:
             continue
         with tempfile.TemporaryDirectory(prefix="bmsync-agent-memory-") as tmp:
-            passive = hostile.Passive.make(Path(tmp), big_file=attack.big_file)
+            passive = hostile.Passive.make(Path(tmp), attack.big_file, attack.files)
             run = hostile.run_agent(passive.config, attack.frames(passive), Path(tmp) / "agent.log")
         result = Result(
             attack.name,

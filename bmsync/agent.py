@@ -21,6 +21,39 @@ Directory operations, symlinks, moves and deletes apply as they arrive (they
 are atomic one by one); file renames and directory metadata wait for the
 batch's ``Commit``, so a batch's files appear together and directory mtimes
 are set after their children changed.
+
+Bounds. The sender may be hostile (its key may have leaked): whatever it
+sends, what a session holds is bounded, so the agent's peak memory stays
+under 100 MiB (README, "How it works"; bench/agent_memory.py measures it):
+
+=========================  ==============================================
+what could grow            its bound
+=========================  ==============================================
+input not yet decoded      one frame (``MAX_FRAME_BYTES``, 8 MiB) and one
+                           read (1 MiB); a frame is decoded in place
+a decoded frame            about its own size: only the frames an agent
+                           takes are decoded (``ToAgent``), a delta has at
+                           most ``MAX_DELTA_OPS`` operations and an entry
+                           ``MAX_XATTRS`` xattrs, checked before building
+a delta's result           ``entry.size``, at most ``DELTA_MAX_BYTES``,
+                           written to the staged file 1 MiB at a time; the
+                           base is read a piece at a time, never whole
+literal inflation          the room left in that result (plus one byte,
+                           to refuse it)
+staged files (``staged``,  ``MAX_STAGED`` files, and the two bounds below
+``dirs``)
+a batch's records until    ``MAX_BATCH_RECORDS`` frames that keep
+its Commit: ``staged``,    something (20,000) and ``MAX_BATCH_HELD_BYTES``
+``expected``,              (24 MiB, counted generously: see ``_held``),
+``failures``,              checked before each frame is applied; past
+``touched``, ``dir_meta``, either, a ProtocolError ends the session
+``backups``                and nothing staged is applied
+replies                    ``FLUSH_BYTES`` (1 MiB) wait before they are
+                           written; a Fetch goes a chunk at a time
+=========================  ==============================================
+
+Not bounded by what is sent: a ``ManifestRequest`` holds this node's own
+manifest (about 0.6 KiB per file of its sync set), and files on disk.
 """
 
 from __future__ import annotations

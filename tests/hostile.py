@@ -28,7 +28,7 @@ from pathlib import Path
 
 import msgspec
 
-from bmsync.core.delta import Copy, DeltaOp, Literal
+from bmsync.core.delta import MAX_DELTA_OPS, Copy, DeltaOp, Literal
 from bmsync.core.frames import (
     MAX_FRAME_BYTES,
     PROTOCOL_VERSION,
@@ -41,7 +41,9 @@ from bmsync.core.frames import (
     Frame,
     FrameDecoder,
     Hello,
+    ManifestRequest,
     Purpose,
+    PutChunk,
     Role,
     encode,
 )
@@ -67,8 +69,9 @@ class Passive:
     base: bytes
 
     @classmethod
-    def make(cls, where: Path, big_file: int = 0) -> Passive:
-        """``big_file``: also a (sparse) file of that size, ``BIG_PATH``."""
+    def make(cls, where: Path, big_file: int = 0, files: int = 0) -> Passive:
+        """``big_file``: also a (sparse) file of that size, ``BIG_PATH``;
+        ``files``: also that many small files under etc/many/."""
         root, state = where / "root", where / "state"
         (root / "etc").mkdir(parents=True)
         base = random.Random(11).randbytes(BASE_BYTES)
@@ -76,6 +79,10 @@ class Passive:
         if big_file:
             with open(root / os.fsdecode(BIG_PATH), "wb") as f:
                 f.truncate(big_file)
+        for n in range(files):
+            if n % 1000 == 0:
+                (root / f"etc/many/{n // 1000:03}").mkdir(parents=True)
+            (root / f"etc/many/{n // 1000:03}/{n:06}.conf").write_bytes(b"%d\n" % n)
         config = write_config(where / "passive.yaml", "bm2", root, state, promote=False)
         return cls(root, state, config, base)
 
@@ -190,6 +197,41 @@ def setmeta_flood(total_bytes: int, pairs: int = 9_000) -> Iterator[bytes]:
     yield encode(Bye())
 
 
+def staged_flood(files: int) -> Iterator[bytes]:
+    """The first chunk of ``files`` files and never their end: each is a
+    temporary file, an open descriptor and a record until the commit."""
+    yield hello()
+    for start in range(0, files, 10_000):
+        yield b"".join(
+            encode(PutChunk(b"etc/s%07d" % n, 0, b"x"))
+            for n in range(start, min(files, start + 10_000))
+        )
+    yield encode(Bye())
+
+
+def worst_case(held_bytes: int, base: bytes) -> Iterator[bytes]:
+    """What a batch may keep, up to ``held_bytes`` as the agent counts it
+    (directory SetMeta frames with 9,000 xattrs each), then the frame that
+    decodes to the most objects: a delta of MAX_DELTA_OPS literals that
+    fills MAX_FRAME_BYTES, applied for real (its digest is right), and the
+    batch committed."""
+    xattrs = tuple((b"user.%d" % k, b"") for k in range(9_000))
+    setmeta = encode(SetMeta(b"etc", Entry(Kind.DIR, 0o755, 0, 0, 0, xattrs=xattrs)))
+    held = 1024 + 5 * 3 + sum(128 + len(k) for k, _ in xattrs)  # agent._held
+    yield hello()
+    yield setmeta * (held_bytes // held)
+    size = (MAX_FRAME_BYTES - 200) // MAX_DELTA_OPS - 5
+    literals = [random.Random(n).randbytes(size) for n in range(MAX_DELTA_OPS)]
+    result = b"".join(literals)
+    ops: list[DeltaOp] = [Literal(data) for data in literals]
+    entry = Entry(Kind.FILE, 0o644, 0, 0, 0, size=len(result), digest=digest_bytes(result))
+    yield raw(
+        {"type": "delta", "path": BASE_PATH, "base": digest_bytes(base), "ops": ops, "entry": entry}
+    )
+    yield encode(Commit(0))
+    yield encode(Bye())
+
+
 def xattr_bomb(frame_bytes: int = MAX_FRAME_BYTES - 64) -> Iterator[bytes]:
     """One SetMeta frame of ``frame_bytes`` that is nearly all extended
     attributes of 6 bytes each (name ``u``, empty value): each decodes to a
@@ -210,6 +252,13 @@ def manifest_bomb(frame_bytes: int = MAX_FRAME_BYTES - 64) -> Iterator[bytes]:
     entries = [[b"a", [2, 0, 0, 0, 0]]] * count
     yield hello()
     yield raw({"type": "manifest", "entries": entries, "last": True})
+    yield encode(Bye())
+
+
+def manifest() -> Iterator[bytes]:
+    """Ask for the agent's manifest (every entry of its own tree)."""
+    yield encode(Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 1, Purpose.READ, "hostile"))
+    yield encode(ManifestRequest())
     yield encode(Bye())
 
 
@@ -286,6 +335,7 @@ def run_agent(config: Path, stream: Iterable[bytes], log: Path, timeout: float =
         wrapper.wait()
     finally:
         killer.cancel()
+        killer.join()
         if wrapper.returncode is None:
             os.killpg(wrapper.pid, signal.SIGKILL)
             wrapper.wait()
