@@ -21,6 +21,39 @@ Directory operations, symlinks, moves and deletes apply as they arrive (they
 are atomic one by one); file renames and directory metadata wait for the
 batch's ``Commit``, so a batch's files appear together and directory mtimes
 are set after their children changed.
+
+Bounds. The sender may be hostile (its key may have leaked): whatever it
+sends, what a session holds is bounded, so the agent's peak memory stays
+under 100 MiB (README, "How it works"; bench/agent_memory.py measures it):
+
+=========================  ==============================================
+what could grow            its bound
+=========================  ==============================================
+input not yet decoded      one frame (``MAX_FRAME_BYTES``, 8 MiB) and one
+                           read (1 MiB); a frame is decoded in place
+a decoded frame            about its own size: only the frames an agent
+                           takes are decoded (``ToAgent``), a delta has at
+                           most ``MAX_DELTA_OPS`` operations and an entry
+                           ``MAX_XATTRS`` xattrs, checked before building
+a delta's result           ``entry.size``, at most ``DELTA_MAX_BYTES``,
+                           written to the staged file 1 MiB at a time; the
+                           base is read a piece at a time, never whole
+literal inflation          the room left in that result (plus one byte,
+                           to refuse it)
+staged files (``staged``,  ``MAX_STAGED`` files, and the two bounds below
+``dirs``)
+a batch's records until    ``MAX_BATCH_RECORDS`` frames that keep
+its Commit: ``staged``,    something (20,000) and ``MAX_BATCH_HELD_BYTES``
+``expected``,              (24 MiB, counted generously: see ``_held``),
+``failures``,              checked before each frame is applied; past
+``touched``, ``dir_meta``, either, a ProtocolError ends the session
+``backups``                and nothing staged is applied
+replies                    ``FLUSH_BYTES`` (1 MiB) wait before they are
+                           written; a Fetch goes a chunk at a time
+=========================  ==============================================
+
+Not bounded by what is sent: a ``ManifestRequest`` holds this node's own
+manifest (about 0.6 KiB per file of its sync set), and files on disk.
 """
 
 from __future__ import annotations
@@ -44,7 +77,7 @@ import structlog
 from bmsync import __version__
 from bmsync.config import Config
 from bmsync.config import load as load_config
-from bmsync.core.delta import DELTA_MAX_BYTES, DeltaError, apply_delta
+from bmsync.core.delta import DELTA_MAX_BYTES, Copy, DeltaError, delta_pieces
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import (
     BASE_MISMATCH,
@@ -91,9 +124,10 @@ from bmsync.fsutil import (
     hash_fd,
     kind_of,
     open_dir,
+    open_file,
     open_root,
-    read_whole,
     read_xattrs,
+    same_version,
     sync_filesystem,
     write_xattrs,
 )
@@ -115,6 +149,26 @@ SYNCFS_FROM_FILES = 16
 # A batch may stage this many files; more is a sender bug or an attack on
 # the agent's file descriptors and disk.
 MAX_STAGED = 20_000
+# What a batch keeps until its Commit (see "Bounds" in the module docstring).
+# A bmsync sender commits every 1000 operations (session.BATCH_MAX_OPS), each
+# with at most an Expect and, per attempt to send a file (3), its first chunk:
+# far below either bound. Past one, the sender is broken or hostile: a
+# ProtocolError ends the session, and nothing it staged is applied.
+MAX_BATCH_RECORDS = MAX_STAGED
+MAX_BATCH_HELD_BYTES = 24 * 1024 * 1024
+# What one record costs, counted generously (measured with tracemalloc: 130
+# to 930 bytes, xxh3 state included): the Python objects around one path (a
+# _Staged, an Expect's dict slot, a Failure and its reason, list slots)...
+_RECORD_BYTES = 1024
+# ...its path, kept up to this many times over (in a Failure's reason too,
+# escaped: show() spells a byte that is not UTF-8 in 4 characters)...
+_PATH_COPIES = 5
+# ...and each extended attribute of an entry kept whole (a tuple of two
+# bytes objects: 105 bytes measured), besides its name and value.
+_XATTR_BYTES = 128
+# Replies sent by `bmsync agent` as soon as this many bytes of them are ready
+# (a run of small frames can ask for many manifests or Applied answers).
+FLUSH_BYTES = 1024 * 1024
 # How long a sender whose stamp supersedes the one writing here waits for
 # that session to end (it is told to at once; this covers a slow commit).
 PREEMPT_WAIT_S = 10.0
@@ -155,6 +209,53 @@ class _Batch:
     expected: dict[bytes, bytes] = field(default_factory=dict)
     backups: list[tuple[bytes, str]] = field(default_factory=list)
     backup_dir: Path | None = None
+    # what all of the above keep, bounded: see hold()
+    records: int = 0
+    held_bytes: int = 0
+
+    def hold(self, frame: _Held) -> None:
+        """Count what this batch may keep of ``frame`` until its commit
+        (before the frame is applied): past MAX_BATCH_RECORDS records or
+        MAX_BATCH_HELD_BYTES, a ProtocolError that ends the session."""
+        records, size = _held(frame)
+        self.records += records
+        self.held_bytes += size
+        if self.records > MAX_BATCH_RECORDS:
+            raise ProtocolError(
+                f"more than {MAX_BATCH_RECORDS} operations and Expect frames in one "
+                f"batch without a Commit (at {type(frame).__name__} {show(_path_of(frame))})"
+            )
+        if self.held_bytes > MAX_BATCH_HELD_BYTES:
+            raise ProtocolError(
+                f"one batch's paths and entries would keep more than {MAX_BATCH_HELD_BYTES} "
+                f"bytes until its Commit (at {type(frame).__name__} {show(_path_of(frame))})"
+            )
+
+
+_Held = Expect | PutChunk | Put | PutDelta | Mkdir | Symlink | Rename | Delete | SetMeta
+# The frames a batch keeps something of until its commit (a path, an entry).
+_HELD = (Expect, PutChunk, Put, PutDelta, Mkdir, Symlink, Rename, Delete, SetMeta)
+
+
+def _path_of(frame: _Held) -> bytes:
+    return frame.dst if isinstance(frame, Rename) else frame.path
+
+
+def _held(frame: _Held) -> tuple[int, int]:
+    """(records, bytes): at most what a batch keeps of ``frame`` until its
+    commit. A file's later chunks add nothing to the record its first one
+    made (its ``Put`` adds the entry); see the constants for the rest."""
+    if isinstance(frame, PutChunk | Put) and frame.offset > 0:
+        return 0, _entry_bytes(frame.entry) if isinstance(frame, Put) else 0
+    paths = len(frame.src) + len(frame.dst) if isinstance(frame, Rename) else len(frame.path)
+    size = _RECORD_BYTES + _PATH_COPIES * paths
+    if not isinstance(frame, Expect | PutChunk | Delete):
+        size += _entry_bytes(frame.entry)
+    return 1, size
+
+
+def _entry_bytes(entry: Entry) -> int:
+    return len(entry.target) + sum(_XATTR_BYTES + len(k) + len(v) for k, v in entry.xattrs)
 
 
 class Agent:
@@ -185,7 +286,7 @@ class Agent:
         self._held = False
         self._batch = _Batch()
         self._root_fd: int | None = None
-        self._handlers: dict[type[Any], Callable[[Any], list[Frame]]] = {
+        self._handlers: dict[type[Any], Callable[[Any], list[Frame] | Iterator[Frame]]] = {
             Hello: self._hello,
             ManifestRequest: self._manifest,
             PutChunk: self._put_chunk,
@@ -206,12 +307,16 @@ class Agent:
 
     # -- session ---------------------------------------------------------
 
-    def handle(self, frame: Frame) -> list[Frame]:
+    def handle(self, frame: Frame) -> list[Frame] | Iterator[Frame]:
+        """The answers to ``frame``: a list, or for ``Fetch`` (a file of any
+        size, read-only) an iterator to be sent as it comes."""
         handler = self._handlers.get(type(frame))
         if handler is None:
             raise ProtocolError(f"the agent does not accept {type(frame).__name__} frames")
         if self._purpose is None and not isinstance(frame, Hello):
             raise ProtocolError(f"{type(frame).__name__} before Hello")
+        if isinstance(frame, _HELD) and not self._local:
+            self._batch.hold(frame)  # the daemon's own restore is not bounded here
         if self._sender is None or not isinstance(frame, _WRITES):
             return handler(frame)
         if self._hold is None:
@@ -699,6 +804,10 @@ class Agent:
         return []
 
     def _put_delta(self, frame: PutDelta) -> list[Frame]:
+        """Apply a delta to this node's file, straight into a staged
+        temporary file: the base is read and the literals inflated a piece
+        at a time, and no more than the declared ``entry.size`` is built
+        (the decoder has bounded the operations and that size)."""
         self._require_write()
         if frame.entry.kind != Kind.FILE:
             raise ProtocolError(f"PutDelta {show(frame.path)} with a {frame.entry.kind.name} entry")
@@ -708,36 +817,85 @@ class Agent:
             self._discard(previous)
         if len(batch.staged) >= MAX_STAGED:
             raise ProtocolError(f"more than {MAX_STAGED} files in one batch")
+        base: tuple[int, os.stat_result] | None = None
         try:
             self._check_covered(frame.path, False)
-            base = self._current(frame.path)
-            if base is None or base[1].digest != frame.base:
-                batch.touched.append(frame.path)  # Applied tells what is here instead
-                self._fail(
-                    frame.path,
-                    "this node's copy is not the version the delta was made against; "
-                    "the whole file will be sent",
-                    BASE_MISMATCH,
-                )
+            base = self._delta_base(frame.path, frame.base)
+            if base is None:
+                self._base_mismatch(frame.path)
                 return []
             if batch.expected.get(frame.path) == frame.base:
                 del batch.expected[frame.path]  # just read and verified: no second read
-            data = apply_delta(base[0], frame.ops)
             staged = self._stage(frame.path)
             batch.staged[frame.path] = staged
-            staged.size = len(data)
-            staged.hasher.update(data)
-            assert staged.fd is not None
-            _write_all(staged.fd, data)
+            if not self._write_delta(staged, base, frame):
+                del batch.staged[frame.path]
+                self._discard(staged)
+                self._base_mismatch(frame.path)
+                return []
             self._finish(staged, frame.entry)
-        except DeltaError as exc:
-            self._fail(frame.path, f"bad delta: {exc}")
-        except (OpFailed, OSError) as exc:
-            self._fail(frame.path, _reason(exc))
+        except (DeltaError, OpFailed, OSError) as exc:
+            reason = f"bad delta: {exc}" if isinstance(exc, DeltaError) else _reason(exc)
+            self._fail(frame.path, reason)
             staged_now = batch.staged.pop(frame.path, None)
             if staged_now is not None:
                 self._discard(staged_now)
+        finally:
+            if base is not None:
+                os.close(base[0])
         return []
+
+    def _base_mismatch(self, path: bytes) -> None:
+        self._batch.touched.append(path)  # Applied tells what is here instead
+        self._fail(
+            path,
+            "this node's copy is not the version the delta was made against; "
+            "the whole file will be sent",
+            BASE_MISMATCH,
+        )
+
+    def _delta_base(self, path: bytes, digest: bytes) -> tuple[int, os.stat_result] | None:
+        """This node's regular file at ``path``, open, if its content has
+        ``digest`` (read a piece at a time, never whole); ``None`` if not,
+        or if it is too large to be a delta's base."""
+        assert self._root_fd is not None
+        try:
+            fd = open_file(self._root_fd, path)
+        except OSError:
+            return None
+        matches = False
+        try:
+            st = os.fstat(fd)
+            matches = (
+                kind_of(st.st_mode) == Kind.FILE
+                and st.st_size <= DELTA_MAX_BYTES
+                and hash_fd(fd) == (digest, st.st_size)
+            )
+        except OSError:
+            matches = False
+        finally:
+            if not matches:
+                os.close(fd)
+        return (fd, st) if matches else None
+
+    def _write_delta(
+        self, staged: _Staged, base: tuple[int, os.stat_result], frame: PutDelta
+    ) -> bool:
+        """Write the delta's result to ``staged``, a piece at a time; False if
+        the base changed meanwhile (nothing of it is then applied)."""
+        base_fd, before = base
+        assert staged.fd is not None
+        for piece in delta_pieces(frame.ops, before.st_size, frame.entry.size):
+            if isinstance(piece, Copy):
+                data = os.pread(base_fd, piece.length, piece.offset)
+                if len(data) != piece.length:
+                    return False
+            else:
+                data = piece
+            staged.hasher.update(data)
+            _write_all(staged.fd, data)
+            staged.size += len(data)
+        return same_version(before, os.fstat(base_fd))
 
     # -- divergence: files changed on this node since bmsync wrote them ----
 
@@ -794,24 +952,17 @@ class Agent:
             batch.backup_dir = self.state_dir / BACKUPS_NAME / stamp
         return batch.backup_dir / os.fsdecode(path)
 
-    def _current(self, path: bytes) -> tuple[bytes, Entry] | None:
-        """This node's regular file at ``path``, whole, with its entry
-        (``None``: none, changing, or too large to be a delta base)."""
-        assert self._root_fd is not None
-        try:
-            return read_whole(self._root_fd, path, DELTA_MAX_BYTES)
-        except OSError:
-            return None
-
-    def _fetch(self, fetch: Fetch) -> list[Frame]:
-        """Send a file back (``bmsync resume --discard`` restores from here)."""
+    def _fetch(self, fetch: Fetch) -> Iterator[Frame]:
+        """Send a file back (``bmsync resume --discard`` restores from here),
+        a chunk at a time: ``PutChunk``* then ``Put``, or ``PutAbort`` (also
+        after some chunks, if it cannot be read to its end)."""
         assert self._root_fd is not None
         try:
             self._check_covered(fetch.path, False)
-            return list(file_frames(self._root_fd, fetch.path))
+            yield from file_frames(self._root_fd, fetch.path)
         except (OpFailed, OSError) as exc:
             log.warning("fetch_failed", path=show(fetch.path), reason=_reason(exc))
-            return [PutAbort(fetch.path)]
+            yield PutAbort(fetch.path)
 
     def _put_abort(self, abort: PutAbort) -> list[Frame]:
         self._require_write()
@@ -1188,12 +1339,17 @@ def _set_meta_fd(fd: int, entry: Entry, times: bool) -> None:
 
 class AgentConnection:
     """Bytes in, bytes out, for any transport: ``receive_data`` returns what
-    to send back. A protocol error becomes an ErrorFrame and ends the
-    session (``finished``); nothing of the offending frame was applied."""
+    to send back, or with ``send``, sends it as it is made. A protocol error
+    becomes an ErrorFrame and ends the session (``finished``); nothing of the
+    offending frame was applied."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, send: Callable[[bytes], None] | None = None) -> None:
+        """``send``: write replies once ``FLUSH_BYTES`` of them are ready
+        (and a ``Fetch``, chunk by chunk), never while holding the role lock,
+        so what waits to be sent stays small whatever the sender asks for."""
         self.agent = agent
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(to_agent=True)
+        self._send = send
         self.exit_code = 0
 
     @property
@@ -1211,9 +1367,8 @@ class AgentConnection:
                 self.agent.finished = True
                 return b""
             self._decoder.feed(data)
-            with self.agent.role_held():
-                while not self.agent.finished and (frame := self._decoder.next_frame()):
-                    out.extend(encode(reply) for reply in self.agent.handle(frame))
+            while self._handle_some(out):
+                self._flush(out)
         except BmsyncError as exc:
             # a broken frame, or this node's tree unreadable: tell the sender
             self._fail_session(str(exc), exc.exit_code)
@@ -1228,7 +1383,42 @@ class AgentConnection:
             )
             self._fail_session(message, LocalFsError.exit_code)
             out.append(encode(ErrorFrame(message)))
-        return b"".join(out)
+        return self._flush(out)
+
+    def _handle_some(self, out: list[bytes]) -> bool:
+        """Handle the frames received, under the role lock, until none is
+        left (False) or, when replies are sent as they come, until
+        ``FLUSH_BYTES`` of them wait or a Fetch is to be streamed (True)."""
+        stream: Iterator[Frame] | None = None
+        size = sum(len(b) for b in out)
+        with self.agent.role_held():
+            while not self.agent.finished and (frame := self._decoder.next_frame()):
+                replies = self.agent.handle(frame)
+                if self._send is not None and not isinstance(replies, list):
+                    stream = replies
+                    break
+                for reply in replies:
+                    out.append(encode(reply))
+                    size += len(out[-1])
+                if self._send is not None and size >= FLUSH_BYTES:
+                    return True
+            else:
+                return False
+        assert stream is not None
+        for reply in stream:  # read-only: a file, never under the role lock
+            out.append(encode(reply))
+            self._flush(out)
+        return True
+
+    def _flush(self, out: list[bytes]) -> bytes:
+        """With ``send``: send ``out`` and return nothing; else return it."""
+        data = b"".join(out)
+        out.clear()
+        if self._send is None:
+            return data
+        if data:
+            self._send(data)
+        return b""
 
     def _fail_session(self, error: str, exit_code: int) -> None:
         log.error("session_failed", error=error)
@@ -1244,8 +1434,8 @@ class AgentConnection:
 def serve(agent: Agent, read: Callable[[], bytes | None], write: Callable[[bytes], None]) -> int:
     """Run a session over blocking ``read``/``write`` (``read`` returns b""
     at end of input, ``None`` when woken by ``WAKE_SIGNAL``); returns the
-    process exit code."""
-    connection = AgentConnection(agent)
+    process exit code. Replies are written as they are made."""
+    connection = AgentConnection(agent, write)
     try:
         while not connection.finished:
             data = read()

@@ -19,7 +19,13 @@ import structlog
 
 from bmsync import __version__
 from bmsync.bases import BaseStore
-from bmsync.core.delta import DELTA_MAX_BYTES, compress_literals, literal_bytes, make_delta
+from bmsync.core.delta import (
+    DELTA_MAX_BYTES,
+    MAX_DELTA_OPS,
+    compress_literals,
+    literal_bytes,
+    make_delta,
+)
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Applied,
@@ -326,8 +332,8 @@ class PeerSession:
         base_digest, base_data = base
         ops = compress_literals(make_delta(base_data, data))
         literal = literal_bytes(ops)
-        if literal > min(DELTA_LITERAL_MAX_BYTES, len(data) // 2):
-            return None
+        if literal > min(DELTA_LITERAL_MAX_BYTES, len(data) // 2) or len(ops) > MAX_DELTA_OPS:
+            return None  # the agent refuses a delta of more operations
         await send(PutDelta(op.path, base_digest, ops, entry))
         outcome.files_sent += 1
         outcome.deltas += 1

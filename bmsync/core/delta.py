@@ -3,7 +3,9 @@
 The active node is the only writer and knows which version the passive
 holds, so it computes the delta itself, with no signature round trip:
 ``make_delta(base, new)`` returns ``Copy`` ranges of the base and
-``Literal`` bytes; ``apply_delta(base, ops)`` rebuilds ``new``.
+``Literal`` bytes; ``apply_delta(base, ops)`` rebuilds ``new``, and
+``delta_pieces`` yields it a piece at a time for the agent, which writes it
+to disk as it comes (bounded by the size the sender declared).
 
 How: the common prefix and suffix are cut first (one edit in a large file
 costs only that edit). What remains is split into content-defined chunks
@@ -16,14 +18,27 @@ copied, the rest sent as literals.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 
 import msgspec
 import xxhash
 
 # Below this a delta saves too little to be worth it: files go whole.
 DELTA_MIN_BYTES = 64 * 1024
-# Above this, files go whole: both sides hold base and result in memory.
+# Above this, files go whole: the sender holds base and result in memory
+# (the agent streams both; see delta_pieces). A delta that declares a larger
+# result is refused when its frame is decoded.
 DELTA_MAX_BYTES = 256 * 1024 * 1024
+# Operations in one delta, checked when its frame is decoded, before any is
+# built: each decodes to a Python object of about 100 bytes, so a hostile
+# frame of six-byte copies makes at most 7 MiB of them, not the 30 MiB that
+# 268,435 took (and ~16 bytes each on the wire keep a delta within a frame).
+# make_delta merges neighbouring copies and literals, so its deltas have two
+# operations per changed chunk; a delta with more goes as a whole file.
+MAX_DELTA_OPS = 65_536
+# A delta is applied this many bytes at a time: base ranges read, literal
+# data inflated (a zlib literal is never inflated whole).
+APPLY_PIECE_BYTES = 1024 * 1024
 # A line whose hash has these low bits all zero ends a chunk: chunks of
 # about 32 lines (a few KiB of configuration text).
 _BOUNDARY_MASK = 0x1F
@@ -47,19 +62,6 @@ class Copy(msgspec.Struct, frozen=True, array_like=True, tag=0):
 class Literal(msgspec.Struct, frozen=True, array_like=True, tag=1):
     data: bytes
     compressed: bool = False  # zlib; see compress_literals
-
-    def content(self, limit: int) -> bytes:
-        """The literal bytes, at most ``limit`` of them once inflated."""
-        if not self.compressed:
-            return self.data
-        inflate = zlib.decompressobj()
-        try:
-            out = inflate.decompress(self.data, limit + 1)
-        except zlib.error as exc:
-            raise DeltaError(f"literal data is not valid zlib: {exc}") from exc
-        if len(out) > limit or inflate.unconsumed_tail:
-            raise DeltaError(f"literal data inflates past {limit} bytes")
-        return out
 
 
 DeltaOp = Copy | Literal
@@ -189,19 +191,75 @@ def make_delta(base: bytes, new: bytes) -> list[DeltaOp]:
     return ops
 
 
-def apply_delta(base: bytes, ops: list[DeltaOp], limit: int = DELTA_MAX_BYTES) -> bytes:
-    """Rebuild the new version; a result larger than ``limit`` is refused
-    (a hostile delta must not exhaust the agent's memory)."""
-    out = bytearray()
+def delta_pieces(
+    ops: list[DeltaOp], base_size: int, limit: int, piece: int = APPLY_PIECE_BYTES
+) -> Iterator[Copy | bytes]:
+    """The result of ``ops`` on a base of ``base_size`` bytes, in order, to be
+    written as it comes: ``Copy`` ranges of the base (at most ``piece`` bytes
+    each) for the caller to read, and literal bytes (compressed literals
+    inflated ``piece`` bytes at a time). Never more than ``limit`` bytes in
+    all, and nothing is inflated past that: ``DeltaError`` as soon as a copy
+    leaves the base or the result would grow past ``limit``. A result shorter
+    than the one expected is the caller's to notice."""
+    room = limit
     for op in ops:
         if isinstance(op, Copy):
-            if op.offset + op.length > len(base):
+            if op.offset + op.length > base_size:
                 raise DeltaError(
-                    f"copy of {op.offset}+{op.length} past the base's {len(base)} bytes"
+                    f"copy of {op.offset}+{op.length} past the base's {base_size} bytes"
                 )
-            out += base[op.offset : op.offset + op.length]
+            if op.length > room:
+                raise DeltaError(f"the result grows past {limit} bytes")
+            room -= op.length
+            for start in range(op.offset, op.offset + op.length, piece):
+                yield Copy(start, min(piece, op.offset + op.length - start))
+        elif not op.compressed:
+            if len(op.data) > room:
+                raise DeltaError(f"the result grows past {limit} bytes")
+            room -= len(op.data)
+            if op.data:
+                yield op.data
         else:
-            out += op.content(limit - len(out))
-        if len(out) > limit:
-            raise DeltaError(f"the result grows past {limit} bytes")
+            for data in _inflate(op.data, room, limit, piece):
+                room -= len(data)
+                yield data
+
+
+def _inflate(data: bytes, room: int, limit: int, piece: int) -> Iterator[bytes]:
+    """A zlib literal, ``piece`` bytes at a time, never more than ``room``:
+    one byte past it is asked for, and refused."""
+    inflate = zlib.decompressobj()
+    tail = data
+    left = room
+    try:
+        while not inflate.eof:
+            out = inflate.decompress(tail, min(piece, left + 1))
+            tail = inflate.unconsumed_tail
+            if len(out) > left:
+                raise DeltaError(
+                    f"literal data inflates past {room} bytes "
+                    f"(the room left in a result of at most {limit})"
+                )
+            if not out and not tail:
+                break  # input exhausted before the end of the stream
+            left -= len(out)
+            if out:
+                yield out
+    except zlib.error as exc:
+        raise DeltaError(f"literal data is not valid zlib: {exc}") from exc
+    if not inflate.eof:
+        raise DeltaError("literal data is a truncated zlib stream")
+    if inflate.unused_data:
+        raise DeltaError(f"{len(inflate.unused_data)} bytes follow the literal's zlib stream")
+
+
+def apply_delta(base: bytes, ops: list[DeltaOp], limit: int = DELTA_MAX_BYTES) -> bytes:
+    """Rebuild the new version in memory; a result larger than ``limit`` is
+    refused before it is built (a hostile delta must not exhaust memory)."""
+    out = bytearray()
+    for piece in delta_pieces(ops, len(base), limit):
+        if isinstance(piece, Copy):
+            out += memoryview(base)[piece.offset : piece.offset + piece.length]
+        else:
+            out += piece
     return bytes(out)

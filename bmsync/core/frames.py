@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import enum
 import struct
+import typing
+from typing import Annotated
 
 import msgspec
 
-from bmsync.core.delta import DeltaOp
+from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS, DeltaOp
 from bmsync.core.manifest import DIGEST_SIZE, Entry, check_entry
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
-from bmsync.core.paths import check_relpath
+from bmsync.core.paths import check_relpath, show
 from bmsync.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -196,11 +198,14 @@ class Commit(msgspec.Struct, frozen=True, tag="commit"):
 class PutDelta(msgspec.Struct, frozen=True, tag="delta"):
     """A file as a delta against the version the agent holds (``base``, its
     xxh3-128 digest); ``entry`` describes the result. The agent applies it
-    only if its file matches ``base``, and checks the result's digest."""
+    only if its file matches ``base``, builds no more than ``entry.size``
+    bytes, and checks the result's digest. At most ``MAX_DELTA_OPS``
+    operations (the decoder refuses more before building any), for a result
+    of at most ``DELTA_MAX_BYTES``."""
 
     path: bytes
     base: bytes
-    ops: list[DeltaOp]
+    ops: Annotated[list[DeltaOp], msgspec.Meta(max_length=MAX_DELTA_OPS)]
     entry: Entry
 
     def __post_init__(self) -> None:
@@ -208,6 +213,16 @@ class PutDelta(msgspec.Struct, frozen=True, tag="delta"):
         if len(self.base) != DIGEST_SIZE:
             raise ProtocolError(f"delta base digest of {len(self.base)} bytes")
         check_entry(self.entry)
+        if len(self.ops) > MAX_DELTA_OPS:
+            raise ProtocolError(
+                f"delta of {show(self.path)} has {len(self.ops)} operations, "
+                f"more than the {MAX_DELTA_OPS} allowed"
+            )
+        if self.entry.size > DELTA_MAX_BYTES:
+            raise ProtocolError(
+                f"delta of {show(self.path)} declares a {self.entry.size}-byte result, "
+                f"more than the {DELTA_MAX_BYTES} bytes a delta may build"
+            )
 
 
 # Failure codes the sender acts on.
@@ -290,8 +305,40 @@ Frame = (
     | Bye
 )
 
+# The frames an agent accepts. Its decoder knows no other, so it never builds
+# one it would refuse anyway: an 8 MiB ManifestPart of minimal entries
+# decodes to 170 MiB of objects.
+ToAgent = (
+    Hello
+    | ManifestRequest
+    | PutChunk
+    | Put
+    | PutAbort
+    | PutDelta
+    | Expect
+    | Fetch
+    | Mkdir
+    | Symlink
+    | Rename
+    | Delete
+    | SetMeta
+    | Commit
+    | Bye
+)
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)
+_agent_decoder = msgspec.msgpack.Decoder(ToAgent)
+
+
+class _Tagged(msgspec.Struct):
+    """Just a frame's ``type`` (msgspec skips every other field unbuilt)."""
+
+    type: str = ""
+
+
+_NAMES = {t.__struct_config__.tag: t.__name__ for t in typing.get_args(Frame)}
+_TO_AGENT = {t.__struct_config__.tag for t in typing.get_args(ToAgent)}
 
 
 def encode(frame: Frame) -> bytes:
@@ -304,22 +351,41 @@ def encode(frame: Frame) -> bytes:
     return _LENGTH.pack(len(body)) + body
 
 
-def decode_body(body: bytes) -> Frame:
+def decode_body(body: bytes | memoryview, *, to_agent: bool = False) -> Frame:
+    """One frame's body; ``to_agent``: only the frames an agent accepts."""
     try:
-        frame: Frame = _decoder.decode(body)
+        frame: Frame = (_agent_decoder if to_agent else _decoder).decode(body)
     except (msgspec.MsgspecError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         # msgspec reports invalid UTF-8 in a str field as UnicodeDecodeError
+        if to_agent:
+            _refuse_not_to_agent(body)
         raise ProtocolError(f"malformed frame: {exc}") from exc
     return frame
 
 
+def _refuse_not_to_agent(body: bytes | memoryview) -> None:
+    """A frame of a known type that only agents send: say so."""
+    try:
+        tag = msgspec.msgpack.decode(body, type=_Tagged).type
+    except (msgspec.MsgspecError, UnicodeDecodeError, ValueError, RecursionError):
+        return
+    if tag in _NAMES and tag not in _TO_AGENT:
+        raise ProtocolError(f"the agent does not accept {_NAMES[tag]} frames")
+
+
 class FrameDecoder:
     """Bytes in, frames out: ``feed`` what arrived, then ``next_frame``
-    until it returns ``None``. Any defect raises ``ProtocolError``."""
+    until it returns ``None``. Any defect raises ``ProtocolError``.
+    ``to_agent``: the agent's end, which decodes only ``ToAgent`` frames.
 
-    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+    What it holds is bounded: the bytes of at most one frame
+    (``max_frame_bytes``) plus what was fed since; a body is decoded in
+    place, never copied."""
+
+    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES, *, to_agent: bool = False) -> None:
         self._buffer = bytearray()
         self._max = max_frame_bytes
+        self._to_agent = to_agent
 
     def feed(self, data: bytes) -> None:
         self._buffer += data
@@ -338,6 +404,8 @@ class FrameDecoder:
         end = _LENGTH.size + length
         if len(self._buffer) < end:
             return None
-        body = bytes(self._buffer[_LENGTH.size : end])
-        del self._buffer[:end]
-        return decode_body(body)
+        try:
+            with memoryview(self._buffer) as view, view[_LENGTH.size : end] as body:
+                return decode_body(body, to_agent=self._to_agent)
+        finally:
+            del self._buffer[:end]

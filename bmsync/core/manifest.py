@@ -37,6 +37,12 @@ class Kind(enum.IntEnum):
 Mode = Annotated[int, msgspec.Meta(ge=0, le=0o7777)]
 Owner = Annotated[int, msgspec.Meta(ge=0, lt=2**32)]
 Size = Annotated[int, msgspec.Meta(ge=0)]
+# Linux lists at most 64 KiB of xattr names (XATTR_LIST_MAX), each ending in
+# NUL and at least "user.x" long: no file has more than this many. Checked by
+# the decoder from the array's header: a frame of 1.4 million 6-byte xattrs
+# would otherwise decode to 120 MiB of tuples.
+MAX_XATTRS = 65536 // len(b"user.x\0")
+Xattrs = Annotated[tuple[tuple[bytes, bytes], ...], msgspec.Meta(max_length=MAX_XATTRS)]
 
 
 class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -48,7 +54,7 @@ class Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     size: Size = 0
     digest: bytes = b""  # xxh3-128 of the content; files only
     target: bytes = b""  # symlinks only
-    xattrs: tuple[tuple[bytes, bytes], ...] = ()  # sorted by name
+    xattrs: Xattrs = ()  # sorted by name
 
     def same_content(self, other: Entry) -> bool:
         """Whether ``other`` can become ``self`` by metadata changes alone."""

@@ -3,15 +3,24 @@ sender would: every bad input gets a clear answer and changes nothing."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import struct
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from bmsync.agent import Agent, AgentConnection
+from bmsync import agent as agent_module
+from bmsync.agent import (
+    FLUSH_BYTES,
+    MAX_BATCH_HELD_BYTES,
+    MAX_BATCH_RECORDS,
+    Agent,
+    AgentConnection,
+)
 from bmsync.core.delta import Copy, Literal, make_delta
 from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.frames import (
@@ -22,6 +31,7 @@ from bmsync.core.frames import (
     Commit,
     ErrorFrame,
     Expect,
+    Fetch,
     Frame,
     FrameDecoder,
     Hello,
@@ -29,6 +39,7 @@ from bmsync.core.frames import (
     ManifestRequest,
     Purpose,
     Put,
+    PutAbort,
     PutChunk,
     PutDelta,
     Refuse,
@@ -37,7 +48,7 @@ from bmsync.core.frames import (
     encode,
 )
 from bmsync.core.manifest import Entry, Kind, digest_bytes
-from bmsync.core.ops import Delete, Mkdir, Rename
+from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta
 from tests.helpers import walk
 
 
@@ -296,6 +307,145 @@ def test_delta_applies_to_its_base_only(node: Node) -> None:
     applied = node.commit(bad)
     assert "bad delta: copy of 0+1000000000 past the base" in applied.failures[0].reason
     assert os.listdir(node.root / "etc") == ["big.conf"]
+
+
+def test_a_delta_builds_no_more_than_the_size_it_declares(node: Node) -> None:
+    base = b"line\n" * 20_000
+    target = node.root / "etc/big.conf"
+    target.write_bytes(base)
+    node.hello()
+    # 100 MB of zeros in 100 KB: inflated only as far as the declared 1000 bytes
+    bomb = Literal(zlib.compress(bytes(100_000_000), 9), compressed=True)
+    applied = node.commit(
+        PutDelta(b"etc/big.conf", digest_bytes(base), [bomb], file_entry(b"y" * 1000))
+    )
+    assert [f.reason for f in applied.failures] == [
+        "bad delta: literal data inflates past 1000 bytes (the room left in a result of at "
+        "most 1000)"
+    ]
+    # copies that would build more than the declared size are not made
+    copies = [Copy(0, 100_000)] * 3
+    applied = node.commit(
+        PutDelta(b"etc/big.conf", digest_bytes(base), copies, file_entry(b"z" * 150_000))
+    )
+    assert [f.reason for f in applied.failures] == ["bad delta: the result grows past 150000 bytes"]
+    assert target.read_bytes() == base
+    assert os.listdir(node.root / "etc") == ["big.conf"]  # no temporary file left
+
+
+def test_a_delta_is_not_applied_to_a_base_too_large_to_be_one(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = b"line\n" * 20_000
+    (node.root / "etc/big.conf").write_bytes(base)
+    monkeypatch.setattr(agent_module, "DELTA_MAX_BYTES", len(base) - 1)
+    node.hello()
+    delta = PutDelta(b"etc/big.conf", digest_bytes(base), [Copy(0, 10)], file_entry(base[:10]))
+    applied = node.commit(delta)
+    assert [f.code for f in applied.failures] == [BASE_MISMATCH]
+    assert (node.root / "etc/big.conf").read_bytes() == base
+
+
+# -- what a batch keeps until its commit is bounded ---------------------------
+
+
+def test_expectations_without_a_commit_end_the_session_past_the_bound(node: Node) -> None:
+    node.hello()
+    expects = [Expect(b"etc/f%05d" % i, b"\1" * 16) for i in range(MAX_BATCH_RECORDS + 1)]
+    replies = node.send(*expects[:-1])
+    assert replies == []  # up to the bound: kept, waiting for the commit
+    (reply,) = node.send(expects[-1])
+    assert isinstance(reply, ErrorFrame)
+    assert reply.message == (
+        f"more than {MAX_BATCH_RECORDS} operations and Expect frames in one batch "
+        f"without a Commit (at Expect /etc/f{MAX_BATCH_RECORDS:05})"
+    )
+    assert node.connection.finished and node.connection.exit_code == 4
+
+
+def long_path(i: int) -> bytes:
+    return b"etc/" + b"/".join([b"%05d" % i + b"x" * 240] + [b"y" * 250] * 14)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        lambda i: Expect(long_path(i), b"\1" * 16),
+        lambda i: Delete(long_path(i), Kind.FILE),  # each a Failure: no parent here
+        lambda i: SetMeta(  # directory metadata waits for the commit
+            b"etc", Entry(Kind.DIR, 0o755, 0, 0, 0, xattrs=((b"user.x", b"v" * 3000),))
+        ),
+    ],
+)
+def test_what_a_batch_keeps_until_its_commit_is_bounded_in_bytes(
+    node: Node, frame: Callable[[int], Frame]
+) -> None:
+    node.hello()
+    frames = [frame(i) for i in range(MAX_BATCH_HELD_BYTES // 3000)]
+    replies = node.send(*frames)
+    assert isinstance(replies[-1], ErrorFrame), replies[-3:]
+    assert f"would keep more than {MAX_BATCH_HELD_BYTES} bytes until its Commit" in (
+        replies[-1].message
+    )
+    assert node.connection.finished and node.connection.exit_code == 4
+    assert os.listdir(node.root / "etc") == []
+
+
+def test_the_largest_batch_a_sender_makes_is_well_within_the_bounds(node: Node) -> None:
+    """1000 files (session.BATCH_MAX_OPS) with 200-byte paths, an xattr
+    the size of an ACL, an Expect each, and every file read three times
+    (changing while read): at most half of either bound."""
+    where = b"etc/" + b"d" * 150
+    (node.root / os.fsdecode(where)).mkdir()
+    node.hello()
+    acl = ((b"user.acl_like", b"a" * 44),)  # an ACL's size
+    frames: list[Frame] = []
+    for i in range(1000):
+        path = where + b"/%044d" % i
+        data = b"%d\n" % i
+        entry = Entry(Kind.FILE, 0o644, 0, 0, 0, len(data), digest_bytes(data), xattrs=acl)
+        frames += [Expect(path, b"\1" * 16)]
+        frames += [PutChunk(path, 0, b"x"), PutAbort(path)] * 2
+        frames += [PutChunk(path, 0, data[:1]), Put(path, 1, data[1:], entry)]
+    batch = node.connection.agent._batch
+    node.send(*frames)
+    assert batch.records < MAX_BATCH_RECORDS / 2 and batch.held_bytes < MAX_BATCH_HELD_BYTES / 2
+    applied = node.commit()
+    assert applied.failures == [] and len(applied.results) == 1000
+
+
+def test_replies_are_sent_as_they_come_and_never_under_the_role_lock(node: Node) -> None:
+    """A Fetch of a file of any size is sent a chunk at a time, and the
+    replies of many frames once a megabyte of them waits; the sender may not
+    read them for a while, so the role lock (which promote waits for) is
+    never held while they are written."""
+    with open(node.root / "etc/big.img", "wb") as f:
+        f.truncate(20 * CHUNK_BYTES + 5)
+    sent: list[bytes] = []
+
+    def send(data: bytes) -> None:
+        assert len(data) <= FLUSH_BYTES + CHUNK_BYTES + 1024
+        fd = os.open(node.state / "role.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free: not held
+        finally:
+            os.close(fd)
+        sent.append(data)
+
+    connection = AgentConnection(node.connection.agent, send)
+    hello = Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 0, Purpose.WRITE, "test")
+    frames = [hello, Mkdir(b"etc/new", DIR), Fetch(b"etc/big.img"), Commit(1)]
+    frames += [Commit(n) for n in range(2, 40_000)]  # 40,000 small answers
+    assert connection.receive_data(b"".join(encode(f) for f in frames)) == b""
+    decoder = FrameDecoder()
+    decoder.feed(b"".join(sent))
+    replies = []
+    while (frame := decoder.next_frame()) is not None:
+        replies.append(frame)
+    assert [type(r) for r in replies[:23]] == [Welcome, *[PutChunk] * 20, Put, Applied]
+    assert sum(len(r.data) for r in replies[1:22]) == 20 * CHUNK_BYTES + 5
+    assert [r.batch for r in replies[22:]] == list(range(1, 40_000))
+    assert len(sent) > 20 and (node.root / "etc/new").is_dir()
 
 
 # -- a file changed on this (passive) node since bmsync wrote it -------------

@@ -4,15 +4,20 @@ answer, and the answers come back per batch, in order."""
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
 from bmsync import session as session_module
 from bmsync.agent import Agent
+from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS
 from bmsync.core.frames import Applied, Commit, Frame, Purpose
+from bmsync.core.manifest import digest_bytes
+from bmsync.core.ops import PutFile
+from bmsync.fsutil import open_root, read_whole
 from bmsync.reconcile import resync
-from bmsync.session import PeerSession
+from bmsync.session import Outcome, PeerSession
 from tests.helpers import InMemoryChannel, walk, whole_root
 
 
@@ -66,3 +71,40 @@ def test_a_plan_is_streamed_without_waiting_for_answers(
     asyncio.run(scenario())
     assert channel.answers == list(range(10))
     assert walk(active) == walk(passive)
+
+
+def test_a_delta_of_more_operations_than_the_agent_takes_goes_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    active, passive, state = tmp_path / "a", tmp_path / "p", tmp_path / "s"
+    (active / "etc").mkdir(parents=True)
+    (passive / "etc").mkdir(parents=True)
+    state.mkdir(mode=0o700)
+    base = b"".join(b"line %d\n" % i for i in range(20_000))
+    new = base.replace(b"line 100\n", b"LINE 100\n").replace(b"line 15000\n", b"LINE 15000\n")
+    (active / "etc/big.conf").write_bytes(new)
+    root_fd = open_root(active)
+    try:
+        found = read_whole(root_fd, b"etc/big.conf", DELTA_MAX_BYTES)
+        assert found is not None
+        op = PutFile(b"etc/big.conf", found[1])
+        # make_delta gives 5 operations: copy, literal, copy, literal, copy
+        for limit, deltas in ((4, 0), (MAX_DELTA_OPS, 1)):
+            monkeypatch.setattr(session_module, "MAX_DELTA_OPS", limit)
+            (passive / "etc/big.conf").write_bytes(base)
+            channel = InMemoryChannel(Agent("bm2", passive, whole_root(), state))
+
+            async def scenario(channel: InMemoryChannel) -> Outcome:
+                sender = PeerSession(channel, "bm1")
+                await sender.open(Purpose.WRITE)
+                outcome = await sender.apply(
+                    [op], root_fd, delta_base=lambda _: (digest_bytes(base), base)
+                )
+                await sender.close()
+                return outcome
+
+            outcome = asyncio.run(scenario(channel))
+            assert outcome.failures == [] and outcome.deltas == deltas
+            assert (passive / "etc/big.conf").read_bytes() == new
+    finally:
+        os.close(root_fd)

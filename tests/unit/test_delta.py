@@ -16,6 +16,7 @@ from bmsync.core.delta import (
     apply_delta,
     chunk_bounds,
     compress_literals,
+    delta_pieces,
     literal_bytes,
     make_delta,
 )
@@ -101,3 +102,43 @@ def test_a_literal_that_inflates_too_far_or_is_not_zlib_is_refused() -> None:
         apply_delta(b"", [bomb], limit=1000)
     with pytest.raises(DeltaError, match="not valid zlib"):
         apply_delta(b"", [Literal(b"not zlib", compressed=True)])
+
+
+# -- a hostile delta: bounded by the size it declares, built a piece at a time
+
+
+def test_pieces_are_bounded_and_inflation_stops_at_the_room_left() -> None:
+    bomb = Literal(zlib.compress(bytes(50_000_000), 9), compressed=True)
+    got: list[int] = []
+    with pytest.raises(DeltaError, match="inflates past 2999000 bytes"):
+        for piece in delta_pieces([Copy(0, 1000), bomb], 1000, 3_000_000, piece=1 << 20):
+            assert not isinstance(piece, Copy) or piece == Copy(0, 1000)
+            got.append(len(piece) if isinstance(piece, bytes) else piece.length)
+    # whole pieces up to the limit, then one byte past it asked for and refused
+    assert max(got) <= 1 << 20
+    assert sum(got) <= 3_000_000
+
+
+def test_copies_come_in_pieces_within_the_base() -> None:
+    pieces = list(delta_pieces([Copy(10, 2_500_000)], 3_000_000, 2_500_000, piece=1 << 20))
+    assert pieces == [
+        Copy(10, 1 << 20),
+        Copy(10 + (1 << 20), 1 << 20),
+        Copy(10 + (2 << 20), 402_848),
+    ]
+
+
+def test_a_result_past_the_declared_size_is_refused_before_it_is_built() -> None:
+    with pytest.raises(DeltaError, match="grows past 1500 bytes"):
+        list(delta_pieces([Copy(0, 1000), Copy(0, 1000)], 1000, 1500))
+    with pytest.raises(DeltaError, match="grows past 10 bytes"):
+        list(delta_pieces([Literal(b"x" * 11)], 0, 10))
+
+
+def test_a_truncated_or_padded_zlib_literal_is_refused() -> None:
+    packed = zlib.compress(b"configuration line\n" * 1000)
+    with pytest.raises(DeltaError, match="truncated zlib stream"):
+        apply_delta(b"", [Literal(packed[:-10], compressed=True)])
+    with pytest.raises(DeltaError, match="3 bytes follow the literal's zlib stream"):
+        apply_delta(b"", [Literal(packed + b"xyz", compressed=True)])
+    assert apply_delta(b"", [Literal(packed, compressed=True)]) == b"configuration line\n" * 1000

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
+import tracemalloc
+from collections.abc import Callable
 from typing import Any, get_args
 
 import msgspec
 import pytest
 
-from bmsync.core.delta import Copy, Literal
+from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS, Copy, Literal
 from bmsync.core.frames import (
     BASE_MISMATCH,
     MAX_FRAME_BYTES,
@@ -31,11 +34,12 @@ from bmsync.core.frames import (
     PutDelta,
     Refuse,
     Role,
+    ToAgent,
     Welcome,
     decode_body,
     encode,
 )
-from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind, digest_bytes
+from bmsync.core.manifest import DIGEST_SIZE, MAX_XATTRS, Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.errors import ProtocolError
 
@@ -412,3 +416,96 @@ def test_an_expected_digest_of_the_wrong_size_is_refused() -> None:
     fields["digest"] = b"\0" * 5
     with pytest.raises(ProtocolError, match="expected digest of 5 bytes"):
         decode_body(body_of(fields))
+
+
+# -- deltas: bounded when decoded, before anything is built ------------------
+
+
+def delta_body(count_header: bytes, ops: bytes, size: int = 10) -> bytes:
+    """A PutDelta body whose ops array has the given msgpack header."""
+    entry = msgspec.msgpack.encode(Entry(Kind.FILE, 0o644, 0, 0, 0, size, b"d" * DIGEST_SIZE))
+    return (
+        b"\x85\xa4type\xa5delta\xa4path\xc4\x03etc\xa4base\xc4\x10"
+        + b"b" * DIGEST_SIZE
+        + b"\xa3ops"
+        + count_header
+        + ops
+        + b"\xa5entry"
+        + entry
+    )
+
+
+def test_a_delta_of_more_operations_than_allowed_is_refused_unbuilt() -> None:
+    copy = msgspec.msgpack.encode(Copy(0, 1000))
+    ok = decode_body(delta_body(b"\xdd" + struct.pack(">I", 3), copy * 3))
+    assert isinstance(ok, PutDelta) and ok.ops == [Copy(0, 1000)] * 3
+    # the array header says 4 billion: refused at once, nothing allocated
+    with pytest.raises(ProtocolError, match=f"length <= {MAX_DELTA_OPS}"):
+        decode_body(delta_body(b"\xdd\xff\xff\xff\xff", copy * 3))
+    too_many = b"\xdd" + struct.pack(">I", MAX_DELTA_OPS + 1)
+    with pytest.raises(ProtocolError, match=f"length <= {MAX_DELTA_OPS}"):
+        decode_body(delta_body(too_many, copy * (MAX_DELTA_OPS + 1)))
+    with pytest.raises(ProtocolError, match=f"more than the {MAX_DELTA_OPS} allowed"):
+        PutDelta(b"etc/x", b"b" * DIGEST_SIZE, [Copy(0, 1)] * (MAX_DELTA_OPS + 1), FILE)
+
+
+def test_a_delta_declaring_a_result_past_the_delta_limit_is_refused() -> None:
+    body = delta_body(b"\x91", msgspec.msgpack.encode(Copy(0, 1)), size=DELTA_MAX_BYTES + 1)
+    with pytest.raises(ProtocolError, match=f"more than the {DELTA_MAX_BYTES} bytes a delta"):
+        decode_body(body)
+    assert isinstance(decode_body(delta_body(b"\x90", b"", size=DELTA_MAX_BYTES)), PutDelta)
+
+
+# -- what decoding a hostile frame can build is bounded ----------------------
+
+
+def traced_peak(run: Callable[[], object]) -> int:
+    """Bytes allocated at the peak of ``run`` beyond what was before."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with contextlib.suppress(ProtocolError):
+            run()
+        return tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_an_agents_decoder_never_builds_a_frame_only_agents_send() -> None:
+    entries = [[b"a", [2, 0, 0, 0, 0]]] * 800_000  # 8 MB: 170 MB of objects
+    bomb = msgspec.msgpack.encode({"type": "manifest", "entries": entries, "last": True})
+    decoder = FrameDecoder(to_agent=True)
+    decoder.feed(struct.pack(">I", len(bomb)) + bomb)
+    with pytest.raises(ProtocolError, match="the agent does not accept ManifestPart frames"):
+        decoder.next_frame()
+    assert traced_peak(lambda: decode_body(bomb, to_agent=True)) < 1024 * 1024
+    for frame in SAMPLES:
+        if isinstance(frame, get_args(ToAgent)):
+            assert decode_body(encode(frame)[4:], to_agent=True) == frame
+        else:
+            with pytest.raises(ProtocolError, match="the agent does not accept"):
+                decode_body(encode(frame)[4:], to_agent=True)
+    with pytest.raises(ProtocolError, match="malformed frame"):
+        decode_body(b"\x81\xa4type\xaaformat-all", to_agent=True)
+
+
+def test_more_xattrs_than_linux_allows_are_refused_unbuilt() -> None:
+    def setmeta(count_header: bytes, pairs: int) -> bytes:
+        entry = b"\x99\x02\xcd\x01\xed\x00\x00\x00\x00\xc4\x00\xc4\x00" + count_header
+        body = b"\x83\xa4type\xa7setmeta\xa4path\xc4\x03etc\xa5entry" + entry
+        return body + b"\x92\xc4\x01u\xc4\x00" * pairs
+
+    ok = decode_body(setmeta(b"\xdd" + struct.pack(">I", MAX_XATTRS), MAX_XATTRS))
+    assert isinstance(ok, SetMeta) and len(ok.entry.xattrs) == MAX_XATTRS
+    over = setmeta(b"\xdd" + struct.pack(">I", 1_398_000), 1_398_000)  # an 8 MiB frame
+    peak = traced_peak(lambda: decode_body(over))
+    with pytest.raises(ProtocolError, match=f"length <= {MAX_XATTRS}"):
+        decode_body(over)
+    assert peak < 1024 * 1024  # not the 120 MiB of tuples it would make
+
+
+def test_a_frame_is_decoded_in_place_not_copied() -> None:
+    decoder = FrameDecoder()
+    decoder.feed(encode(PutChunk(b"etc/big", 0, b"x" * 8_000_000)))
+    peak = traced_peak(decoder.next_frame)
+    assert 8_000_000 <= peak < 8_500_000  # the chunk's data, once
