@@ -40,11 +40,16 @@ exit codes:
   5   the peer refused the session (another sender, version, roles, epochs)
   6   some paths could not be applied (each is listed)
   7   this node's tree could not be read
-  8   this node is passive ('bmsync promote' first) or its role.json is damaged;
-      promote past the highest epoch, or reset-epoch on an active node
+  8   this node is passive ('bmsync promote' first), stale or suspended, or
+      its role.json is damaged; promote past the highest epoch, or
+      reset-epoch on an active node
+  9   held back: sync is paused, or the resync would go past the
+      delete-storm brake (nothing sent; --allow-deletes or 'bmsync resume')
   70  internal error
+promote, demote, pause and resume exit 1 when they change nothing.
 'bmsync status': 0 the daemon runs and syncs, 1 it runs but does not sync
-(paused, disconnected, suspended), 3 no daemon answers."""
+(paused, disconnected, suspended, degraded), 3 no daemon answers.
+"""
 
 LOG_LEVELS = ["debug", "info", "warning", "error"]
 LOG_FORMATS = ["console", "json"]
