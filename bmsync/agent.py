@@ -99,13 +99,14 @@ from bmsync.core.frames import (
     PutAbort,
     PutChunk,
     PutDelta,
+    PutHole,
     Refuse,
     Role,
     Welcome,
     encode,
 )
 from bmsync.core.guard import Accepted, NodeRole, RefusalCode, Refused, Stamp, judge_sender
-from bmsync.core.manifest import Entry, Kind, manifest_digest, new_hasher
+from bmsync.core.manifest import Entry, Kind, hash_zeros, manifest_digest, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import basename, join, parent, show
 from bmsync.digests import DigestCache
@@ -174,7 +175,19 @@ FLUSH_BYTES = 1024 * 1024
 PREEMPT_WAIT_S = 10.0
 # The frames that change this node's tree: each is judged against this
 # node's role as it is when the frame is applied, not at the handshake.
-_WRITES = (Put, PutChunk, PutDelta, PutAbort, Mkdir, Symlink, Rename, Delete, SetMeta, Commit)
+_WRITES = (
+    Put,
+    PutChunk,
+    PutHole,
+    PutDelta,
+    PutAbort,
+    Mkdir,
+    Symlink,
+    Rename,
+    Delete,
+    SetMeta,
+    Commit,
+)
 
 
 class OpFailed(Exception):
@@ -290,6 +303,7 @@ class Agent:
             Hello: self._hello,
             ManifestRequest: self._manifest,
             PutChunk: self._put_chunk,
+            PutHole: self._put_hole,
             Put: self._put,
             PutAbort: self._put_abort,
             PutDelta: self._put_delta,
@@ -796,6 +810,11 @@ class Agent:
         self._receive(chunk.path, chunk.offset, chunk.data, None)
         return []
 
+    def _put_hole(self, hole: PutHole) -> list[Frame]:
+        self._require_write()
+        self._receive(hole.path, hole.offset, b"", None, hole=hole.length)
+        return []
+
     def _put(self, put: Put) -> list[Frame]:
         self._require_write()
         if put.entry.kind != Kind.FILE:
@@ -971,7 +990,11 @@ class Agent:
             self._discard(staged)
         return []
 
-    def _receive(self, path: bytes, offset: int, data: bytes, entry: Entry | None) -> None:
+    def _receive(
+        self, path: bytes, offset: int, data: bytes, entry: Entry | None, hole: int = 0
+    ) -> None:
+        """A piece of a file: ``data`` at ``offset``, or a ``hole`` of that
+        many zero bytes, left unwritten (the file stays sparse)."""
         batch = self._batch
         staged = batch.staged.get(path)
         if offset == 0:
@@ -991,11 +1014,14 @@ class Agent:
             raise ProtocolError(f"chunk at offset {offset} of {show(path)} without its start")
         if staged.size != offset:
             raise ProtocolError(f"chunk of {show(path)} at offset {offset}, expected {staged.size}")
-        staged.size += len(data)
+        staged.size += len(data) + hole
         if staged.failed:
             return
         assert staged.fd is not None
         try:
+            if hole:
+                hash_zeros(staged.hasher, hole)
+                os.lseek(staged.fd, hole, os.SEEK_CUR)
             staged.hasher.update(data)
             _write_all(staged.fd, data)
             if entry is not None:
@@ -1027,6 +1053,7 @@ class Agent:
                 f"received {staged.size} bytes with digest {digest.hex()}, the sender "
                 f"announced {entry.size} bytes with {entry.digest.hex()}; not applied"
             )
+        os.ftruncate(staged.fd, entry.size)  # a hole at the end has no bytes written
         _set_meta_fd(staged.fd, entry, times=True)
         os.close(staged.fd)  # made durable at commit, before the rename
         staged.fd = None

@@ -15,8 +15,8 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from bmsync.core.frames import CHUNK_BYTES, Put, PutAbort, PutChunk
-from bmsync.core.manifest import Entry, Kind, digest_bytes, new_hasher
+from bmsync.core.frames import CHUNK_BYTES, HOLE_MAX_BYTES, Put, PutAbort, PutChunk, PutHole
+from bmsync.core.manifest import Entry, Kind, digest_bytes, hash_zeros, new_hasher
 from bmsync.core.paths import basename, parent
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -135,16 +135,22 @@ def open_file(base_fd: int, rel: bytes) -> int:
         os.close(dir_fd)
 
 
-def file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put | PutAbort]:
-    """Stream a local file as chunks, then either a ``Put`` whose entry (and
-    digest) describe exactly the bytes sent, or ``PutAbort`` if the file
-    changed while it was read."""
+FileFrame = PutChunk | PutHole | Put | PutAbort
+
+
+def file_frames(root_fd: int, path: bytes) -> Iterator[FileFrame]:
+    """Stream a local file as chunks (and, for a sparse file, holes), then
+    either a ``Put`` whose entry (and digest) describe exactly the bytes
+    sent, or ``PutAbort`` if the file changed while it was read."""
     fd = open_file(root_fd, path)
     try:
         before = os.fstat(fd)
         if kind_of(before.st_mode) != Kind.FILE:
             raise OSError(errno.ENOENT, "no longer a regular file")
         xattrs = read_xattrs(fd)
+        if before.st_blocks * 512 < before.st_size:
+            yield from _sparse_frames(fd, path, before, xattrs)
+            return
         hasher = new_hasher()
         offset = 0
         chunk = os.read(fd, CHUNK_BYTES)
@@ -164,6 +170,47 @@ def file_frames(root_fd: int, path: bytes) -> Iterator[PutChunk | Put | PutAbort
             chunk = following
     finally:
         os.close(fd)
+
+
+def _sparse_frames(
+    fd: int, path: bytes, before: os.stat_result, xattrs: tuple[tuple[bytes, bytes], ...]
+) -> Iterator[FileFrame]:
+    """A file with fewer blocks than its size: its data regions as chunks
+    and its holes as ``PutHole`` (never read, never written on the agent),
+    found with SEEK_DATA and SEEK_HOLE; then an empty ``Put`` at its end."""
+    hasher = new_hasher()
+    offset, size = 0, before.st_size
+    while offset < size:
+        try:
+            data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+            data = size  # a hole up to the end
+        while offset < min(data, size):
+            length = min(data, size) - offset
+            length = min(length, HOLE_MAX_BYTES)
+            hash_zeros(hasher, length)
+            yield PutHole(path, offset, length)
+            offset += length
+        if offset >= size:
+            break
+        hole = os.lseek(fd, offset, os.SEEK_HOLE)
+        while offset < hole:
+            chunk = os.pread(fd, min(CHUNK_BYTES, hole - offset), offset)
+            if not chunk:
+                break  # shrunk meanwhile: the check below says so
+            hasher.update(chunk)
+            yield PutChunk(path, offset, chunk)
+            offset += len(chunk)
+        else:
+            continue
+        break
+    after = os.fstat(fd)
+    if not same_version(before, after) or after.st_size != offset:
+        yield PutAbort(path)
+        return
+    yield Put(path, offset, b"", entry_of(after, Kind.FILE, digest=hasher.digest(), xattrs=xattrs))
 
 
 def read_whole(root_fd: int, path: bytes, max_bytes: int) -> tuple[bytes, Entry] | None:

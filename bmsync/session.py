@@ -43,6 +43,7 @@ from bmsync.core.frames import (
     PutAbort,
     PutChunk,
     PutDelta,
+    PutHole,
     Refuse,
     Role,
     Welcome,
@@ -59,7 +60,7 @@ from bmsync.errors import (
     SplitBrainSuspected,
     TransportError,
 )
-from bmsync.fsutil import file_frames, read_whole
+from bmsync.fsutil import FileFrame, file_frames, read_whole
 from bmsync.transport import FrameChannel
 
 log = structlog.get_logger("bmsync.session")
@@ -172,17 +173,18 @@ class PeerSession:
             if part.last:
                 return entries
 
-    async def fetch(self, path: bytes) -> list[PutChunk | Put | PutAbort]:
+    async def fetch(self, path: bytes) -> list[FileFrame]:
         """The peer's copy of ``path`` as the frames that would write it:
-        ``PutChunk``* then ``Put``, or ``[PutAbort]`` if it has none."""
+        ``PutChunk`` and ``PutHole``* then ``Put``, or ``[PutAbort]`` if it
+        has none."""
         await self._channel.send([Fetch(path)])
-        frames: list[PutChunk | Put | PutAbort] = []
+        frames: list[FileFrame] = []
         while True:
             frame = await self._receive()
-            if not isinstance(frame, (PutChunk, Put, PutAbort)) or frame.path != path:
+            if not isinstance(frame, (PutChunk, PutHole, Put, PutAbort)) or frame.path != path:
                 raise ProtocolError(f"expected the content of {show(path)}, got {frame!r:.80}")
             frames.append(frame)
-            if not isinstance(frame, PutChunk):
+            if isinstance(frame, (Put, PutAbort)):
                 return frames
 
     async def wait_lost(self) -> None:

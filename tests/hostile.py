@@ -78,7 +78,10 @@ class Passive:
         (root / os.fsdecode(BASE_PATH)).write_bytes(base)
         if big_file:
             with open(root / os.fsdecode(BIG_PATH), "wb") as f:
-                f.truncate(big_file)
+                piece = b"\xa5" * WRITE_BYTES  # written, not a hole: holes travel as PutHole
+                for _ in range(big_file // WRITE_BYTES):
+                    f.write(piece)
+                f.write(piece[: big_file % WRITE_BYTES])
         for n in range(files):
             if n % 1000 == 0:
                 (root / f"etc/many/{n // 1000:03}").mkdir(parents=True)

@@ -34,7 +34,8 @@ from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import check_relpath, show
 from bmsync.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+# 2: PutHole (sparse files keep their holes)
+PROTOCOL_VERSION = 2
 # A frame holds at most one data chunk plus its metadata; 8 MiB bounds what a
 # hostile or broken peer can make the other side buffer.
 MAX_FRAME_BYTES = 8 * 1024 * 1024
@@ -172,6 +173,28 @@ class Put(msgspec.Struct, frozen=True, tag="put"):
         check_entry(self.entry)
 
 
+# A hole frame stands for at most this many zero bytes: the agent hashes them
+# (the digest covers the whole file), so one small frame costs it at most
+# about a tenth of a second.
+HOLE_MAX_BYTES = 1 << 30
+
+
+class PutHole(msgspec.Struct, frozen=True, tag="hole"):
+    """``length`` zero bytes of a sparse file at ``offset``, left unwritten
+    (a hole) on the agent; chunks, holes or the ``Put`` follow."""
+
+    path: bytes
+    offset: int
+    length: int
+
+    def __post_init__(self) -> None:
+        check_relpath(self.path)
+        if self.offset < 0:
+            raise ProtocolError(f"negative offset {self.offset}")
+        if not 0 < self.length <= HOLE_MAX_BYTES:
+            raise ProtocolError(f"hole of {self.length} bytes (1 to {HOLE_MAX_BYTES})")
+
+
 class PutAbort(msgspec.Struct, frozen=True, tag="abort"):
     """Drop what was received of ``path``: it changed while being read."""
 
@@ -289,6 +312,7 @@ Frame = (
     | ManifestRequest
     | ManifestPart
     | PutChunk
+    | PutHole
     | Put
     | PutAbort
     | PutDelta
@@ -312,6 +336,7 @@ ToAgent = (
     Hello
     | ManifestRequest
     | PutChunk
+    | PutHole
     | Put
     | PutAbort
     | PutDelta

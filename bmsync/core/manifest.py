@@ -121,6 +121,17 @@ def new_hasher() -> xxhash.xxh3_128:
     return xxhash.xxh3_128()
 
 
+_ZEROS = memoryview(bytes(1 << 20))
+
+
+def hash_zeros(hasher: xxhash.xxh3_128, length: int) -> None:
+    """Feed ``length`` zero bytes (a hole of a sparse file) to ``hasher``."""
+    while length > 0:
+        piece = min(length, len(_ZEROS))
+        hasher.update(_ZEROS[:piece])
+        length -= piece
+
+
 def differences(local: Entry | None, peer: Entry | None) -> list[str]:
     """What differs between two entries, as words for a report."""
     if local is None and peer is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -221,3 +222,39 @@ def test_fifos_are_reported_not_synced_and_the_peer_copy_is_kept(pair: Pair) -> 
     assert pair.bmsync("resync").returncode == 0  # (the directory's mtime changed)
     as_json = json.loads(pair.bmsync("verify", "--json").stdout)
     assert as_json["in_sync"] and as_json["unsupported"] == ["/etc/initctl"]
+
+
+def test_sparse_files_keep_their_holes_on_the_passive(pair: Pair) -> None:
+    """1.5 GB of holes must not take 1.5 GB on the passive (rsync -S)."""
+    etc = pair.active / "etc"
+    etc.mkdir()
+    shapes = {
+        "data-holes-data.img": [(0, b"head"), (100 << 20, b"middle"), ((256 << 20) - 4, b"tail")],
+        "all-hole.img": [],
+        "hole-at-the-end.img": [(0, b"only at the start")],
+    }
+    for name, writes in shapes.items():
+        with open(etc / name, "wb") as f:
+            f.truncate(256 << 20)
+            for offset, data in writes:
+                f.seek(offset)
+                f.write(data)
+    done = pair.bmsync("resync", "--json")
+    assert done.returncode == 0, done.stderr
+    sent = json.loads(done.stdout)["bytes_sent"]
+    assert sent < 1 << 20  # the data, not the holes
+    for name in shapes:
+        here, there = etc / name, pair.passive / "etc" / name
+        assert there.stat().st_size == here.stat().st_size == 256 << 20
+        assert there.stat().st_blocks * 512 < 1 << 20, name  # still sparse
+        assert _digest(there) == _digest(here), name
+    checked = json.loads(pair.bmsync("verify", "--json").stdout)
+    assert checked["in_sync"], checked
+
+
+def _digest(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
