@@ -16,6 +16,8 @@ from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.frames import Frame, FrameDecoder, encode
 from bmsync.errors import RemoteProtocolError
 
+RECEIVE_WAIT_S = 30.0
+
 
 class InMemoryChannel:
     """A FrameChannel to an in-process Agent; frames go through the real
@@ -26,10 +28,13 @@ class InMemoryChannel:
         self._to_agent = FrameDecoder()
         self._to_us = FrameDecoder()
         self.sent_bytes = 0
+        self._sent: asyncio.Event | None = None
 
     async def send(self, frames: list[Frame]) -> None:
         data = b"".join(encode(f) for f in frames)
         self.sent_bytes += len(data)
+        if self._sent is not None:
+            self._sent.set()
         self._to_agent.feed(data)
         while (frame := self._to_agent.next_frame()) is not None:
             for reply in self.agent.handle(frame):
@@ -38,9 +43,14 @@ class InMemoryChannel:
     async def receive(self) -> Frame:
         from bmsync.core.frames import ErrorFrame
 
-        frame = self._to_us.next_frame()
-        if frame is None:
-            raise AssertionError("the agent has nothing to say")
+        # the sender may still be making what it sends (a delta is made in a
+        # worker thread): wait for its next send before giving up
+        while (frame := self._to_us.next_frame()) is None:
+            self._sent = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._sent.wait(), RECEIVE_WAIT_S)
+            except TimeoutError:
+                raise AssertionError("the agent has nothing to say") from None
         if isinstance(frame, ErrorFrame):
             raise RemoteProtocolError(frame.message)
         return frame
