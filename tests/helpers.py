@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import stat
 import threading
 from pathlib import Path
@@ -127,3 +128,23 @@ class VersionReader:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def two_byte_lines(count: int, seed: int) -> bytes:
+    """``count`` lines of one random letter each (issue 11 item 13's file):
+    the worst case for chunking by lines."""
+    letters = random.Random(seed).randbytes(count).translate(bytes(97 + i % 26 for i in range(256)))
+    data = bytearray(2 * count)
+    data[0::2] = letters
+    data[1::2] = b"\n" * count
+    return bytes(data)
+
+
+def change_both_ends(path: Path) -> bytes:
+    """Rewrite the first and the last line of a file of two-byte lines in
+    place (no common prefix or suffix left to cut); the new content."""
+    with open(path, "r+b") as f:
+        f.write(b"#\n")
+        f.seek(-2, os.SEEK_END)
+        f.write(b"$\n")
+    return path.read_bytes()
