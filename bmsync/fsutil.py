@@ -222,13 +222,14 @@ def read_whole(root_fd: int, path: bytes, max_bytes: int) -> tuple[bytes, Entry]
         if kind_of(before.st_mode) != Kind.FILE or before.st_size > max_bytes:
             return None
         xattrs = read_xattrs(fd)
+        # in one read where it can be: joining chunks held the file twice
         chunks = []
-        while chunk := os.read(fd, READ_BYTES):
+        while chunk := os.read(fd, max(READ_BYTES, before.st_size + 1)):
             chunks.append(chunk)
         after = os.fstat(fd)
     finally:
         os.close(fd)
-    data = b"".join(chunks)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)  # b"" if empty
     if not same_version(before, after) or len(data) != after.st_size:
         return None
     return data, entry_of(after, Kind.FILE, digest=digest_bytes(data), xattrs=xattrs)

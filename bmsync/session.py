@@ -24,7 +24,7 @@ from bmsync.core.delta import (
     MAX_DELTA_OPS,
     compress_literals,
     literal_bytes,
-    make_delta,
+    make_delta_within,
 )
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
@@ -81,6 +81,9 @@ DeltaBase = Callable[[bytes], tuple[bytes, bytes] | None]
 # A delta whose literal data exceeds this goes as a whole file instead (it
 # must fit one frame, and past it the saving is small).
 DELTA_LITERAL_MAX_BYTES = 1024 * 1024
+# Making a delta is given up once its literal data (before compression)
+# passes this many times what it may send: zlib rarely does better.
+DELTA_RAW_LITERAL_FACTOR = 8
 # Reads of a file that keeps changing before it is left for the next pass.
 SEND_ATTEMPTS = 3
 # What the agent wrote before it hung up is already on its way: a last read
@@ -234,8 +237,7 @@ class PeerSession:
                     sent = 0
                     lead = _expectation(op, acknowledged)
                     if isinstance(op, PutFile):
-                        base = delta_base(op.path) if delta_base is not None else None
-                        sent = await self._send_file(root_fd, op, outcome, base, lead)
+                        sent = await self._send_file(root_fd, op, outcome, delta_base, lead)
                     else:
                         await self._channel.send([*lead, op])
                     if progress is not None:
@@ -269,7 +271,7 @@ class PeerSession:
         root_fd: int,
         op: PutFile,
         outcome: Outcome,
-        base: tuple[bytes, bytes] | None,
+        delta_base: DeltaBase | None,
         lead: list[Frame],
     ) -> int:
         """Send one file, ``lead`` in the same write as its first frame; a
@@ -282,10 +284,10 @@ class PeerSession:
             await self._channel.send([*pending, frame])
             pending = []
 
-        if base is not None and BaseStore.wanted(op.entry.size):
+        if delta_base is not None and BaseStore.wanted(op.entry.size):
             for _ in range(SEND_ATTEMPTS):
                 try:
-                    sent = await self._send_delta(root_fd, op, outcome, base, send)
+                    sent = await self._send_delta(root_fd, op, outcome, delta_base, send)
                 except _ChangedWhileRead:
                     log.info("file_changed_while_sent", path=show(op.path))
                     continue
@@ -320,27 +322,54 @@ class PeerSession:
         root_fd: int,
         op: PutFile,
         outcome: Outcome,
-        base: tuple[bytes, bytes],
+        delta_base: DeltaBase,
         send: Callable[[Frame], Awaitable[None]],
     ) -> int | None:
-        """Send ``op`` as a delta if that is worth it; ``None``: send whole."""
-        try:
-            current = read_whole(root_fd, op.path, DELTA_MAX_BYTES)
-        except OSError:
+        """Send ``op`` as a delta if that is worth it; ``None``: send whole.
+        The base, the file and the delta are read and made in a worker
+        thread: a large file keeps the event loop (the control socket, the
+        watcher) waiting for none of it."""
+        made = await asyncio.to_thread(_make_put_delta, root_fd, op.path, delta_base)
+        if made is None:
             return None
-        if current is None:  # grew past the delta limit, or changed as it was read
-            raise _ChangedWhileRead
-        data, entry = current
-        base_digest, base_data = base
-        ops = compress_literals(make_delta(base_data, data))
-        literal = literal_bytes(ops)
-        if literal > min(DELTA_LITERAL_MAX_BYTES, len(data) // 2) or len(ops) > MAX_DELTA_OPS:
-            return None  # the agent refuses a delta of more operations
-        await send(PutDelta(op.path, base_digest, ops, entry))
+        frame, literal = made
+        await send(frame)
         outcome.files_sent += 1
         outcome.deltas += 1
         outcome.bytes_sent += literal
         return literal
+
+
+def _make_put_delta(
+    root_fd: int, path: bytes, delta_base: DeltaBase
+) -> tuple[PutDelta, int] | None:
+    """The delta that brings the peer's version of ``path`` to the file's
+    current content, and its literal bytes; ``None`` if there is no base or
+    the delta would cost more than the whole file: more literal data than
+    half the file (or ``DELTA_LITERAL_MAX_BYTES``), or more operations than
+    the agent takes. Blocking: run in a worker thread."""
+    base = delta_base(path)
+    if base is None:
+        return None
+    base_digest, base_data = base
+    try:
+        current = read_whole(root_fd, path, DELTA_MAX_BYTES)
+    except OSError:
+        return None
+    if current is None:  # grew past the delta limit, or changed as it was read
+        raise _ChangedWhileRead
+    data, entry = current
+    budget = min(DELTA_LITERAL_MAX_BYTES, len(data) // 2)
+    ops = make_delta_within(
+        base_data, data, max_literal=budget * DELTA_RAW_LITERAL_FACTOR, max_ops=MAX_DELTA_OPS
+    )
+    if ops is None:
+        return None
+    ops = compress_literals(ops)
+    literal = literal_bytes(ops)
+    if literal > budget or len(ops) > MAX_DELTA_OPS:
+        return None  # the agent refuses a delta of more operations
+    return PutDelta(path, base_digest, ops, entry), literal
 
 
 class _ChangedWhileRead(Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import stat
 import threading
 from pathlib import Path
@@ -16,6 +17,8 @@ from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.frames import Frame, FrameDecoder, encode
 from bmsync.errors import RemoteProtocolError
 
+RECEIVE_WAIT_S = 30.0
+
 
 class InMemoryChannel:
     """A FrameChannel to an in-process Agent; frames go through the real
@@ -26,10 +29,13 @@ class InMemoryChannel:
         self._to_agent = FrameDecoder()
         self._to_us = FrameDecoder()
         self.sent_bytes = 0
+        self._sent: asyncio.Event | None = None
 
     async def send(self, frames: list[Frame]) -> None:
         data = b"".join(encode(f) for f in frames)
         self.sent_bytes += len(data)
+        if self._sent is not None:
+            self._sent.set()
         self._to_agent.feed(data)
         while (frame := self._to_agent.next_frame()) is not None:
             for reply in self.agent.handle(frame):
@@ -38,9 +44,14 @@ class InMemoryChannel:
     async def receive(self) -> Frame:
         from bmsync.core.frames import ErrorFrame
 
-        frame = self._to_us.next_frame()
-        if frame is None:
-            raise AssertionError("the agent has nothing to say")
+        # the sender may still be making what it sends (a delta is made in a
+        # worker thread): wait for its next send before giving up
+        while (frame := self._to_us.next_frame()) is None:
+            self._sent = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._sent.wait(), RECEIVE_WAIT_S)
+            except TimeoutError:
+                raise AssertionError("the agent has nothing to say") from None
         if isinstance(frame, ErrorFrame):
             raise RemoteProtocolError(frame.message)
         return frame
@@ -117,3 +128,23 @@ class VersionReader:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def two_byte_lines(count: int, seed: int) -> bytes:
+    """``count`` lines of one random letter each (issue 11 item 13's file):
+    the worst case for chunking by lines."""
+    letters = random.Random(seed).randbytes(count).translate(bytes(97 + i % 26 for i in range(256)))
+    data = bytearray(2 * count)
+    data[0::2] = letters
+    data[1::2] = b"\n" * count
+    return bytes(data)
+
+
+def change_both_ends(path: Path) -> bytes:
+    """Rewrite the first and the last line of a file of two-byte lines in
+    place (no common prefix or suffix left to cut); the new content."""
+    with open(path, "r+b") as f:
+        f.write(b"#\n")
+        f.seek(-2, os.SEEK_END)
+        f.write(b"$\n")
+    return path.read_bytes()

@@ -9,10 +9,13 @@ to disk as it comes (bounded by the size the sender declared).
 
 How: the common prefix and suffix are cut first (one edit in a large file
 costs only that edit). What remains is split into content-defined chunks
-(a chunk ends after a line whose hash has its low bits zero, so an inserted
-line does not shift every later boundary; data without newlines falls back
-to fixed blocks) and chunks of the new version found in the base are
-copied, the rest sent as literals.
+(past a floor, a chunk ends after a line end whose preceding bytes hash
+with their low bits zero, so an inserted line does not shift every later
+boundary; data without newlines falls back to fixed blocks; see
+chunk_bounds for the bounds on its cost) and chunks of the new version
+found in the base are copied, the rest sent as literals. With a budget
+(``make_delta_within``) a delta that would cost more than the whole file
+is given up as soon as that is known.
 """
 
 from __future__ import annotations
@@ -39,9 +42,21 @@ MAX_DELTA_OPS = 65_536
 # A delta is applied this many bytes at a time: base ranges read, literal
 # data inflated (a zlib literal is never inflated whole).
 APPLY_PIECE_BYTES = 1024 * 1024
-# A line whose hash has these low bits all zero ends a chunk: chunks of
-# about 32 lines (a few KiB of configuration text).
+# A line end whose line (with the lines before it, to _WINDOW_BYTES at
+# least) hashes with these low bits all zero ends a chunk (past its floor):
+# chunks of the floor and about 32 lines more (a few KiB of configuration).
 _BOUNDARY_MASK = 0x1F
+_WINDOW_BYTES = 32
+# A chunk is at least this long, and there are at most about MAX_CHUNKS of
+# them (the floor doubles for larger data; see chunk_floor): chunking costs
+# a bounded number of steps whatever the number of lines.
+MIN_CHUNK_BYTES = 256
+MAX_CHUNKS = 16_384
+# Line ends looked at past a chunk's floor before it is cut at its longest
+# (max of _MAX_CHUNK_BYTES and _MAX_CHUNK_FLOORS floors).
+_MAX_CANDIDATES = 128
+_MAX_CHUNK_BYTES = 128 * 1024
+_MAX_CHUNK_FLOORS = 32
 # Data without newlines is cut into blocks of this size.
 _BLOCK_BYTES = 8 * 1024
 # Prefix/suffix comparison step.
@@ -126,68 +141,141 @@ def _common_suffix(a: memoryview, b: memoryview, limit: int) -> int:
     return limit
 
 
-def chunk_bounds(data: bytes) -> list[tuple[int, int]]:
-    """Content-defined chunks of ``data`` as (offset, length)."""
-    if not data:
+def chunk_floor(size: int) -> int:
+    """The smallest chunk of data of ``size`` bytes: ``MIN_CHUNK_BYTES``, or
+    the power of two that keeps the chunks under ``MAX_CHUNKS``. A power of
+    two: two versions of a file of about the same size chunk alike."""
+    floor = MIN_CHUNK_BYTES
+    while size // floor > MAX_CHUNKS:
+        floor *= 2
+    return floor
+
+
+def chunk_bounds(
+    data: bytes, start: int = 0, end: int | None = None, floor: int | None = None
+) -> list[tuple[int, int]]:
+    """Content-defined chunks of ``data[start:end]`` as (offset, length),
+    offsets from ``start``.
+
+    A chunk is at least ``floor`` bytes (``chunk_floor`` of the range by
+    default) and ends after the first line past that whose hash (of the
+    line, and of the lines before it up to ``_WINDOW_BYTES`` if it is
+    shorter) has its low bits zero: so an inserted line shifts only the
+    boundaries next to it. Only line ends past the floor are looked at, at
+    most ``_MAX_CANDIDATES`` a chunk: past those it ends after the last one
+    (with no line end in sight, at its longest: ``_MAX_CHUNK_BYTES`` or
+    ``_MAX_CHUNK_FLOORS`` floors). So the cost is a ``find``, an ``rfind``
+    and one hash per candidate, never a Python object per line, and there
+    are at most ``size // floor + 1`` chunks. Data without newlines is cut
+    into fixed blocks."""
+    end = len(data) if end is None else end
+    size = end - start
+    if size <= 0:
         return []
-    if b"\n" not in data:
-        return [(o, min(_BLOCK_BYTES, len(data) - o)) for o in range(0, len(data), _BLOCK_BYTES)]
+    floor = chunk_floor(size) if floor is None else floor
+    if data.find(b"\n", start, end) < 0:
+        block = max(_BLOCK_BYTES, floor)
+        return [(o, min(block, size - o)) for o in range(0, size, block)]
+    longest = max(_MAX_CHUNK_BYTES, floor * _MAX_CHUNK_FLOORS)
     bounds: list[tuple[int, int]] = []
-    start = pos = 0
-    for line in data.split(b"\n"):
-        pos += len(line) + 1
-        if xxhash.xxh3_64_intdigest(line) & _BOUNDARY_MASK == 0 or pos - start >= 16 * _BLOCK_BYTES:
-            end = min(pos, len(data))
-            if end > start:
-                bounds.append((start, end - start))
-            start = end
-    if start < len(data):
-        bounds.append((start, len(data) - start))
+    chunk = start
+    while end - chunk > floor:
+        limit = min(chunk + longest, end)
+        cut = pos = chunk + floor - 1
+        for _ in range(_MAX_CANDIDATES):
+            pos = data.find(b"\n", pos, limit)
+            if pos < 0:
+                break
+            line = data.rfind(b"\n", start, pos) + 1  # where this line starts
+            pos += 1  # the chunk would end after this newline
+            # the line, and the lines before it if it is short
+            window = data[max(start, min(line, pos - _WINDOW_BYTES)) : pos]
+            cut = pos
+            if xxhash.xxh3_64_intdigest(window) & _BOUNDARY_MASK == 0:
+                break
+        if cut < chunk + floor:  # no line end before the longest chunk
+            cut = limit
+        bounds.append((chunk - start, cut - chunk))
+        chunk = cut
+    if chunk < end:
+        bounds.append((chunk - start, end - chunk))
     return bounds
 
 
+class _Budget(Exception):
+    """The delta costs more than its budget: send the whole file."""
+
+
 def make_delta(base: bytes, new: bytes) -> list[DeltaOp]:
+    ops = make_delta_within(base, new, max_literal=None, max_ops=None)
+    assert ops is not None  # no budget: always a delta
+    return ops
+
+
+def make_delta_within(
+    base: bytes, new: bytes, max_literal: int | None, max_ops: int | None
+) -> list[DeltaOp] | None:
+    """``make_delta``, or ``None`` as soon as the delta would have more than
+    ``max_literal`` bytes of (uncompressed) literal data or more than
+    ``max_ops`` operations: such a delta is not built, the file goes whole.
+    Neither version is copied: the middle is chunked and hashed in place."""
     a, b = memoryview(base), memoryview(new)
     prefix = _common_prefix(a, b)
     suffix = _common_suffix(a, b, min(len(a), len(b)) - prefix)
     ops: list[DeltaOp] = []
+    pending: list[bytes] = []  # literal pieces not yet joined into ops
+    literal_total = 0
+
+    def flush() -> None:
+        if pending:
+            ops.append(Literal(b"".join(pending)))
+            pending.clear()
+            if max_ops is not None and len(ops) > max_ops:
+                raise _Budget
 
     def copy(offset: int, length: int) -> None:
         if length <= 0:
             return
+        flush()
         last = ops[-1] if ops else None
         if isinstance(last, Copy) and last.offset + last.length == offset:
             ops[-1] = Copy(last.offset, last.length + length)
         else:
             ops.append(Copy(offset, length))
+            if max_ops is not None and len(ops) > max_ops:
+                raise _Budget
 
-    def literal(data: bytes) -> None:
-        if not data:
+    def literal(start: int, stop: int) -> None:
+        nonlocal literal_total
+        if stop <= start:
             return
-        last = ops[-1] if ops else None
-        if isinstance(last, Literal):
-            ops[-1] = Literal(last.data + data)
-        else:
-            ops.append(Literal(data))
+        literal_total += stop - start
+        if max_literal is not None and literal_total > max_literal:
+            raise _Budget
+        pending.append(new[start:stop])
 
-    copy(0, prefix)
-    base_mid = base[prefix : len(base) - suffix]
-    new_mid = new[prefix : len(new) - suffix]
-    if len(new_mid) <= _BLOCK_BYTES or not base_mid:
-        literal(new_mid)
-    else:
-        known: dict[bytes, int] = {}
-        for offset, length in chunk_bounds(base_mid):
-            digest = xxhash.xxh3_128_digest(base_mid[offset : offset + length])
-            known.setdefault(digest, prefix + offset)
-        for offset, length in chunk_bounds(new_mid):
-            piece = new_mid[offset : offset + length]
-            found = known.get(xxhash.xxh3_128_digest(piece))
-            if found is not None:
-                copy(found, length)
-            else:
-                literal(piece)
-    copy(len(base) - suffix, suffix)
+    base_end, new_end = len(base) - suffix, len(new) - suffix
+    try:
+        copy(0, prefix)
+        if new_end - prefix <= _BLOCK_BYTES or base_end <= prefix:
+            literal(prefix, new_end)
+        else:
+            floor = chunk_floor(max(base_end, new_end) - prefix)
+            known: dict[bytes, int] = {}
+            for offset, length in chunk_bounds(base, prefix, base_end, floor):
+                at = prefix + offset
+                known.setdefault(xxhash.xxh3_128_digest(a[at : at + length]), at)
+            for offset, length in chunk_bounds(new, prefix, new_end, floor):
+                at = prefix + offset
+                found = known.get(xxhash.xxh3_128_digest(b[at : at + length]))
+                if found is not None:
+                    copy(found, length)
+                else:
+                    literal(at, at + length)
+        copy(len(base) - suffix, suffix)
+        flush()
+    except _Budget:
+        return None
     return ops
 
 

@@ -19,10 +19,12 @@ from bmsync.core.delta import (
     DeltaOp,
     Literal,
     apply_delta,
+    chunk_bounds,
     compress_literals,
     delta_pieces,
     literal_bytes,
     make_delta,
+    make_delta_within,
 )
 from bmsync.core.frames import PutDelta, decode_body
 from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind
@@ -161,3 +163,33 @@ def test_a_delta_frame_decodes_only_within_its_bounds(count: int, size: int) -> 
     else:
         with pytest.raises(ProtocolError):
             decode_body(body)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=20_000), st.sampled_from([1, 16, 256, 4096]), st.data())
+def test_chunks_cover_any_range_and_respect_the_floor(
+    data: bytes, floor: int, draw: st.DataObject
+) -> None:
+    start = draw.draw(st.integers(0, len(data)))
+    end = draw.draw(st.integers(start, len(data)))
+    bounds = chunk_bounds(data, start, end, floor)
+    assert sum(n for _, n in bounds) == end - start
+    assert [a for a, _ in bounds] == [sum(n for _, n in bounds[:i]) for i in range(len(bounds))]
+    assert all(n >= floor for _, n in bounds[:-1])
+    assert len(bounds) <= (end - start) // floor + 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines, lines, st.integers(0, 3_000), st.integers(1, 8))
+def test_a_delta_within_budget_is_exact_or_not_made(
+    base_lines: list[bytes], new_lines: list[bytes], max_literal: int, max_ops: int
+) -> None:
+    base = b"\n".join(base_lines * 30)
+    new = b"\n".join(new_lines * 30)
+    ops = make_delta_within(base, new, max_literal, max_ops)
+    if ops is not None:
+        assert apply_delta(base, ops) == new
+        assert literal_bytes(ops) <= max_literal and len(ops) <= max_ops
+    unbounded = make_delta(base, new)
+    if literal_bytes(unbounded) <= max_literal and len(unbounded) <= max_ops:
+        assert ops == unbounded

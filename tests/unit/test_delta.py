@@ -10,15 +10,20 @@ import zlib
 import pytest
 
 from bmsync.core.delta import (
+    DELTA_MAX_BYTES,
+    MAX_CHUNKS,
+    MIN_CHUNK_BYTES,
     Copy,
     DeltaError,
     Literal,
     apply_delta,
     chunk_bounds,
+    chunk_floor,
     compress_literals,
     delta_pieces,
     literal_bytes,
     make_delta,
+    make_delta_within,
 )
 
 
@@ -142,3 +147,80 @@ def test_a_truncated_or_padded_zlib_literal_is_refused() -> None:
     with pytest.raises(DeltaError, match="3 bytes follow the literal's zlib stream"):
         apply_delta(b"", [Literal(packed + b"xyz", compressed=True)])
     assert apply_delta(b"", [Literal(packed, compressed=True)]) == b"configuration line\n" * 1000
+
+
+def two_byte_lines(count: int, seed: int) -> bytes:
+    """``count`` lines of one random letter each: the issue's pathological file."""
+    letters = random.Random(seed).randbytes(count).translate(bytes(97 + i % 26 for i in range(256)))
+    data = bytearray(2 * count)
+    data[0::2] = letters
+    data[1::2] = b"\n" * count
+    return bytes(data)
+
+
+def covers(bounds: list[tuple[int, int]], size: int) -> bool:
+    return (
+        bounds[0][0] == 0
+        and all(a + n == b for (a, n), (b, _) in itertools.pairwise(bounds))
+        and sum(n for _, n in bounds) == size
+    )
+
+
+def test_a_line_inserted_near_the_start_moves_few_boundaries() -> None:
+    lines = text(40_000, seed=7)
+    base = b"\n".join(lines) + b"\n"
+    lines.insert(50, b"an inserted line")
+    new = b"\n".join(lines) + b"\n"
+    shift = len(b"an inserted line\n")
+    old_ends = {a + n for a, n in chunk_bounds(base)}
+    new_ends = {a + n - shift for a, n in chunk_bounds(new) if a + n > 1_000}
+    # all but the first few boundaries are found again, shifted by the line
+    assert len(new_ends - old_ends) <= 3
+    assert len(old_ends - new_ends) <= 3
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        two_byte_lines(3_000_000, seed=1),  # 6 MB of "x\n"
+        b"a\n" * 3_000_000,  # no line end ever hashes to a boundary
+        b"\n" * 6_000_000,
+        random.Random(2).randbytes(6_000_000).replace(b"\n", b" "),  # no newline at all
+        (b"x" * 300_000 + b"\n") * 20,  # lines longer than the longest chunk
+    ],
+    ids=["two-byte-lines", "same-line", "newlines", "no-newline", "long-lines"],
+)
+def test_pathological_inputs_make_a_bounded_number_of_chunks(data: bytes) -> None:
+    bounds = chunk_bounds(data)
+    assert covers(bounds, len(data))
+    assert len(bounds) <= MAX_CHUNKS + 1
+    assert len(bounds) <= len(data) // chunk_floor(len(data)) + 1
+    assert all(n >= chunk_floor(len(data)) for _, n in bounds[:-1])
+
+
+def test_the_chunk_count_is_capped_however_large_the_data() -> None:
+    assert chunk_floor(100) == MIN_CHUNK_BYTES
+    for size in (10**6, 6 * 10**7, DELTA_MAX_BYTES):
+        assert size // chunk_floor(size) <= MAX_CHUNKS
+    data = two_byte_lines(8_000_000, seed=3)  # 16 MB: the floor doubles
+    assert chunk_floor(len(data)) > MIN_CHUNK_BYTES
+    assert len(chunk_bounds(data)) <= MAX_CHUNKS + 1
+
+
+def test_two_byte_lines_changed_at_both_ends_make_a_small_delta() -> None:
+    base = two_byte_lines(3_000_000, seed=4)
+    new = b"changed\n" + base[2:-2] + b"changed too\n"
+    ops = make_delta(base, new)
+    assert apply_delta(base, ops) == new
+    assert len(ops) <= 5
+    assert literal_bytes(ops) < 4 * chunk_floor(len(base)) + 64
+
+
+def test_a_delta_over_its_budget_is_not_made() -> None:
+    base = b"\n".join(text(20_000)) + b"\n"
+    rewritten = b"\n".join(text(20_000, seed=9)) + b"\n"
+    assert make_delta_within(base, rewritten, max_literal=100_000, max_ops=None) is None
+    edited = base.replace(b"key100 =", b"KEY100 =").replace(b"key15000 =", b"KEY15000 =")
+    assert make_delta_within(base, edited, max_literal=None, max_ops=4) is None
+    ops = make_delta_within(base, edited, max_literal=100_000, max_ops=5)
+    assert ops is not None and apply_delta(base, ops) == edited
