@@ -133,7 +133,7 @@ from bmsync.fsutil import (
     write_xattrs,
 )
 from bmsync.scan import TMP_PREFIX, read_file_entry, scan_tree
-from bmsync.sender_lock import WAKE_SIGNAL, SenderLock
+from bmsync.sender_lock import END_SIGNAL, WAKE_SIGNAL, SenderLock
 from bmsync.state import RoleStore, ensure_state_dir
 
 log = structlog.get_logger("bmsync.agent")
@@ -523,14 +523,23 @@ class Agent:
     def _accept_writer(self, hello: Hello) -> NodeRole | list[Frame]:
         """Take the sender lock and judge the writer (``_judge``)."""
         holder = f"{hello.node} epoch {hello.epoch}"
+        stamp = (hello.epoch, hello.node)
         try:
-            self._lock.acquire(holder, self.wakes)
+            self._lock.acquire(holder, self.wakes, stamp)
         except PeerRefused as exc:
-            if self._local or not self._supersedes(hello):
+            if self._local:
                 return self._refuse(str(exc), RefusalCode.BUSY)
-            log.info("previous_writer", result=self._lock.end_session(PREEMPT_WAIT_S))
+            if self._supersedes(hello):
+                ended = self._lock.end_session(PREEMPT_WAIT_S)
+            elif self._lock.held_by(stamp):
+                # the same sender again: its old connection died where this
+                # node could not see it (a partition); that session is dead
+                ended = self._lock.end_session(PREEMPT_WAIT_S, replace=True)
+            else:
+                return self._refuse(str(exc), RefusalCode.BUSY)
+            log.info("previous_writer", result=ended)
             try:
-                self._lock.acquire(holder, self.wakes)
+                self._lock.acquire(holder, self.wakes, stamp)
             except PeerRefused as again:
                 return self._refuse(str(again), RefusalCode.BUSY)
         # under the lock: one sender's update of highest_seen at a time
@@ -1500,13 +1509,18 @@ def run_stdio(config_path: Path) -> int:
     # `bmsync promote` (or a superseding sender) sends WAKE_SIGNAL to the
     # agent holding the sender lock: it checks the role at once instead of
     # at the sender's next write, so the session ends before promote returns.
+    # END_SIGNAL (the same sender connected again) ends it between frames.
     woken, wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    ended: list[int] = []
     signal.signal(WAKE_SIGNAL, lambda signum, frame: None)
+    signal.signal(END_SIGNAL, lambda signum, frame: ended.append(signum))
     signal.set_wakeup_fd(wake, warn_on_full_buffer=False)
     agent.wakes = True
 
     def read() -> bytes | None:
         ready, _, _ = select.select([0, woken], [], [])
+        if ended:
+            raise SessionReplaced
         if woken in ready:
             with contextlib.suppress(BlockingIOError):
                 os.read(woken, 512)
@@ -1516,4 +1530,12 @@ def run_stdio(config_path: Path) -> int:
     def write(data: bytes) -> None:
         _write_all(1, data)
 
-    return serve(agent, read, write)
+    try:
+        return serve(agent, read, write)
+    except SessionReplaced:
+        log.warning("session_replaced", why="the same sender connected again")
+        return 0
+
+
+class SessionReplaced(Exception):
+    """The sender of this session connected again: this one is dead."""

@@ -34,6 +34,7 @@ from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Mkdir
 from bmsync.sender_lock import LOCK_NAME
 from bmsync.state import RoleStore
+from tests.helpers import whole_root
 from tests.integration.test_agent import Node, file_entry
 from tests.sshd import write_config
 
@@ -161,3 +162,45 @@ def read_frame(fd: int) -> Frame:
         assert chunk, "the agent closed its output early"
         decoder.feed(chunk)
     return frame
+
+
+def test_the_same_sender_connecting_again_replaces_its_dead_session(tmp_path: Path) -> None:
+    """After a partition the old connection may still look alive here: the
+    same sender connecting again ends that session instead of being told,
+    for as long as TCP takes to notice, that another sender is writing."""
+    root = tmp_path / "root"
+    root.mkdir()
+    conf = write_config(tmp_path / "bm2.yaml", "bm2", root, tmp_path / "state", promote=False)
+    hello = encode(Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 1, Purpose.WRITE, "t"))
+    agents = []
+    try:
+        for _ in range(2):
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "bmsync", "-c", str(conf), "agent"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            agents.append(agent)
+            assert agent.stdin is not None and agent.stdout is not None
+            agent.stdin.write(hello)
+            agent.stdin.flush()
+            assert isinstance(read_frame(agent.stdout.fileno()), Welcome)
+        old, new = agents
+        assert old.wait(timeout=30) == 0  # ended between frames, not killed
+        assert old.stderr is not None and b"session_replaced" in old.stderr.read()
+        assert new.poll() is None  # the new session goes on
+        # another sender, below the one writing, is still told to wait
+        third = AgentConnection(Agent("bm2", root, whole_root(), tmp_path / "state"))
+        busy = frames_of(
+            third.receive_data(
+                encode(Hello(PROTOCOL_VERSION, "bm0", Role.ACTIVE, 1, Purpose.WRITE, "t"))
+            )
+        )
+        third.agent.close()
+        assert isinstance(busy[0], Refuse) and busy[0].code == RefusalCode.BUSY
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGKILL)
+            agent.wait()

@@ -218,17 +218,16 @@ def test_link_killed_mid_burst_converges_after_reconnect(
             assert pids, "nothing to kill"
             for pid in pids:
                 os.kill(pid, signal.SIGKILL)
-    seen_disconnected = False
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not seen_disconnected:
-        status = daemon.status()
-        seen_disconnected = status["state"] == "disconnected"
-        if seen_disconnected:
-            assert status["exit_code"] == 1
-            assert "peer link" in status["errors"][-1]["message"]
-    assert seen_disconnected
+    # the loss was seen (not polled for: the daemon may be back before a
+    # status call catches it disconnected), and nothing of the burst is lost
+    wait_for(
+        lambda: any("peer link" in e["message"] for e in daemon.status()["errors"]),
+        timeout_s=30,
+        what="the lost link reported",
+    )
     daemon.wait_state("syncing", timeout_s=30)
-    converge(pair, timeout_s=5)
+    converge(pair, timeout_s=30)
+    assert daemon.status()["queued"] == 0
 
 
 def test_inotify_overflow_runs_a_full_reconcile(daemon: RunningDaemon) -> None:
