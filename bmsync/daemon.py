@@ -2,7 +2,7 @@
 
 Wiring (README, "How it works")::
 
-    inotify (watchdog thread) -> call_soon_threadsafe -> Batcher
+    inotify (watchdog thread) -> one hand-over per drain -> Batcher
     -> scan the batch's paths -> plan against the peer's acknowledged
     manifest -> delete-storm brake -> pipelined apply over one SSH session
     -> acknowledged results recorded (memory + journal on disk)
