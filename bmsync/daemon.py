@@ -2,7 +2,7 @@
 
 Wiring (README, "How it works")::
 
-    inotify (watchdog thread) -> call_soon_threadsafe -> Batcher
+    inotify (watchdog thread) -> one hand-over per drain -> Batcher
     -> scan the batch's paths -> plan against the peer's acknowledged
     manifest -> delete-storm brake -> pipelined apply over one SSH session
     -> acknowledged results recorded (memory + journal on disk)
@@ -39,6 +39,7 @@ from bmsync.config import Config, PeerConfig, VipConfig
 from bmsync.control import ControlServer
 from bmsync.core.batcher import Batch, Batcher
 from bmsync.core.brake import DeleteBrake, lost_files, synced_files
+from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import (
     BASE_MISMATCH,
     PROTOCOL_VERSION,
@@ -91,7 +92,7 @@ from bmsync.reconcile import (
     resync,
 )
 from bmsync.records import BackupLog, KeptCopy, Pause, PauseFlag
-from bmsync.scan import UnsupportedFiles, scan_paths, scan_tree
+from bmsync.scan import Scan, UnsupportedFiles, scan_paths, scan_tree
 from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, RoleStore, ensure_state_dir, require_active
 from bmsync.transport import FrameChannel
@@ -107,6 +108,10 @@ ERRORS_KEPT = 10
 # buffers behind; they go back to the system when the daemon is next idle.
 TRIM_AFTER_BYTES = 1 << 20
 TRIM_AFTER_OPS = 1000
+# A batch with more paths than this, or a whole subtree, is scanned in a
+# worker thread (the loop goes on answering); a smaller one on the loop, at
+# once (latency).
+SCAN_ON_LOOP_MAX = 64
 # How long `bmsync demote` waits for the batch in flight before answering.
 DEMOTE_WAIT_S = 30.0
 # How long the first session waits for the first VIP check (arping: 2 s).
@@ -613,7 +618,9 @@ class Daemon:
         # Events from now on are kept; older queued ones are covered by this scan.
         self._batcher = self._new_batcher()
         if self._watcher is not None and not self._watches_fresh:
-            self._watcher.refresh()
+            # a worker thread: re-adding every watch of a large tree, while
+            # the old observer's threads end, takes a while
+            await asyncio.to_thread(self._watcher.refresh)
         self._watches_fresh = False
         started = self._clock()
         peer_node = session.peer.node if session.peer else ""
@@ -628,6 +635,7 @@ class Daemon:
             delta_bases=self._bases,
             digests=self._digests,
             expected=await self._expected_peer(peer_node),
+            stopping=self._stopping.is_set,
         )
         self._copy_bases(report.sent)
         if not (report.peer_unchanged and known):
@@ -729,7 +737,7 @@ class Daemon:
             raise LocalFsError(f"cannot open sync root {self.config.sync.root}: {exc}") from exc
         try:
             syncset = self.config.syncset()
-            scan = scan_paths(root_fd, syncset, changed)
+            scan = await _scan_paths(root_fd, syncset, changed)
             wider = {
                 p: True
                 for p, deep in changed.items()
@@ -740,7 +748,7 @@ class Daemon:
             }
             if wider:  # a directory the peer lacks: take all of it
                 changed.update(wider)
-                more = scan_paths(root_fd, syncset, wider)
+                more = await _scan_paths(root_fd, syncset, wider)
                 scan.entries.update(more.entries)
                 scan.problems += more.problems
                 scan.unsupported += more.unsupported
@@ -1089,6 +1097,23 @@ class Daemon:
         self._resync_waiters.append(waiter)
         self._request_reconcile()
         return await waiter
+
+
+async def _scan_paths(root_fd: int, syncset: SyncSet, paths: dict[bytes, bool]) -> Scan:
+    """``scan_paths``; a large one (or one with a subtree) in a worker
+    thread, on its own copy of ``root_fd`` (the batch may be abandoned,
+    and its descriptor closed, while the thread still reads)."""
+    if len(paths) <= SCAN_ON_LOOP_MAX and not any(paths.values()):
+        return scan_paths(root_fd, syncset, paths)
+    fd = os.dup(root_fd)
+
+    def scan() -> Scan:
+        try:
+            return scan_paths(fd, syncset, paths)
+        finally:
+            os.close(fd)
+
+    return await asyncio.to_thread(scan)
 
 
 def run_daemon(config: Config, environ: dict[str, str]) -> int:

@@ -91,6 +91,7 @@ async def resync(
     delta_bases: BaseStore | None = None,
     digests: DigestCache | None = None,
     expected: Expected | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> ResyncReport:
     """Make the peer like this node. ``guard`` sees each pass's plan before
     it is applied and may halt the resync with a reason (the delete-storm
@@ -102,7 +103,11 @@ async def resync(
 
     ``delta_bases`` is only read: keeping the bases of what was sent
     (``keep_bases`` with ``report.sent``) is the caller's, so that copying
-    them does not hold up the end of the resync."""
+    them does not hold up the end of the resync.
+
+    ``stopping``: asked before each pass after the first; when it says so,
+    the resync ends there, not converged (the daemon's SIGTERM). Every scan
+    runs in a worker thread: the event loop goes on answering meanwhile."""
     report = ResyncReport()
     # this node scans while the agent scans its own tree: two processes, two cores
     first_scan = asyncio.ensure_future(asyncio.to_thread(scan_tree, root, syncset, digests))
@@ -137,7 +142,9 @@ async def resync(
     try:
         for number in range(1, MAX_PASSES + 1):
             if number > 1:
-                scan = scan_tree(root, syncset, digests)
+                if stopping is not None and stopping():
+                    break
+                scan = await asyncio.to_thread(scan_tree, root, syncset, digests)
             ops = plan(scan.entries, _peer_view(peer, scan))
             if number == 1:
                 report.planned = ops

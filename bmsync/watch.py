@@ -2,8 +2,13 @@
 
 watchdog's observer thread turns inotify events into ``FileSystemEvent``s;
 this module maps each to a relative path and two flags, and hands them to
-the asyncio loop with ``call_soon_threadsafe`` (the observer thread never
-waits on us):
+the asyncio loop (the observer thread never waits on us). They are queued
+under a lock and handed over in one ``call_soon_threadsafe`` per drain, not
+one per event: each such call writes a byte to the loop's self-pipe, the
+same one that carries signals, and an event storm of one call per event
+filled it, so that SIGTERM was lost (issue 11 item 14). Should the loop
+fall behind by more than ``MAX_QUEUED`` changes, they are dropped and
+reported as lost (the reconcile finds them):
 
 - ``settled``: the event says the path is complete (a written file was
   closed, a rename, a delete, an attribute change, a new directory); a
@@ -33,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,7 +60,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-from watchdog.observers.inotify_c import InotifyFD
+from watchdog.observers.inotify_c import InotifyFD, WatchDescriptor
 
 from bmsync.core.excludes import SyncSet
 
@@ -65,6 +71,9 @@ log = structlog.get_logger("bmsync.watch")
 Change = tuple[bytes, bool, bool, bool]
 OnChange = Callable[[list[Change]], None]
 OnLost = Callable[[str], None]
+
+# Changes waiting for the loop beyond this many: dropped, reported as lost.
+MAX_QUEUED = 100_000
 
 # Only these events matter; open/close-without-write are not subscribed.
 EVENTS: list[type[FileSystemEvent]] = [
@@ -94,6 +103,18 @@ class _WatchGroup(InotifyWatchGroup):
             if self.is_active:
                 self._move_event_grouper.discard_pending_events()
         self._on_overflow()
+
+    def _remove_watch_internally(self, wd: WatchDescriptor) -> None:
+        """watchdog's, tolerating a watch already forgotten: during a storm
+        the same path is watched, dropped and watched again faster than its
+        bookkeeping follows, and a KeyError here left the observer (and its
+        inotify thread) half stopped."""
+        path = self._active_callbacks_by_watch.pop(wd, None)
+        if path is None:
+            return
+        wd2 = self._active_callbacks_by_path.pop(path, None)
+        if wd2 is not None and wd2 != wd:  # the path belongs to a newer watch
+            self._active_callbacks_by_path[path] = wd2
 
 
 class _Emitter(InotifyEmitter):
@@ -139,6 +160,11 @@ class Watcher(FileSystemEventHandler):
         self._on_change = on_change
         self._on_lost = on_lost
         self._observer: _Observer | None = None
+        # handed over to the loop in one call (observer thread -> loop)
+        self._lock = threading.Lock()
+        self._queued: list[Change] = []
+        self._lost: list[str] = []
+        self._drain_scheduled = False
 
     # -- set-up ------------------------------------------------------------
 
@@ -164,7 +190,7 @@ class Watcher(FileSystemEventHandler):
     def _new_observer(self) -> _Observer:
         def overflowed() -> None:
             if observer is self._observer:  # not one stopped or being replaced
-                self._hand(self._on_lost, "inotify queue overflow")
+                self._push([], lost="inotify queue overflow")
 
         observer = _Observer(on_overflow=overflowed)
         return observer
@@ -191,16 +217,41 @@ class Watcher(FileSystemEventHandler):
                     error=str(exc),
                     hint="raise fs.inotify.max_user_watches (sysctl) if this says ENOSPC",
                 )
-                self._hand(self._on_lost, f"cannot watch {os.fsdecode(path)}: {exc}")
+                self._push([], lost=f"cannot watch {os.fsdecode(path)}: {exc}")
                 continue
             watched += 1
         log.info("watching", directories=watched)
 
     # -- events (observer thread) -----------------------------------------
 
-    def _hand(self, func: Callable[..., None], *args: Any) -> None:
+    def _push(self, changes: list[Change], lost: str | None = None) -> None:
+        """Queue for the loop; wake it only if no drain is scheduled yet."""
+        with self._lock:
+            if lost is not None and lost not in self._lost:
+                self._lost.append(lost)
+            if self._lost:
+                self._queued.clear()  # the reconcile to come covers them
+            else:
+                self._queued.extend(changes)
+                if len(self._queued) > MAX_QUEUED:
+                    self._queued.clear()
+                    self._lost.append(f"more than {MAX_QUEUED} changes waiting for the daemon")
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
         with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-            self._loop.call_soon_threadsafe(func, *args)
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        """On the loop: everything queued since the last drain, in one go."""
+        with self._lock:
+            changes, self._queued = self._queued, []
+            lost, self._lost = self._lost, []
+            self._drain_scheduled = False
+        for reason in lost:
+            self._on_lost(reason)
+        if changes:
+            self._on_change(changes)
 
     def _relative(self, path: str | bytes) -> bytes | None:
         raw = os.fsencode(path)
@@ -233,10 +284,10 @@ class Watcher(FileSystemEventHandler):
             changes = self._change(event.src_path, True, True, True, delete=True)
             rel = self._relative(event.src_path)
             if rel is not None and rel in self._syncset.tops:
-                self._hand(self._on_lost, f"watched tree {os.fsdecode(event.src_path)} removed")
+                self._push([], lost=f"watched tree {os.fsdecode(event.src_path)} removed")
         elif isinstance(event, FileDeletedEvent):
             changes = self._change(event.src_path, False, True, False, delete=True)
         else:  # attributes, close-after-write
             changes = self._change(event.src_path, is_dir, True, False)
         if changes:
-            self._hand(self._on_change, changes)
+            self._push(changes)
