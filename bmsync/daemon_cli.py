@@ -303,6 +303,8 @@ def _human(s: dict[str, Any]) -> str:
     lines.append(f"  role            {_role_line(s)}")
     if s["state"] in ("suspended", "maintenance"):
         lines.append(f"  suspended       since {s['since']}: {s['reason']}")
+    if s["state"] == "degraded":
+        lines.append(f"  degraded        {s['reason']}")
     if s.get("paused_reason"):
         lines.append(f"  paused because  {s['paused_reason']}")
     lines += [f"  cleared by      {c}" for c in s["clears"]]

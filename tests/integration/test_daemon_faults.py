@@ -51,6 +51,8 @@ def test_a_path_the_start_up_reconcile_failed_lands_once_the_disk_has_room(pair:
             assert "big.bin" in status["reason"] and "No space left" in status["reason"]
             assert status["queued"] >= 1 and status["lag_s"] > 0
             assert status["clears"]
+            human = pair.bmsync("status")
+            assert human.returncode == 1 and "degraded        1 path(s)" in human.stdout
             (passive_etc / "filler").unlink()  # the administrator makes room
             status = daemon.wait_state("syncing", timeout_s=90)
             assert (status["queued"], status["lag_s"], status["reason"]) == (0, 0.0, None)
