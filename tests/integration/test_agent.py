@@ -42,6 +42,7 @@ from bmsync.core.frames import (
     PutAbort,
     PutChunk,
     PutDelta,
+    PutHole,
     Refuse,
     Role,
     Welcome,
@@ -497,3 +498,24 @@ def test_files_created_or_changed_here_are_kept_before_a_delete(node: Node) -> N
     assert not (node.root / "etc" / "old.conf").exists()
     assert [p for p, _ in applied.backups] == [b"etc/stray.conf"]
     assert Path(applied.backups[0][1]).read_bytes() == b"made on the passive\n"
+
+
+def test_holes_are_left_unwritten_and_count_in_the_digest(node: Node) -> None:
+    node.hello()
+    size = 64 << 20
+    content = b"head" + bytes((32 << 20) - 4) + b"mid" + bytes(size - (32 << 20) - 3)
+    entry = file_entry(content)
+    applied = node.commit(
+        PutChunk(b"etc/sparse.img", 0, b"head"),
+        PutHole(b"etc/sparse.img", 4, (32 << 20) - 4),
+        PutChunk(b"etc/sparse.img", 32 << 20, b"mid"),
+        PutHole(b"etc/sparse.img", (32 << 20) + 3, size - (32 << 20) - 3),
+        Put(b"etc/sparse.img", size, b"", entry),
+    )
+    assert applied.failures == []
+    placed = node.root / "etc/sparse.img"
+    assert placed.stat().st_size == size and placed.stat().st_blocks * 512 < 1 << 20
+    assert placed.read_bytes() == content
+    # a hole that does not start where the file is: a protocol error, nothing applied
+    (reply,) = node.send(PutHole(b"etc/other.img", 5, 10))
+    assert isinstance(reply, ErrorFrame) and "without its start" in reply.message

@@ -14,6 +14,7 @@ import pytest
 from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS, Copy, Literal
 from bmsync.core.frames import (
     BASE_MISMATCH,
+    HOLE_MAX_BYTES,
     MAX_FRAME_BYTES,
     Applied,
     Bye,
@@ -32,6 +33,7 @@ from bmsync.core.frames import (
     PutAbort,
     PutChunk,
     PutDelta,
+    PutHole,
     Refuse,
     Role,
     ToAgent,
@@ -65,6 +67,7 @@ SAMPLES: list[Any] = [
     ManifestPart([(b"etc", DIR), (b"etc/a", FILE), (b"etc/l", LINK)], last=False),
     ManifestPart([], last=True),
     PutChunk(b"etc/a", 0, b"hel"),
+    PutHole(b"etc/a", 3, 1 << 20),
     Put(b"etc/a", 3, b"lo", FILE),
     Put(b"etc/empty", 0, b"", Entry(Kind.FILE, 0o600, 0, 0, 0, 0, digest_bytes(b""))),
     PutAbort(b"etc/a"),
@@ -214,8 +217,17 @@ PATH_FRAMES: list[tuple[Any, str]] = [
     (Rename(b"etc/a", b"etc/b", FILE), "src"),
     (Rename(b"etc/a", b"etc/b", FILE), "dst"),
     (PutChunk(b"etc/a", 0, b"x"), "path"),
+    (PutHole(b"etc/a", 0, 1), "path"),
     (Put(b"etc/a", 0, b"hello", FILE), "path"),
 ]
+
+
+@pytest.mark.parametrize(("offset", "length"), [(-1, 1), (0, 0), (0, -5), (0, HOLE_MAX_BYTES + 1)])
+def test_a_hole_out_of_bounds_is_refused_on_decode(offset: int, length: int) -> None:
+    fields = raw(PutHole(b"etc/a", 0, 1))
+    fields["offset"], fields["length"] = offset, length
+    with pytest.raises(ProtocolError):
+        decode_body(body_of(fields))
 
 
 @pytest.mark.parametrize("bad", BAD_PATHS)
