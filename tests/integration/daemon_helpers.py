@@ -131,3 +131,18 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except FileNotFoundError:
         return ""
+
+
+def agents(pair: Pair) -> list[int]:
+    """The passive node's agent processes (below the sshd the test started)."""
+    assert pair.sshd.process is not None
+    return [p for p in descendants(pair.sshd.process.pid) if " agent" in cmdline(p)]
+
+
+def take_the_passive_away(pair: Pair) -> None:
+    """The passive node goes away with its open sessions: its sshd stopped,
+    then its agents killed (by the pids this test's sshd started)."""
+    sessions = agents(pair)
+    pair.sshd.stop()
+    for pid in sessions:
+        os.kill(pid, signal.SIGKILL)

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import time
 from pathlib import Path
 
 from bmsync.scan import TMP_PREFIX
 from tests.integration.conftest import Pair
-from tests.integration.daemon_helpers import RunningDaemon, cmdline, converge, descendants
+from tests.integration.daemon_helpers import (
+    RunningDaemon,
+    converge,
+    take_the_passive_away,
+)
 from tests.loopfs import loop_ext4, needs_loop_devices
-
-
-def agents(pair: Pair) -> list[int]:
-    assert pair.sshd.process is not None
-    return [p for p in descendants(pair.sshd.process.pid) if " agent" in cmdline(p)]
 
 
 def fill(path: Path) -> None:
@@ -77,10 +75,7 @@ def test_a_change_in_flight_when_the_link_dies_stays_queued_and_ages(pair: Pair)
         while not any(p.name.startswith(os.fsdecode(TMP_PREFIX)) for p in passive_etc.iterdir()):
             assert time.monotonic() < deadline, "the batch never reached the passive"
             time.sleep(0.001)
-        sessions = agents(pair)  # the batch is in flight: its file is being staged
-        pair.sshd.stop()
-        for pid in sessions:
-            os.kill(pid, signal.SIGKILL)
+        take_the_passive_away(pair)
         status = daemon.wait_state("disconnected", timeout_s=30)
         assert status["queued"] >= 1, status
         first_lag = status["lag_s"]
@@ -104,10 +99,7 @@ def test_a_paused_daemon_stays_paused_across_a_lost_link(pair: Pair) -> None:
         daemon.wait_state("syncing")
         assert pair.bmsync("pause", "--reason", "maintenance window").returncode == 0
         before = daemon.status()
-        sessions = agents(pair)
-        pair.sshd.stop()
-        for pid in sessions:
-            os.kill(pid, signal.SIGKILL)
+        take_the_passive_away(pair)
         time.sleep(0.5)
         pair.sshd.start()
         deadline = time.monotonic() + 60

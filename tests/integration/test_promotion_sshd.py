@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -17,16 +15,17 @@ from bmsync.core.guard import NodeRole, Stamp
 from bmsync.sender_lock import LOCK_NAME
 from bmsync.state import RoleStore
 from tests.integration.conftest import Pair
-from tests.integration.daemon_helpers import RunningDaemon, cmdline, converge, descendants, wait_for
+from tests.integration.daemon_helpers import (
+    RunningDaemon,
+    agents,
+    converge,
+    take_the_passive_away,
+    wait_for,
+)
 from tests.sshd import write_config
 
 NOT_ACTIVE = 8
 NOTHING_CHANGED = 1
-
-
-def agents(pair: Pair) -> list[int]:
-    assert pair.sshd.process is not None
-    return [p for p in descendants(pair.sshd.process.pid) if " agent" in cmdline(p)]
 
 
 def lock_is_free(state_dir: Path) -> bool:
@@ -132,10 +131,7 @@ def test_a_sender_with_a_higher_stamp_takes_over_the_passive_node(pair: Pair) ->
 def test_the_receiver_restarting_after_a_promotion_refuses_the_old_active(pair: Pair) -> None:
     daemon = syncing_pair(pair)
     try:
-        sessions = agents(pair)
-        pair.sshd.stop()  # the passive node goes away...
-        for pid in sessions:
-            os.kill(pid, signal.SIGKILL)  # ...with its session
+        take_the_passive_away(pair)
         daemon.wait_state("disconnected", timeout_s=30)
         # ...and comes back promoted (a failover while bm1 could not see it)
         assert pair.bmsync("promote", conf=pair.passive_conf).returncode == 0
