@@ -92,7 +92,7 @@ from bmsync.reconcile import (
     resync,
 )
 from bmsync.records import BackupLog, KeptCopy, Pause, PauseFlag
-from bmsync.scan import Scan, UnsupportedFiles, scan_paths, scan_tree
+from bmsync.scan import LinkGroups, Scan, UnsupportedFiles, scan_paths, scan_tree
 from bmsync.session import PeerSession
 from bmsync.state import ManifestStore, RoleStore, ensure_state_dir, require_active
 from bmsync.transport import FrameChannel
@@ -178,6 +178,7 @@ class Daemon:
         self._run = run
         self._vip_checked = asyncio.Event()  # the guard has had a VIP observation
         self._unsupported = UnsupportedFiles()  # FIFOs and the like: listed by status
+        self._links = LinkGroups()  # a change through one name of a file is through all
         self.stats = Stats()
         # files changed on the passive node since bmsync wrote them
         self._backups = BackupLog(config.state_dir)
@@ -653,6 +654,7 @@ class Daemon:
         for path, reason in report.local_problems:
             self._error(f"{show(path)}: {reason}")
         self._unsupported.update(report.unsupported)
+        self._links.replace(report.links)
         if report.halted is not None:
             self._pause(report.halted, held={})
         elif report.converged:
@@ -748,10 +750,13 @@ class Daemon:
             }
             if wider:  # a directory the peer lacks: take all of it
                 changed.update(wider)
-                more = await _scan_paths(root_fd, syncset, wider)
-                scan.entries.update(more.entries)
-                scan.problems += more.problems
-                scan.unsupported += more.unsupported
+                _merge(scan, await _scan_paths(root_fd, syncset, wider))
+            self._links.update(scan.links, scanned=[*changed, *scan.entries])
+            siblings = {o: False for p in changed for o in self._links.others(p)}
+            siblings = {p: deep for p, deep in siblings.items() if p not in changed}
+            if siblings:  # the other names of a file changed through one of them
+                changed.update(siblings)
+                _merge(scan, await _scan_paths(root_fd, syncset, siblings))
             self._unsupported.update(scan.unsupported, scanned=changed)
             for path, reason in scan.problems:
                 self._error(f"{show(path)}: {reason}")
@@ -1097,6 +1102,15 @@ class Daemon:
         self._resync_waiters.append(waiter)
         self._request_reconcile()
         return await waiter
+
+
+def _merge(scan: Scan, more: Scan) -> None:
+    """What a second scan of the same batch found, into the first."""
+    scan.entries.update(more.entries)
+    scan.problems += more.problems
+    scan.unsupported += more.unsupported
+    for inode, names in more.links.items():
+        scan.links.setdefault(inode, []).extend(names)
 
 
 async def _scan_paths(root_fd: int, syncset: SyncSet, paths: dict[bytes, bool]) -> Scan:

@@ -59,6 +59,8 @@ class ResyncReport:
     local_problems: list[tuple[bytes, str]] = field(default_factory=list)
     missing_tops: list[bytes] = field(default_factory=list)
     unsupported: list[bytes] = field(default_factory=list)
+    # hard-linked files of the last scan: (device, inode) -> names
+    links: dict[tuple[int, int], list[bytes]] = field(default_factory=dict)
     converged: bool = False
     halted: str | None = None  # why the guard stopped it
     peer: dict[bytes, Entry] = field(default_factory=dict)
@@ -146,6 +148,7 @@ async def resync(
                     break
                 scan = await asyncio.to_thread(scan_tree, root, syncset, digests)
             ops = plan(scan.entries, _peer_view(peer, scan))
+            report.links = scan.links
             if number == 1:
                 report.planned = ops
                 report.local_problems = scan.problems

@@ -53,6 +53,8 @@ class Scan:
     unsupported: list[bytes] = field(default_factory=list)
     # temporary files a killed agent left behind (never part of a manifest)
     leftovers: list[bytes] = field(default_factory=list)
+    # regular files with more than one name: (device, inode) -> names found
+    links: dict[tuple[int, int], list[bytes]] = field(default_factory=dict)
     # where unchanged files' digests come from (an input, not a result)
     digests: DigestCache | None = None
 
@@ -87,6 +89,49 @@ class UnsupportedFiles:
 
     def paths(self) -> list[str]:
         return [show(p) for p in sorted(self._paths)]
+
+
+class LinkGroups:
+    """The names of each regular file with hard links in the sync set, as
+    the latest scan covering each found them. inotify reports a change
+    under the name it was made through only: the daemon takes the other
+    names of that inode with it (they changed too)."""
+
+    def __init__(self) -> None:
+        self._inode: dict[bytes, tuple[int, int]] = {}
+        self._names: dict[tuple[int, int], set[bytes]] = {}
+
+    def replace(self, links: Mapping[tuple[int, int], list[bytes]]) -> None:
+        """After a scan of the whole sync set."""
+        self._inode.clear()
+        self._names.clear()
+        self.update(links, scanned={})
+
+    def update(
+        self, links: Mapping[tuple[int, int], list[bytes]], scanned: Iterable[bytes]
+    ) -> None:
+        """``links`` found by a scan of ``scanned``: those paths now belong
+        to the groups found, or to none."""
+        for path in scanned:
+            self._forget(path)
+        for inode, names in links.items():
+            for path in names:
+                self._forget(path)
+                self._inode[path] = inode
+                self._names.setdefault(inode, set()).add(path)
+
+    def _forget(self, path: bytes) -> None:
+        inode = self._inode.pop(path, None)
+        if inode is not None:
+            names = self._names[inode]
+            names.discard(path)
+            if not names:
+                del self._names[inode]
+
+    def others(self, path: bytes) -> list[bytes]:
+        """The other names of ``path``'s inode."""
+        inode = self._inode.get(path)
+        return [] if inode is None else sorted(self._names[inode] - {path})
 
 
 def scan_tree(root: Path, syncset: SyncSet, digests: DigestCache | None = None) -> Scan:
@@ -176,6 +221,8 @@ def _scan_one(
             target = os.readlink(name, dir_fd=dir_fd)
             result.entries[path] = entry_of(st, kind, target=target)
         elif kind == Kind.FILE:
+            if st.st_nlink > 1:
+                result.links.setdefault((st.st_dev, st.st_ino), []).append(path)
             cached = result.digests.lookup(path, st) if result.digests is not None else None
             if cached is not None:
                 result.entries[path] = cached

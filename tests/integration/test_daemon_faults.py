@@ -110,3 +110,27 @@ def test_a_paused_daemon_stays_paused_across_a_lost_link(pair: Pair) -> None:
         assert status["paused_reason"] == "maintenance window"
     finally:
         assert daemon.stop() == 0
+
+
+def test_an_edit_through_one_name_of_a_hard_linked_file_reaches_every_name(pair: Pair) -> None:
+    """inotify reports the name the file was written through only; the
+    passive node holds each name as a file of its own, and every one of them
+    must follow (rsync -H aside, no name may stay behind unnoticed)."""
+    etc = pair.active / "etc"
+    etc.mkdir()
+    (etc / "aliases").write_text("root: admin\n")
+    os.link(etc / "aliases", etc / "aliases.bak")
+    (etc / "sub").mkdir()
+    os.link(etc / "aliases", etc / "sub" / "aliases")
+    daemon = RunningDaemon(pair)
+    try:
+        daemon.wait_state("syncing")
+        converge(pair, timeout_s=10)
+        with open(etc / "aliases", "r+") as f:  # in place, through one name
+            f.write("root: ops!\n")
+        converge(pair, timeout_s=30)
+        for name in ("aliases", "aliases.bak", "sub/aliases"):
+            assert (pair.passive / "etc" / name).read_text() == "root: ops!\n\n", name
+        assert daemon.status()["state"] == "syncing"
+    finally:
+        assert daemon.stop() == 0
