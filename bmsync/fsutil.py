@@ -125,6 +125,20 @@ def same_version(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
+def is_sparse(root_fd: int, rel: bytes) -> bool:
+    """Whether the file at ``rel`` has holes (fewer blocks than its size);
+    ``False`` if it cannot be opened (the send that follows says why)."""
+    try:
+        fd = open_file(root_fd, rel)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+    finally:
+        os.close(fd)
+    return st.st_blocks * 512 < st.st_size
+
+
 def open_file(base_fd: int, rel: bytes) -> int:
     """Open ``rel`` below ``base_fd`` for reading, following no symlink on
     the way or at the end."""

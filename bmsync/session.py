@@ -60,7 +60,7 @@ from bmsync.errors import (
     SplitBrainSuspected,
     TransportError,
 )
-from bmsync.fsutil import FileFrame, file_frames, read_whole
+from bmsync.fsutil import FileFrame, file_frames, is_sparse, read_whole
 from bmsync.transport import FrameChannel
 
 log = structlog.get_logger("bmsync.session")
@@ -284,7 +284,12 @@ class PeerSession:
             await self._channel.send([*pending, frame])
             pending = []
 
-        if delta_base is not None and BaseStore.wanted(op.entry.size):
+        # a sparse file goes whole, holes as holes: a delta is written in full
+        if (
+            delta_base is not None
+            and BaseStore.wanted(op.entry.size)
+            and not is_sparse(root_fd, op.path)
+        ):
             for _ in range(SEND_ATTEMPTS):
                 try:
                     sent = await self._send_delta(root_fd, op, outcome, delta_base, send)

@@ -589,3 +589,25 @@ def test_fifos_are_listed_by_status_and_logged_once(pair: Pair) -> None:
         assert "path=/etc/other.fifo" in log and "sync.exclude" in log
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_sparse_file_changed_later_stays_sparse_on_the_passive(etc_pair: Pair) -> None:
+    """A delta would be written in full: a sparse file goes whole, its holes
+    as holes, also when the passive holds its previous version."""
+    pair = etc_pair
+    image = pair.active / "etc" / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(64 << 20)
+        f.write(b"first version\n")
+    running = RunningDaemon(pair)
+    try:
+        running.wait_state("syncing")
+        converge(pair, timeout_s=30)
+        with open(image, "r+b") as f:
+            f.seek(32 << 20)
+            f.write(b"changed in the middle\n")
+        converge(pair, timeout_s=30)
+        passive = pair.passive / "etc" / "disk.img"
+        assert passive.stat().st_blocks * 512 < 1 << 20  # still sparse
+    finally:
+        assert running.stop() == 0
