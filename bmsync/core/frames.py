@@ -305,30 +305,6 @@ class Bye(msgspec.Struct, frozen=True, tag="bye"):
     pass
 
 
-Frame = (
-    Hello
-    | Welcome
-    | Refuse
-    | ManifestRequest
-    | ManifestPart
-    | PutChunk
-    | PutHole
-    | Put
-    | PutAbort
-    | PutDelta
-    | Expect
-    | Fetch
-    | Mkdir
-    | Symlink
-    | Rename
-    | Delete
-    | SetMeta
-    | Commit
-    | Applied
-    | ErrorFrame
-    | Bye
-)
-
 # The frames an agent accepts. Its decoder knows no other, so it never builds
 # one it would refuse anyway: an 8 MiB ManifestPart of minimal entries
 # decodes to 170 MiB of objects.
@@ -350,6 +326,9 @@ ToAgent = (
     | Commit
     | Bye
 )
+
+# Every frame: those an agent accepts, and those only an agent sends.
+Frame = ToAgent | Welcome | Refuse | ManifestPart | Applied | ErrorFrame
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)

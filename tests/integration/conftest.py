@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.test_agent import Node
 from tests.sshd import Sshd, write_config
 
 
@@ -66,3 +67,13 @@ def pair(tmp_path: Path) -> Iterator[Pair]:
         yield node
     finally:
         sshd.stop()
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    """A passive node's root with an agent fed raw frames, closed afterwards."""
+    passive = Node(tmp_path)
+    try:
+        yield passive
+    finally:
+        passive.close()

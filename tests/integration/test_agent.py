@@ -7,7 +7,7 @@ import fcntl
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -87,13 +87,6 @@ class Node:
 
     def close(self) -> None:
         self.connection.agent.close()
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    n = Node(tmp_path)
-    yield n
-    n.close()
 
 
 def file_entry(data: bytes, mode: int = 0o644) -> Entry:

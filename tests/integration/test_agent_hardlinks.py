@@ -5,7 +5,6 @@ passive node's path only, never on the inode they share."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,6 @@ from tests.integration.test_agent import Node
 CONTENT = b"listen 8080\n"
 NEW_MTIME = 1_700_000_000_123_456_789
 XATTR = "user.bmsync.test"
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    passive = Node(tmp_path)
-    try:
-        yield passive
-    finally:
-        passive.close()
 
 
 @pytest.fixture

@@ -10,10 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from bmsync.agent import Agent, AgentConnection
 from bmsync.core.frames import (
@@ -37,15 +34,6 @@ from bmsync.state import RoleStore
 from tests.helpers import whole_root
 from tests.integration.test_agent import Node, file_entry
 from tests.sshd import write_config
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    passive = Node(tmp_path)
-    try:
-        yield passive
-    finally:
-        passive.close()
 
 
 def promote_here(node: Node) -> NodeRole:

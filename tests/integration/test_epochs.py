@@ -8,10 +8,7 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from bmsync.agent import Agent, AgentConnection
 from bmsync.core.frames import (
@@ -30,15 +27,6 @@ from bmsync.state import RoleStore
 from tests.integration.test_agent import Node, raw_frame
 from tests.integration.test_agent_roles import frames_of, read_frame
 from tests.sshd import write_config
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[Node]:
-    passive = Node(tmp_path)
-    try:
-        yield passive
-    finally:
-        passive.close()
 
 
 def hello(node: str, epoch: int) -> bytes:
