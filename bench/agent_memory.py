@@ -36,6 +36,8 @@ import bmsync  # noqa: E402
 from bmsync.agent import MAX_BATCH_HELD_BYTES  # noqa: E402
 from bmsync.core import delta  # noqa: E402
 from bmsync.core.frames import Bye, encode  # noqa: E402
+from bmsync.core.manifest import MAX_ENTRIES  # noqa: E402
+from bmsync.digests import RACY_NS  # noqa: E402
 from tests import hostile  # noqa: E402
 
 MIB = 1024 * 1024
@@ -128,6 +130,19 @@ def attacks(scale: float) -> list[Attack]:
             "proportional to its own tree, not to what is sent",
             lambda p: hostile.manifest(),
             files=int(100_000 * scale),
+        ),
+        Attack(
+            "manifest_100k_warm",
+            "the same, asked twice: the second with the digest cache the first wrote",
+            lambda p: hostile.manifest(times=2, settle_s=RACY_NS / 1e9 + 0.5),
+            files=int(100_000 * scale),
+        ),
+        Attack(
+            "manifest_past_max",
+            f"ManifestRequest on a passive node of {int(MAX_ENTRIES * 1.2 * scale):,} files "
+            f"(a tree a leaked key filled past sync.max_entries, {MAX_ENTRIES:,})",
+            lambda p: hostile.manifest(),
+            files=int(MAX_ENTRIES * 1.2 * scale),
         ),
     ]
 

@@ -52,8 +52,11 @@ replies                    ``FLUSH_BYTES`` (1 MiB) wait before they are
                            written; a Fetch goes a chunk at a time
 =========================  ==============================================
 
-Not bounded by what is sent: a ``ManifestRequest`` holds this node's own
-manifest (about 0.6 KiB per file of its sync set), and files on disk.
+Bounded by this node's tree, not by what is sent: a ``ManifestRequest``
+holds this node's own manifest, about 0.5 KiB per entry of its sync set (its
+parts are sent one by one, never all held), and a scan past
+``max_entries`` (``sync.max_entries``) stops with TreeTooLarge, however
+many files a sender has created.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ from bmsync.core.frames import (
     encode,
 )
 from bmsync.core.guard import Accepted, NodeRole, RefusalCode, Refused, Stamp, judge_sender
-from bmsync.core.manifest import Entry, Kind, hash_zeros, manifest_digest, new_hasher
+from bmsync.core.manifest import MAX_ENTRIES, Entry, Kind, hash_zeros, manifest_digest, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import basename, join, parent, show
 from bmsync.digests import DigestCache
@@ -277,11 +280,20 @@ class Agent:
     ``ProtocolError`` for a frame that breaks the protocol."""
 
     def __init__(
-        self, node: str, root: Path, syncset: SyncSet, state_dir: Path, *, local: bool = False
+        self,
+        node: str,
+        root: Path,
+        syncset: SyncSet,
+        state_dir: Path,
+        *,
+        local: bool = False,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
         """``local``: this node writing into its own tree (the daemon's
-        restore from the peer's copies), not a peer: no role rule."""
+        restore from the peer's copies), not a peer: no role rule.
+        ``max_entries``: the most entries of its tree it lists for a sender."""
         self.node = node
+        self.max_entries = max_entries
         self.root = root
         self.syncset = syncset
         self.state_dir = state_dir
@@ -322,8 +334,8 @@ class Agent:
     # -- session ---------------------------------------------------------
 
     def handle(self, frame: Frame) -> list[Frame] | Iterator[Frame]:
-        """The answers to ``frame``: a list, or for ``Fetch`` (a file of any
-        size, read-only) an iterator to be sent as it comes."""
+        """The answers to ``frame``: a list, or for ``Fetch`` and a manifest
+        (read-only, of any size) an iterator to be sent as it comes."""
         handler = self._handlers.get(type(frame))
         if handler is None:
             raise ProtocolError(f"the agent does not accept {type(frame).__name__} frames")
@@ -549,8 +561,13 @@ class Agent:
         self.finished = True
         return []
 
-    def _manifest(self, request: ManifestRequest) -> list[Frame]:
-        scan = scan_tree(self.root, self.syncset, None if request.fresh else self._digests)
+    def _manifest(self, request: ManifestRequest) -> list[Frame] | Iterator[Frame]:
+        scan = scan_tree(
+            self.root,
+            self.syncset,
+            None if request.fresh else self._digests,
+            max_entries=self.max_entries,
+        )
         for path, reason in scan.problems:
             log.warning("scan_problem", path=show(path), reason=reason)
         if self._purpose == Purpose.WRITE:
@@ -558,19 +575,7 @@ class Agent:
             self._remove_leftovers(scan.leftovers)
         if request.expect and manifest_digest(scan.entries) == request.expect:
             return [ManifestPart([], last=True, unchanged=True)]
-        parts: list[Frame] = []
-        chunk: list[tuple[bytes, Entry]] = []
-        size = 0
-        for path, entry in scan.entries.items():
-            chunk.append((path, entry))
-            size += (
-                len(path) + len(entry.target) + 64 + sum(len(k) + len(v) for k, v in entry.xattrs)
-            )
-            if size >= MANIFEST_PART_BYTES:
-                parts.append(ManifestPart(chunk, last=False))
-                chunk, size = [], 0
-        parts.append(ManifestPart(chunk, last=True))
-        return parts
+        return _manifest_parts(scan.entries)
 
     def _remove_leftovers(self, leftovers: list[bytes]) -> None:
         """Temporary files a killed agent left; one that cannot be removed
@@ -1441,7 +1446,7 @@ class AgentConnection:
             else:
                 return False
         assert stream is not None
-        for reply in stream:  # read-only: a file, never under the role lock
+        for reply in stream:  # read-only (a file, a manifest): never under the role lock
             out.append(encode(reply))
             self._flush(out)
         return True
@@ -1467,6 +1472,20 @@ class AgentConnection:
         return b"".join(encode(frame) for frame in self.agent.recheck())
 
 
+def _manifest_parts(entries: dict[bytes, Entry]) -> Iterator[ManifestPart]:
+    """The manifest a part at a time: each is encoded and sent before the
+    next is made, so only the scan itself is held, never a copy in frames."""
+    chunk: list[tuple[bytes, Entry]] = []
+    size = 0
+    for path, entry in entries.items():
+        chunk.append((path, entry))
+        size += len(path) + len(entry.target) + 64 + sum(len(k) + len(v) for k, v in entry.xattrs)
+        if size >= MANIFEST_PART_BYTES:
+            yield ManifestPart(chunk, last=False)
+            chunk, size = [], 0
+    yield ManifestPart(chunk, last=True)
+
+
 def serve(agent: Agent, read: Callable[[], bytes | None], write: Callable[[bytes], None]) -> int:
     """Run a session over blocking ``read``/``write`` (``read`` returns b""
     at end of input, ``None`` when woken by ``WAKE_SIGNAL``); returns the
@@ -1486,7 +1505,13 @@ def serve(agent: Agent, read: Callable[[], bytes | None], write: Callable[[bytes
 def make_agent(config: Config) -> Agent:
     """An agent from this node's own configuration."""
     ensure_state_dir(config.state_dir)
-    return Agent(config.node, config.sync.root, config.syncset(), config.state_dir)
+    return Agent(
+        config.node,
+        config.sync.root,
+        config.syncset(),
+        config.state_dir,
+        max_entries=config.sync.max_entries,
+    )
 
 
 def run_stdio(config_path: Path) -> int:

@@ -25,6 +25,7 @@ import yaml
 
 from bmsync.core.brake import BrakeLimits
 from bmsync.core.excludes import PatternError, Rule, SyncSet
+from bmsync.core.manifest import MAX_ENTRIES
 from bmsync.core.sshkey import KeyState, check_private_key
 from bmsync.errors import ConfigError
 from bmsync.presets import BUILTIN_EXCLUDES, PRESETS, PresetPath
@@ -62,6 +63,7 @@ class SyncConfig:
     delete_brake_window_s: float = 60.0
     delta_cache_mb: int = 256
     queue_limit: int = 50_000
+    max_entries: int = MAX_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -305,6 +307,7 @@ SYNC_SCHEMA: Schema = {
     "delete_brake_window_s": (_ranged(_float, 0.0, 86_400), 60.0),
     "delta_cache_mb": (_ranged(_int, 0, 1 << 20), 256),
     "queue_limit": (_ranged(_int, 1, 10**8), 50_000),
+    "max_entries": (_ranged(_int, 1, 10**9), MAX_ENTRIES),
 }
 
 

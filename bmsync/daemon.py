@@ -491,7 +491,9 @@ class Daemon:
         peer = self.config.require_peer()
         channel = await self._connect_channel(peer)
         me = self._guard.role
-        session = PeerSession(channel, self.config.node, me.epoch, me.role)
+        session = PeerSession(
+            channel, self.config.node, me.epoch, me.role, max_entries=self.config.sync.max_entries
+        )
         self._session = session
         welcome = await session.open(Purpose.WRITE)
         self.stats.last_contact = self._wall()

@@ -129,6 +129,10 @@ class LocalFsError(BmsyncError):
     exit_code = 7
 
 
+class TreeTooLarge(LocalFsError):
+    """A sync set holds more entries than ``sync.max_entries``."""
+
+
 class DaemonNotRunning(BmsyncError):
     exit_code = 3
 

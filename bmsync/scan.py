@@ -20,7 +20,7 @@ from bmsync.core.excludes import SyncSet
 from bmsync.core.manifest import Entry, Kind
 from bmsync.core.paths import ancestors, basename, is_within, join, parent, show
 from bmsync.digests import DigestCache
-from bmsync.errors import LocalFsError
+from bmsync.errors import LocalFsError, TreeTooLarge
 from bmsync.fsutil import (
     O_DIR,
     O_READ,
@@ -57,6 +57,21 @@ class Scan:
     links: dict[tuple[int, int], list[bytes]] = field(default_factory=dict)
     # where unchanged files' digests come from (an input, not a result)
     digests: DigestCache | None = None
+    # the most entries kept before the scan stops, and the root named when
+    # it does (inputs, not results)
+    max_entries: int | None = None
+    root: Path | None = None
+
+    def keep(self, path: bytes, entry: Entry) -> None:
+        if self.max_entries is not None and len(self.entries) >= self.max_entries:
+            raise TreeTooLarge(
+                f"the sync set under {self.root} holds more than {self.max_entries:,} "
+                f"entries (files, directories, symlinks; stopped at {show(path)}): a scan "
+                "stops there instead of growing its memory. If the tree is meant to be this "
+                "large, raise sync.max_entries in the configuration of both nodes; if "
+                "not, find what filled it"
+            )
+        self.entries[path] = entry
 
 
 class UnsupportedFiles:
@@ -134,14 +149,20 @@ class LinkGroups:
         return [] if inode is None else sorted(self._names[inode] - {path})
 
 
-def scan_tree(root: Path, syncset: SyncSet, digests: DigestCache | None = None) -> Scan:
+def scan_tree(
+    root: Path,
+    syncset: SyncSet,
+    digests: DigestCache | None = None,
+    max_entries: int | None = None,
+) -> Scan:
     """The whole sync set. With ``digests``, unchanged files are not read,
-    and the cache is saved for the next scan."""
+    and the cache is saved for the next scan. Past ``max_entries``,
+    TreeTooLarge."""
     try:
         root_fd = open_root(root)
     except OSError as exc:
         raise LocalFsError(f"cannot open sync root {root}: {exc.strerror}") from exc
-    result = Scan(digests=digests)
+    result = Scan(digests=digests, max_entries=max_entries, root=root)
     try:
         for top in syncset.tops:
             _scan_top(root_fd, top, syncset, result)
@@ -219,28 +240,26 @@ def _scan_one(
     try:
         if kind == Kind.SYMLINK:
             target = os.readlink(name, dir_fd=dir_fd)
-            result.entries[path] = entry_of(st, kind, target=target)
+            result.keep(path, entry_of(st, kind, target=target))
         elif kind == Kind.FILE:
             if st.st_nlink > 1:
                 result.links.setdefault((st.st_dev, st.st_ino), []).append(path)
             cached = result.digests.lookup(path, st) if result.digests is not None else None
             if cached is not None:
-                result.entries[path] = cached
+                result.keep(path, cached)
                 return
             read = read_file(dir_fd, name)
             if read is None:
                 result.problems.append((path, "kept changing while being read"))
                 return
             entry, seen = read
-            result.entries[path] = entry
+            result.keep(path, entry)
             if result.digests is not None:
                 result.digests.store(path, seen, entry)
         else:
             child_fd = os.open(name, O_DIR, dir_fd=dir_fd)
             try:
-                result.entries[path] = entry_of(
-                    os.fstat(child_fd), kind, xattrs=read_xattrs(child_fd)
-                )
+                result.keep(path, entry_of(os.fstat(child_fd), kind, xattrs=read_xattrs(child_fd)))
                 if recurse:
                     _scan_children(child_fd, path, syncset, result)
             finally:

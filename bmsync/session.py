@@ -49,7 +49,7 @@ from bmsync.core.frames import (
     Welcome,
 )
 from bmsync.core.guard import SPLIT_BRAIN
-from bmsync.core.manifest import Entry, Kind
+from bmsync.core.manifest import MAX_ENTRIES, Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile
 from bmsync.core.paths import show
 from bmsync.errors import (
@@ -59,6 +59,7 @@ from bmsync.errors import (
     RemoteProtocolError,
     SplitBrainSuspected,
     TransportError,
+    TreeTooLarge,
 )
 from bmsync.fsutil import FileFrame, file_frames, is_sparse, read_whole
 from bmsync.transport import FrameChannel
@@ -110,12 +111,22 @@ class Outcome:
 
 class PeerSession:
     def __init__(
-        self, channel: FrameChannel, node: str, epoch: int = 0, role: Role = Role.ACTIVE
+        self,
+        channel: FrameChannel,
+        node: str,
+        epoch: int = 0,
+        role: Role = Role.ACTIVE,
+        *,
+        max_entries: int = MAX_ENTRIES,
     ) -> None:
+        """``max_entries``: the most manifest entries accepted from the peer
+        (``sync.max_entries``), so a filled passive cannot fill this node's
+        memory."""
         self._channel = channel
         self.node = node
         self.epoch = epoch
         self.role = role
+        self.max_entries = max_entries
         self.peer: Welcome | None = None
 
     async def open(self, purpose: Purpose) -> Welcome:
@@ -173,6 +184,13 @@ class PeerSession:
                     raise ProtocolError("the agent said 'unchanged' to a request expecting nothing")
                 return None
             entries.update(part.entries)
+            if len(entries) > self.max_entries:
+                raise TreeTooLarge(
+                    f"the peer's manifest holds more than {self.max_entries:,} entries "
+                    "(sync.max_entries): not read further. If its tree is meant to be this "
+                    "large, raise sync.max_entries in the configuration of both nodes; if "
+                    "not, find what filled the peer's synced paths"
+                )
             if part.last:
                 return entries
 

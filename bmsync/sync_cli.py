@@ -35,7 +35,7 @@ async def _connect(conf: config.Config, purpose: Purpose) -> PeerSession:
     if purpose is Purpose.WRITE:
         require_active(me)
     channel = await connect(peer)
-    session = PeerSession(channel, conf.node, me.epoch, me.role)
+    session = PeerSession(channel, conf.node, me.epoch, me.role, max_entries=conf.sync.max_entries)
     try:
         await session.open(purpose)
     except SplitBrainSuspected as exc:

@@ -258,10 +258,15 @@ def manifest_bomb(frame_bytes: int = MAX_FRAME_BYTES - 64) -> Iterator[bytes]:
     yield encode(Bye())
 
 
-def manifest() -> Iterator[bytes]:
-    """Ask for the agent's manifest (every entry of its own tree)."""
+def manifest(times: int = 1, settle_s: float = 0.0) -> Iterator[bytes]:
+    """Ask for the agent's manifest (every entry of its own tree) ``times``
+    times, after ``settle_s`` (files fresher than the digest cache's racy
+    window are not cached: past it, the second request reads the cache the
+    first one wrote)."""
     yield encode(Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 1, Purpose.READ, "hostile"))
-    yield encode(ManifestRequest())
+    time.sleep(settle_s)
+    for _ in range(times):
+        yield encode(ManifestRequest())
     yield encode(Bye())
 
 

@@ -19,6 +19,12 @@ import xxhash
 from bmsync.core.paths import show
 
 DIGEST_SIZE = 16  # xxh3-128
+# The default of ``sync.max_entries``: the most entries a node lists for its
+# peer, and the most a sender accepts from it. An agent answering a manifest
+# holds up to 0.8 KiB an entry (its scan and digest cache), so this keeps it
+# near 200 MiB even when a leaked key has filled its tree; a BlueMind /etc
+# holds a few thousand entries.
+MAX_ENTRIES = 200_000
 
 
 class Kind(enum.IntEnum):

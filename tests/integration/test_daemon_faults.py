@@ -15,8 +15,10 @@ from tests.integration.daemon_helpers import (
     RunningDaemon,
     converge,
     take_the_passive_away,
+    wait_for,
 )
 from tests.loopfs import loop_ext4, needs_loop_devices
+from tests.sshd import write_config
 
 
 def fill(path: Path) -> None:
@@ -132,5 +134,38 @@ def test_an_edit_through_one_name_of_a_hard_linked_file_reaches_every_name(pair:
         for name in ("aliases", "aliases.bak", "sub/aliases"):
             assert (pair.passive / "etc" / name).read_text() == "root: ops!\n\n", name
         assert daemon.status()["state"] == "syncing"
+    finally:
+        assert daemon.stop() == 0
+
+
+def test_a_peer_tree_past_max_entries_is_reported_until_it_shrinks(pair: Pair) -> None:
+    """A passive filled past sync.max_entries (a leaked key creating files,
+    say) costs no memory: status says why nothing is synced, and sync
+    resumes once the extra files are gone."""
+    (pair.active / "etc").mkdir()
+    (pair.active / "etc/a.conf").write_text("a\n")
+    junk = pair.passive / "junk"
+    junk.mkdir()
+    for n in range(40):
+        (junk / f"{n:02}").write_text("x")
+    write_config(
+        pair.passive_conf,
+        "bm2",
+        pair.passive,
+        pair.base / "state2",
+        extra_sync=("max_entries: 20",),
+    )
+    daemon = RunningDaemon(pair)
+    try:
+        wait_for(lambda: bool(daemon.status()["errors"]), 60, "an error in status")
+        status = daemon.status()
+        assert (status["state"], status["exit_code"]) == ("disconnected", 1)
+        assert "holds more than 20 entries" in status["errors"][-1]["message"]
+        assert "raise sync.max_entries" in status["errors"][-1]["message"]
+        assert not (pair.passive / "etc").exists()
+        for child in junk.iterdir():
+            child.unlink()
+        wait_for(lambda: (pair.passive / "etc/a.conf").exists(), 60, "a.conf on the passive")
+        assert daemon.wait_state("syncing")["exit_code"] == 0
     finally:
         assert daemon.stop() == 0

@@ -9,10 +9,11 @@ import random
 import subprocess
 from pathlib import Path
 
+from bmsync.errors import TreeTooLarge
 from tests.helpers import walk
 from tests.integration.conftest import Pair
 from tests.integration.trees import populate_odd, random_changes
-from tests.sshd import copy_tree
+from tests.sshd import copy_tree, write_config
 
 
 def getfacl(path: Path) -> str:
@@ -258,3 +259,46 @@ def _digest(path: Path) -> str:
         while chunk := f.read(1 << 20):
             hasher.update(chunk)
     return hasher.hexdigest()
+
+
+def test_a_tree_past_max_entries_stops_the_sync_with_advice(pair: Pair) -> None:
+    """sync.max_entries bounds what a node holds of a manifest: the agent
+    stops listing its tree past it, the sender stops reading the peer's,
+    and nothing is written either way."""
+    etc = pair.active / "etc"
+    etc.mkdir()
+    for n in range(30):
+        (etc / f"{n:02}.conf").write_text(f"{n}\n")
+    assert pair.bmsync("resync").returncode == 0
+    (etc / "00.conf").write_text("changed\n")
+
+    pair.configure()
+    write_config(
+        pair.passive_conf,
+        "bm2",
+        pair.passive,
+        pair.base / "state2",
+        extra_sync=("max_entries: 10",),
+    )
+    listed = pair.bmsync("resync")
+    assert listed.returncode == 4, listed.stdout + listed.stderr
+    assert f"the sync set under {pair.passive} holds more than 10 entries" in listed.stderr
+    assert "raise sync.max_entries in the configuration of both nodes" in listed.stderr
+
+    pair.configure()
+    write_config(
+        pair.active_conf,
+        "bm1",
+        pair.active,
+        pair.base / "state1",
+        pair.sshd,
+        extra_sync=("max_entries: 10",),
+    )
+    read = pair.bmsync("resync")
+    assert read.returncode == TreeTooLarge.exit_code, read.stdout + read.stderr
+    assert "the peer's manifest holds more than 10 entries (sync.max_entries)" in read.stderr
+    assert (pair.passive / "etc/00.conf").read_text() == "0\n"
+
+    pair.configure()
+    assert pair.bmsync("resync").returncode == 0
+    assert (pair.passive / "etc/00.conf").read_text() == "changed\n"
