@@ -36,8 +36,8 @@ if str(REPO) not in sys.path:
 
 import bmsync  # noqa: E402
 from bench.tools import BmsyncDaemon, Link, log_tail  # noqa: E402
-from bmsync import control  # noqa: E402
-from bmsync.errors import BmsyncError  # noqa: E402
+from bmsync.core.errors import BmsyncError  # noqa: E402
+from bmsync.service import control  # noqa: E402
 
 # The storm, in its own process (no GIL shared with the status polls): it
 # swaps until killed and prints how many swaps it made.

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bench import proc
-from bmsync import control
-from bmsync.errors import BmsyncError
+from bmsync.core.errors import BmsyncError
+from bmsync.service import control
 from tests.sshd import Sshd, agent_command, keygen, write_config
 
 STOP_TIMEOUT_S = 30.0

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import xxhash
 
-from bmsync.agent import Agent
+from bmsync.agent.receiver import Agent
+from bmsync.core.errors import RemoteProtocolError
 from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.frames import Frame, FrameDecoder, encode
-from bmsync.errors import RemoteProtocolError
 
 RECEIVE_WAIT_S = 30.0
 

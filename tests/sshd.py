@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bmsync.core.frames import Role
-from bmsync.state import RoleStore, ensure_state_dir
+from bmsync.state.directory import ensure_state_dir
+from bmsync.state.roles import RoleStore
 
 SSHD = Path("/usr/sbin/sshd")
 

@@ -29,10 +29,10 @@ from typing import Annotated
 import msgspec
 
 from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS, DeltaOp
+from bmsync.core.errors import ProtocolError
 from bmsync.core.manifest import DIGEST_SIZE, Entry, check_entry
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import check_relpath, show
-from bmsync.errors import ProtocolError
 
 # 2: PutHole (sparse files keep their holes)
 PROTOCOL_VERSION = 2

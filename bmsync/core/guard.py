@@ -18,8 +18,8 @@ import enum
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from bmsync.core.errors import EpochExhausted, RoleStateError
 from bmsync.core.frames import MAX_EPOCH, Role
-from bmsync.errors import EpochExhausted, RoleStateError
 
 
 class Stamp(NamedTuple):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from bmsync.errors import ProtocolError
+from bmsync.core.errors import ProtocolError
 
 # Linux's NAME_MAX and PATH_MAX: a longer name cannot exist on the receiver.
 NAME_MAX = 255

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from bmsync.config import VipConfig
+from bmsync.config.parse import VipConfig
+from bmsync.core.errors import BmsyncError
 from bmsync.core.guard import VipCheckFailed, VipSeen
-from bmsync.errors import BmsyncError
 
 log = structlog.get_logger("bmsync.vip")
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bmsync import agent as agent_module
-from bmsync.agent import (
+from bmsync.agent import receiver as agent_module
+from bmsync.agent.receiver import (
     FLUSH_BYTES,
     MAX_BATCH_HELD_BYTES,
     MAX_BATCH_RECORDS,

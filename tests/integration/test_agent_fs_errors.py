@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bmsync.agent import Agent, AgentConnection
+from bmsync.agent.receiver import Agent, AgentConnection
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Applied,

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bmsync.agent import Agent, AgentConnection
+from bmsync.agent.receiver import Agent, AgentConnection
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Commit,
@@ -29,8 +29,8 @@ from bmsync.core.frames import (
 from bmsync.core.guard import NodeRole, RefusalCode, Stamp
 from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Mkdir
-from bmsync.sender_lock import LOCK_NAME
-from bmsync.state import RoleStore
+from bmsync.state.lock import LOCK_NAME
+from bmsync.state.roles import RoleStore
 from tests.helpers import whole_root
 from tests.integration.test_agent import Node, file_entry
 from tests.sshd import write_config

@@ -12,13 +12,13 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from bmsync.agent import Agent, AgentConnection
-from bmsync.config import PeerConfig
+from bmsync.agent.receiver import Agent, AgentConnection
+from bmsync.config.parse import PeerConfig
+from bmsync.core.errors import AuthRefused, HostKeyMismatch, PeerRefused
 from bmsync.core.frames import Purpose
-from bmsync.errors import AuthRefused, HostKeyMismatch, PeerRefused
-from bmsync.reconcile import resync, verify
-from bmsync.session import PeerSession
-from bmsync.transport import connect
+from bmsync.link.session import PeerSession
+from bmsync.link.ssh import connect
+from bmsync.sender.reconcile import resync, verify
 from tests.helpers import walk, whole_root
 from tests.integration.trees import populate_odd
 from tests.sshd import copy_tree

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bmsync.config import load
+from bmsync.config.parse import load
 from bmsync.core.frames import Purpose
-from bmsync.reconcile import resync
-from bmsync.session import PeerSession
-from bmsync.transport import connect
+from bmsync.link.session import PeerSession
+from bmsync.link.ssh import connect
+from bmsync.sender.reconcile import resync
 from tests.helpers import VersionReader
 from tests.integration.conftest import Pair
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bmsync.bases import BaseStore
 from bmsync.core.delta import DELTA_MIN_BYTES
 from bmsync.core.manifest import digest_bytes
+from bmsync.fs.bases import BaseStore
 
 
 def _copy_in(store: BaseStore, path: Path, digest: bytes) -> bool:

@@ -196,7 +196,7 @@ def test_global_options_also_after_the_command(tmp_path: Path) -> None:
 
 
 def test_help_is_plain_text_with_exit_codes_and_every_option_explained() -> None:
-    from bmsync.cli import build_parser
+    from bmsync.cli.main import build_parser
 
     done = bmsync("--help")
     assert done.returncode == 0

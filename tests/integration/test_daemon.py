@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bmsync.scan import scan_tree
-from bmsync.state import ManifestStore
+from bmsync.fs.scan import scan_tree
+from bmsync.state.journal import ManifestStore
 from tests.helpers import VersionReader, whole_root
 from tests.integration.conftest import Pair
 from tests.integration.daemon_helpers import (

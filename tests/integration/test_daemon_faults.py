@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from bmsync.scan import TMP_PREFIX
+from bmsync.fs.scan import TMP_PREFIX
 from tests.integration.conftest import Pair
 from tests.integration.daemon_helpers import (
     RunningDaemon,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bmsync.digests import RACY_NS, DigestCache
-from bmsync.scan import scan_tree
+from bmsync.fs.digests import RACY_NS, DigestCache
+from bmsync.fs.scan import scan_tree
 from tests.helpers import whole_root
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bmsync.agent import Agent, AgentConnection
+from bmsync.agent.receiver import Agent, AgentConnection
 from bmsync.core.frames import (
     MAX_EPOCH,
     PROTOCOL_VERSION,
@@ -23,7 +23,7 @@ from bmsync.core.frames import (
     encode,
 )
 from bmsync.core.guard import NodeRole, RefusalCode, Stamp
-from bmsync.state import RoleStore
+from bmsync.state.roles import RoleStore
 from tests.integration.test_agent import Node, raw_frame
 from tests.integration.test_agent_roles import frames_of, read_frame
 from tests.sshd import write_config

@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from bmsync.state import RoleStore
+from bmsync.state.roles import RoleStore
 from tests.integration.conftest import Pair
 from tests.integration.daemon_helpers import RunningDaemon, converge
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from bmsync.core.guard import NodeRole, Stamp
-from bmsync.sender_lock import LOCK_NAME
-from bmsync.state import RoleStore
+from bmsync.state.lock import LOCK_NAME
+from bmsync.state.roles import RoleStore
 from tests.integration.conftest import Pair
 from tests.integration.daemon_helpers import (
     RunningDaemon,

@@ -9,7 +9,7 @@ import random
 import subprocess
 from pathlib import Path
 
-from bmsync.errors import TreeTooLarge
+from bmsync.core.errors import TreeTooLarge
 from tests.helpers import walk
 from tests.integration.conftest import Pair
 from tests.integration.trees import populate_odd, random_changes

@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from bmsync import session as session_module
-from bmsync.agent import Agent
+from bmsync.agent.receiver import Agent
 from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS
 from bmsync.core.frames import Applied, Commit, Frame, Purpose
 from bmsync.core.manifest import digest_bytes
 from bmsync.core.ops import PutFile
-from bmsync.fsutil import open_root, read_whole
-from bmsync.reconcile import resync
-from bmsync.session import Outcome, PeerSession
+from bmsync.fs.files import open_root
+from bmsync.link import session as session_module
+from bmsync.link.outbox import read_whole
+from bmsync.link.session import Outcome, PeerSession
+from bmsync.sender.reconcile import resync
 from tests.helpers import InMemoryChannel, walk, whole_root
 
 

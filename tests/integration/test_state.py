@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bmsync.core.manifest import Entry, Kind, digest_bytes, manifest_digest
-from bmsync.state import JOURNAL_NAME, SNAPSHOT_NAME, ManifestStore, write_atomic
+from bmsync.fs.atomic import write_atomic
+from bmsync.state.journal import JOURNAL_NAME, SNAPSHOT_NAME, ManifestStore
 
 
 def entry(data: bytes) -> Entry:

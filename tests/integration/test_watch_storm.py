@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from watchdog.events import FileCreatedEvent
 
-from bmsync import watch
 from bmsync.core.excludes import SyncSet
-from bmsync.watch import Change, Watcher
+from bmsync.sender import watch
+from bmsync.sender.watch import Change, Watcher
 
 EVENTS = 50_000
 

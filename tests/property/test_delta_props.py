@@ -26,9 +26,9 @@ from bmsync.core.delta import (
     make_delta,
     make_delta_within,
 )
+from bmsync.core.errors import ProtocolError
 from bmsync.core.frames import PutDelta, decode_body
 from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind
-from bmsync.errors import ProtocolError
 
 lines = st.lists(st.binary(max_size=40).filter(lambda b: b"\n" not in b), max_size=300)
 

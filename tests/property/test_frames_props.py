@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bmsync.core.errors import ProtocolError
 from bmsync.core.frames import (
     MAX_EPOCH,
     Applied,
@@ -33,7 +34,6 @@ from bmsync.core.frames import (
 )
 from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
-from bmsync.errors import ProtocolError
 
 FRAME_TYPES: tuple[type, ...] = get_args(Frame)
 

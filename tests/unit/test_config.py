@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bmsync.config import Config, PeerConfig, SyncConfig, load, parse
-from bmsync.errors import ConfigError
+from bmsync.config.parse import Config, PeerConfig, SyncConfig, load, parse
+from bmsync.core.errors import ConfigError
 
 SOURCE = Path("/etc/bmsync/bmsync.yaml")
 

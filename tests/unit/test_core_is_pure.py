@@ -29,7 +29,7 @@ def test_core_imports_without_io_libraries() -> None:
     loaded = set(done.stdout.split())
     assert loaded <= {
         "bmsync",
-        "bmsync.errors",
+        "bmsync.core.errors",
         "bmsync.core",
         "bmsync.core.batcher",
         "bmsync.core.brake",

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bmsync.config import Config, parse
+from bmsync.config.parse import Config, parse
 from bmsync.core.excludes import PatternError, Rule, SyncSet
 
 

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS, Copy, Literal
+from bmsync.core.errors import ProtocolError
 from bmsync.core.frames import (
     BASE_MISMATCH,
     HOLE_MAX_BYTES,
@@ -43,7 +44,6 @@ from bmsync.core.frames import (
 )
 from bmsync.core.manifest import DIGEST_SIZE, MAX_XATTRS, Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
-from bmsync.errors import ProtocolError
 
 FILE = Entry(
     Kind.FILE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bmsync.core.errors import EpochExhausted, RoleStateError
 from bmsync.core.frames import MAX_EPOCH, Role
 from bmsync.core.guard import (
     Accepted,
@@ -26,7 +27,6 @@ from bmsync.core.guard import (
     VipSeen,
     judge_sender,
 )
-from bmsync.errors import EpochExhausted, RoleStateError
 
 
 def test_a_fresh_node_is_passive_at_epoch_0() -> None:

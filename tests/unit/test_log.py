@@ -11,7 +11,7 @@ from typing import TextIO
 import pytest
 import structlog
 
-from bmsync.log import LogFormat, configure
+from bmsync.service.logs import LogFormat, configure
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bmsync.core.errors import ProtocolError
 from bmsync.core.paths import (
     NAME_MAX,
     PATH_MAX,
@@ -17,7 +18,6 @@ from bmsync.core.paths import (
     parent,
     show,
 )
-from bmsync.errors import ProtocolError
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ import msgspec
 import structlog
 
 from bmsync.core.manifest import Entry
-from bmsync.state import write_atomic
+from bmsync.fs.atomic import write_atomic
 
 log = structlog.get_logger("bmsync.digests")
 

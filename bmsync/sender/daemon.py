@@ -32,13 +32,20 @@ from typing import Any
 import structlog
 
 from bmsync import __version__
-from bmsync import config as config_module
-from bmsync.agent import Agent
-from bmsync.bases import BaseStore
-from bmsync.config import Config, PeerConfig, VipConfig
-from bmsync.control import ControlServer
+from bmsync.agent.receiver import Agent
+from bmsync.config import parse as config_module
+from bmsync.config.parse import Config, PeerConfig, VipConfig
 from bmsync.core.batcher import Batch, Batcher
 from bmsync.core.brake import DeleteBrake, lost_files, synced_files
+from bmsync.core.errors import (
+    BmsyncError,
+    ConfigError,
+    LocalFsError,
+    NotActive,
+    PeerUnreachable,
+    SplitBrainSuspected,
+    SyncPaused,
+)
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import (
     BASE_MISMATCH,
@@ -71,33 +78,22 @@ from bmsync.core.paths import show
 from bmsync.core.planner import plan
 from bmsync.core.retries import Retries
 from bmsync.core.tree import ManifestTree, plan_changes
-from bmsync.digests import DigestCache
-from bmsync.errors import (
-    BmsyncError,
-    ConfigError,
-    LocalFsError,
-    NotActive,
-    PeerUnreachable,
-    SplitBrainSuspected,
-    SyncPaused,
-)
-from bmsync.fsutil import open_root, release_free_memory
+from bmsync.fs.bases import BaseStore
+from bmsync.fs.digests import DigestCache
+from bmsync.fs.files import open_root, release_free_memory
+from bmsync.fs.scan import LinkGroups, Scan, UnsupportedFiles, scan_paths, scan_tree
 from bmsync.ha.vip import Runner, observe_vip, run_command
-from bmsync.notify import Notifier
-from bmsync.reconcile import (
-    Expected,
-    acknowledged_in,
-    base_finder,
-    keep_bases,
-    resync,
-)
-from bmsync.records import BackupLog, KeptCopy, Pause, PauseFlag
-from bmsync.scan import LinkGroups, Scan, UnsupportedFiles, scan_paths, scan_tree
-from bmsync.session import PeerSession
-from bmsync.state import ManifestStore, RoleStore, ensure_state_dir, require_active
-from bmsync.transport import FrameChannel
-from bmsync.transport import connect as ssh_connect
-from bmsync.watch import Change, Watcher
+from bmsync.link.session import PeerSession
+from bmsync.link.ssh import FrameChannel
+from bmsync.link.ssh import connect as ssh_connect
+from bmsync.sender.reconcile import Expected, acknowledged_in, base_finder, keep_bases, resync
+from bmsync.sender.watch import Change, Watcher
+from bmsync.service.control import ControlServer
+from bmsync.service.notify import Notifier
+from bmsync.state.directory import ensure_state_dir
+from bmsync.state.journal import ManifestStore
+from bmsync.state.records import BackupLog, KeptCopy, Pause, PauseFlag
+from bmsync.state.roles import RoleStore, require_active
 
 log = structlog.get_logger("bmsync.daemon")
 

@@ -23,12 +23,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from bmsync.config.presets import BUILTIN_EXCLUDES, PRESETS, PresetPath
 from bmsync.core.brake import BrakeLimits
+from bmsync.core.errors import ConfigError
 from bmsync.core.excludes import PatternError, Rule, SyncSet
 from bmsync.core.manifest import MAX_ENTRIES
 from bmsync.core.sshkey import KeyState, check_private_key
-from bmsync.errors import ConfigError
-from bmsync.presets import BUILTIN_EXCLUDES, PRESETS, PresetPath
 
 DEFAULT_PATH = Path("/etc/bmsync/bmsync.yaml")
 # A private key file is a few KiB; more is not a key (only this much is read).

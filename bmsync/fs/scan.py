@@ -16,12 +16,12 @@ from pathlib import Path
 
 import structlog
 
+from bmsync.core.errors import LocalFsError, TreeTooLarge
 from bmsync.core.excludes import SyncSet
 from bmsync.core.manifest import Entry, Kind
 from bmsync.core.paths import ancestors, basename, is_within, join, parent, show
-from bmsync.digests import DigestCache
-from bmsync.errors import LocalFsError, TreeTooLarge
-from bmsync.fsutil import (
+from bmsync.fs.digests import DigestCache
+from bmsync.fs.files import (
     O_DIR,
     O_READ,
     entry_of,

@@ -18,13 +18,21 @@ from typing import Any
 import structlog
 
 from bmsync import __version__
-from bmsync.bases import BaseStore
 from bmsync.core.delta import (
     DELTA_MAX_BYTES,
     MAX_DELTA_OPS,
     compress_literals,
     literal_bytes,
     make_delta_within,
+)
+from bmsync.core.errors import (
+    AgentFailed,
+    PeerRefused,
+    ProtocolError,
+    RemoteProtocolError,
+    SplitBrainSuspected,
+    TransportError,
+    TreeTooLarge,
 )
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
@@ -52,17 +60,10 @@ from bmsync.core.guard import SPLIT_BRAIN
 from bmsync.core.manifest import MAX_ENTRIES, Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile
 from bmsync.core.paths import show
-from bmsync.errors import (
-    AgentFailed,
-    PeerRefused,
-    ProtocolError,
-    RemoteProtocolError,
-    SplitBrainSuspected,
-    TransportError,
-    TreeTooLarge,
-)
-from bmsync.fsutil import FileFrame, file_frames, is_sparse, read_whole
-from bmsync.transport import FrameChannel
+from bmsync.fs.bases import BaseStore
+from bmsync.fs.files import is_sparse
+from bmsync.link.outbox import FileFrame, file_frames, read_whole
+from bmsync.link.ssh import FrameChannel
 
 log = structlog.get_logger("bmsync.session")
 

@@ -19,18 +19,18 @@ from pathlib import Path
 
 import structlog
 
-from bmsync.bases import BaseStore
+from bmsync.core.errors import LocalFsError
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import BASE_MISMATCH, Failure
 from bmsync.core.manifest import Entry, Kind, differences, manifest_digest
 from bmsync.core.ops import Op
 from bmsync.core.paths import is_within, show
 from bmsync.core.planner import plan
-from bmsync.digests import DigestCache
-from bmsync.errors import LocalFsError
-from bmsync.fsutil import open_file, open_root
-from bmsync.scan import Scan, scan_tree
-from bmsync.session import Acknowledged, DeltaBase, PeerSession, Progress
+from bmsync.fs.bases import BaseStore
+from bmsync.fs.digests import DigestCache
+from bmsync.fs.files import open_file, open_root
+from bmsync.fs.scan import Scan, scan_tree
+from bmsync.link.session import Acknowledged, DeltaBase, PeerSession, Progress
 
 log = structlog.get_logger("bmsync.reconcile")
 

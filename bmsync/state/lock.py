@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bmsync.errors import PeerRefused
+from bmsync.core.errors import PeerRefused
 
 LOCK_NAME = "agent.lock"
 # The signal a `bmsync agent` holding the sender lock answers by checking

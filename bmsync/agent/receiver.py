@@ -78,9 +78,10 @@ from typing import Any
 import structlog
 
 from bmsync import __version__
-from bmsync.config import Config
-from bmsync.config import load as load_config
+from bmsync.config.parse import Config
+from bmsync.config.parse import load as load_config
 from bmsync.core.delta import DELTA_MAX_BYTES, Copy, DeltaError, delta_pieces
+from bmsync.core.errors import BmsyncError, LocalFsError, PeerRefused, ProtocolError, RoleStateError
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import (
     BASE_MISMATCH,
@@ -112,19 +113,11 @@ from bmsync.core.guard import Accepted, NodeRole, RefusalCode, Refused, Stamp, j
 from bmsync.core.manifest import MAX_ENTRIES, Entry, Kind, hash_zeros, manifest_digest, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import basename, join, parent, show
-from bmsync.digests import DigestCache
-from bmsync.errors import (
-    BmsyncError,
-    LocalFsError,
-    PeerRefused,
-    ProtocolError,
-    RoleStateError,
-)
-from bmsync.fsutil import (
+from bmsync.fs.digests import DigestCache
+from bmsync.fs.files import (
     O_DIR,
     O_READ,
     entry_of,
-    file_frames,
     hash_fd,
     kind_of,
     open_dir,
@@ -135,9 +128,11 @@ from bmsync.fsutil import (
     sync_filesystem,
     write_xattrs,
 )
-from bmsync.scan import TMP_PREFIX, read_file_entry, scan_tree
-from bmsync.sender_lock import END_SIGNAL, WAKE_SIGNAL, SenderLock
-from bmsync.state import RoleStore, ensure_state_dir
+from bmsync.fs.scan import TMP_PREFIX, read_file_entry, scan_tree
+from bmsync.link.outbox import file_frames
+from bmsync.state.directory import ensure_state_dir
+from bmsync.state.lock import END_SIGNAL, WAKE_SIGNAL, SenderLock
+from bmsync.state.roles import RoleStore
 
 log = structlog.get_logger("bmsync.agent")
 

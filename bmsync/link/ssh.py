@@ -19,9 +19,8 @@ from typing import Protocol
 import asyncssh
 import structlog
 
-from bmsync.config import PeerConfig
-from bmsync.core.frames import ErrorFrame, Frame, FrameDecoder, encode
-from bmsync.errors import (
+from bmsync.config.parse import PeerConfig
+from bmsync.core.errors import (
     AgentFailed,
     AuthRefused,
     ConfigError,
@@ -30,6 +29,7 @@ from bmsync.errors import (
     RemoteProtocolError,
     TransportError,
 )
+from bmsync.core.frames import ErrorFrame, Frame, FrameDecoder, encode
 
 log = structlog.get_logger("bmsync.transport")
 

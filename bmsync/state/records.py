@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import structlog
 
-from bmsync.state import write_atomic
+from bmsync.fs.atomic import write_atomic
 
 log = structlog.get_logger("bmsync.records")
 

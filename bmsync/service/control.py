@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from bmsync.errors import BmsyncError, DaemonNotRunning
+from bmsync.core.errors import BmsyncError, DaemonNotRunning
 
 log = structlog.get_logger("bmsync.control")
 

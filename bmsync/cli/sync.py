@@ -9,20 +9,21 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bmsync import config
-from bmsync.bases import BaseStore
+from bmsync.config import parse as config
 from bmsync.core.brake import DeleteBrake, lost_files, synced_files
+from bmsync.core.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected, SyncPaused
 from bmsync.core.frames import Purpose
 from bmsync.core.guard import Stamp
 from bmsync.core.manifest import Entry
 from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
-from bmsync.digests import DigestCache
-from bmsync.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected, SyncPaused
-from bmsync.reconcile import keep_bases, resync, verify
-from bmsync.session import PeerSession
-from bmsync.state import RoleStore, ensure_state_dir, require_active
-from bmsync.transport import connect
+from bmsync.fs.bases import BaseStore
+from bmsync.fs.digests import DigestCache
+from bmsync.link.session import PeerSession
+from bmsync.link.ssh import connect
+from bmsync.sender.reconcile import keep_bases, resync, verify
+from bmsync.state.directory import ensure_state_dir
+from bmsync.state.roles import RoleStore, require_active
 
 EXIT_DIFFERENT = 1
 

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bmsync import __version__, config
-from bmsync.errors import BmsyncError, ConfigError, UsageError
-from bmsync.log import configure
+from bmsync import __version__
+from bmsync.config import parse as config
+from bmsync.core.errors import BmsyncError, ConfigError, UsageError
+from bmsync.service.logs import configure
 
 EXIT_DIFFERENT = 1
 
@@ -186,12 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Imports per command: the agent is started for every SSH session and
         # needs neither asyncssh nor the daemon, so it does not load them.
         if args.command == "agent":
-            from bmsync.agent import run_stdio
+            from bmsync.agent.receiver import run_stdio
 
             return run_stdio(args.config)
         conf = config.load(args.config)
         if args.command in ("resync", "verify"):
-            from bmsync import daemon_cli, sync_cli
+            from bmsync.cli import daemon as daemon_cli
+            from bmsync.cli import sync as sync_cli
 
             if args.command == "verify":
                 return asyncio.run(sync_cli.cmd_verify(conf, args))
@@ -201,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ):
                 return sync_cli.print_daemon_resync(answer, args.json)
             return asyncio.run(sync_cli.cmd_resync(conf, args))
-        from bmsync import daemon_cli
+        from bmsync.cli import daemon as daemon_cli
 
         if args.command == "run":
             return daemon_cli.cmd_run(conf)

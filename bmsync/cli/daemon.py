@@ -13,15 +13,16 @@ from typing import Any
 
 import structlog
 
-from bmsync import control
-from bmsync.config import Config
+from bmsync.config.parse import Config
+from bmsync.core.errors import DaemonNotRunning, DaemonRefused, UsageError
 from bmsync.core.frames import Role
 from bmsync.core.guard import AlreadyActive, Guard, GuardState, NodeRole
-from bmsync.daemon import DEMOTE_WAIT_S, run_daemon
-from bmsync.errors import DaemonNotRunning, DaemonRefused, UsageError
-from bmsync.records import Pause, PauseFlag
-from bmsync.sender_lock import SenderLock
-from bmsync.state import RoleStore, ensure_state_dir
+from bmsync.sender.daemon import DEMOTE_WAIT_S, run_daemon
+from bmsync.service import control
+from bmsync.state.directory import ensure_state_dir
+from bmsync.state.lock import SenderLock
+from bmsync.state.records import Pause, PauseFlag
+from bmsync.state.roles import RoleStore
 
 log = structlog.get_logger("bmsync.cli")
 

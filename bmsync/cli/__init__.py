@@ -1,0 +1,1 @@
+"""The ``bmsync`` command: its parser and one module per command group."""

@@ -1,0 +1,1 @@
+"""The configuration file: its model, its parser, the sync presets."""

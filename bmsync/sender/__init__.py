@@ -1,0 +1,1 @@
+"""The active node's side: the watcher and the daemon that sends changes."""

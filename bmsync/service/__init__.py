@@ -1,0 +1,1 @@
+"""Running as a system service: the control socket, sd_notify, logging."""
