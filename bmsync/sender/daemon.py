@@ -86,8 +86,9 @@ from bmsync.ha.vip import Runner, observe_vip, run_command
 from bmsync.link.session import PeerSession
 from bmsync.link.ssh import FrameChannel
 from bmsync.link.ssh import connect as ssh_connect
+from bmsync.sender.events import Change
 from bmsync.sender.reconcile import Expected, acknowledged_in, base_finder, keep_bases, resync
-from bmsync.sender.watch import Change, Watcher
+from bmsync.sender.watch import Watcher
 from bmsync.service.control import ControlServer
 from bmsync.service.notify import Notifier
 from bmsync.state.directory import ensure_state_dir

@@ -1,20 +1,14 @@
 """The inotify watcher: watchdog's inotify backend, events handed to asyncio.
 
 watchdog's observer thread turns inotify events into ``FileSystemEvent``s;
-this module maps each to a relative path and two flags, and hands them to
-the asyncio loop (the observer thread never waits on us). They are queued
+``events.EventMapper`` maps each to relative paths and flags, and this
+module hands them to the asyncio loop (the observer thread never waits on us). They are queued
 under a lock and handed over in one ``call_soon_threadsafe`` per drain, not
 one per event: each such call writes a byte to the loop's self-pipe, the
 same one that carries signals, and an event storm of one call per event
 filled it, so that SIGTERM was lost (issue 11 item 14). Should the loop
 fall behind by more than ``MAX_QUEUED`` changes, they are dropped and
-reported as lost (the reconcile finds them):
-
-- ``settled``: the event says the path is complete (a written file was
-  closed, a rename, a delete, an attribute change, a new directory); a
-  ``modify`` without a close yet is not settled.
-- ``deep``: the whole subtree must be looked at (a directory created or
-  moved in may have filled before its watch existed).
+reported as lost (the reconcile finds them).
 
 Lost events (inotify queue overflow, a watched tree removed) are reported
 through ``on_lost`` so the daemon runs a full reconcile: events are hints,
@@ -63,12 +57,10 @@ from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyFD, WatchDescriptor
 
 from bmsync.core.excludes import SyncSet
+from bmsync.sender.events import Change, EventMapper
 
 log = structlog.get_logger("bmsync.watch")
 
-# (path, settled, deep, delete) for each path an event touched: a move's two
-# paths arrive in one call, so no batch can take one without the other
-Change = tuple[bytes, bool, bool, bool]
 OnChange = Callable[[list[Change]], None]
 OnLost = Callable[[str], None]
 
@@ -156,6 +148,7 @@ class Watcher(FileSystemEventHandler):
     ) -> None:
         self._root = os.fsencode(root).rstrip(b"/") + b"/"
         self._syncset = syncset
+        self._events = EventMapper(self._root, syncset)
         self._loop = loop
         self._on_change = on_change
         self._on_lost = on_lost
@@ -253,41 +246,9 @@ class Watcher(FileSystemEventHandler):
         if changes:
             self._on_change(changes)
 
-    def _relative(self, path: str | bytes) -> bytes | None:
-        raw = os.fsencode(path)
-        if not raw.startswith(self._root):
-            return None
-        rel = raw[len(self._root) :].rstrip(b"/")
-        if not rel or self._syncset.top_of(rel) is None:
-            return None
-        return rel
-
-    def _change(
-        self, path: str | bytes, is_dir: bool, settled: bool, deep: bool, delete: bool = False
-    ) -> list[Change]:
-        rel = self._relative(path)
-        if rel is None or not self._syncset.covers(rel, is_dir):
-            return []
-        return [(rel, settled, deep, delete)]
-
     def dispatch(self, event: FileSystemEvent) -> None:
-        is_dir = event.is_directory
-        if isinstance(event, (FileMovedEvent, DirMovedEvent)):
-            changes = self._change(event.src_path, is_dir, True, is_dir) + self._change(
-                event.dest_path, is_dir, True, is_dir
-            )
-        elif isinstance(event, DirCreatedEvent):
-            changes = self._change(event.src_path, True, True, True)
-        elif isinstance(event, (FileCreatedEvent, FileModifiedEvent)):
-            changes = self._change(event.src_path, False, False, False)
-        elif isinstance(event, DirDeletedEvent):
-            changes = self._change(event.src_path, True, True, True, delete=True)
-            rel = self._relative(event.src_path)
-            if rel is not None and rel in self._syncset.tops:
-                self._push([], lost=f"watched tree {os.fsdecode(event.src_path)} removed")
-        elif isinstance(event, FileDeletedEvent):
-            changes = self._change(event.src_path, False, True, False, delete=True)
-        else:  # attributes, close-after-write
-            changes = self._change(event.src_path, is_dir, True, False)
-        if changes:
-            self._push(changes)
+        meaning = self._events.meaning(event)
+        if meaning.lost is not None:
+            self._push([], lost=meaning.lost)
+        if meaning.changes:
+            self._push(meaning.changes)

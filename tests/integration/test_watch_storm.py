@@ -20,7 +20,8 @@ from watchdog.events import FileCreatedEvent
 
 from bmsync.core.excludes import SyncSet
 from bmsync.sender import watch
-from bmsync.sender.watch import Change, Watcher
+from bmsync.sender.events import Change
+from bmsync.sender.watch import Watcher
 
 EVENTS = 50_000
 
