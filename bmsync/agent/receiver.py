@@ -78,7 +78,7 @@ from typing import Any
 import structlog
 
 from bmsync import __version__
-from bmsync.config.parse import Config
+from bmsync.config.model import Config
 from bmsync.config.parse import load as load_config
 from bmsync.core.delta import DELTA_MAX_BYTES, Copy, DeltaError, delta_pieces
 from bmsync.core.errors import BmsyncError, LocalFsError, PeerRefused, ProtocolError, RoleStateError

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from bmsync.config.parse import Config
+from bmsync.config.model import Config
 from bmsync.core.errors import DaemonNotRunning, DaemonRefused, UsageError
 from bmsync.core.frames import Role
 from bmsync.core.guard import AlreadyActive, Guard, GuardState, NodeRole

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from bmsync import __version__
-from bmsync.config import parse as config
+from bmsync.config.model import DEFAULT_PATH
+from bmsync.config.parse import load as load_config
 from bmsync.core.errors import BmsyncError, ConfigError, UsageError
 from bmsync.service.logs import configure
 
@@ -71,7 +72,7 @@ def _global_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
         type=Path,
         metavar="FILE",
         default=defaults.get("config", argparse.SUPPRESS),
-        help=f"configuration file (default {config.DEFAULT_PATH})",
+        help=f"configuration file (default {DEFAULT_PATH})",
     )
     parser.add_argument(
         "--log-level",
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _global_options(
         parser,
-        {"config": config.DEFAULT_PATH, "log_level": "warning", "log_format": "console"},
+        {"config": DEFAULT_PATH, "log_level": "warning", "log_format": "console"},
     )
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser, help="one of:"
@@ -190,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from bmsync.agent.receiver import run_stdio
 
             return run_stdio(args.config)
-        conf = config.load(args.config)
+        conf = load_config(args.config)
         if args.command in ("resync", "verify"):
             from bmsync.cli import daemon as daemon_cli
             from bmsync.cli import sync as sync_cli
@@ -235,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _config_check(args: argparse.Namespace) -> int:
     try:
-        conf = config.load(args.config)
+        conf = load_config(args.config)
     except ConfigError as exc:
         print(f"bmsync: invalid configuration: {exc}", file=sys.stderr)
         if args.json:

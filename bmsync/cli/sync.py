@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bmsync.config import parse as config
+from bmsync.config.model import Config
 from bmsync.core.brake import DeleteBrake, lost_files, synced_files
 from bmsync.core.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected, SyncPaused
 from bmsync.core.frames import Purpose
@@ -28,7 +28,7 @@ from bmsync.state.roles import RoleStore, require_active
 EXIT_DIFFERENT = 1
 
 
-async def _connect(conf: config.Config, purpose: Purpose) -> PeerSession:
+async def _connect(conf: Config, purpose: Purpose) -> PeerSession:
     peer = conf.require_peer()
     ensure_state_dir(conf.state_dir)
     roles = RoleStore(conf.state_dir, conf.node)
@@ -97,7 +97,7 @@ HELD_BACK_ADVICE = (
 )
 
 
-def delete_brake(conf: config.Config) -> Callable[[list[Op], Mapping[bytes, Entry]], str | None]:
+def delete_brake(conf: Config) -> Callable[[list[Op], Mapping[bytes, Entry]], str | None]:
     """The daemon's delete-storm brake, for a resync run by hand."""
     brake = DeleteBrake(conf.brake_limits())
 
@@ -111,7 +111,7 @@ def delete_brake(conf: config.Config) -> Callable[[list[Op], Mapping[bytes, Entr
     return check
 
 
-async def cmd_resync(conf: config.Config, args: argparse.Namespace) -> int:
+async def cmd_resync(conf: Config, args: argparse.Namespace) -> int:
     purpose = Purpose.READ if args.dry_run else Purpose.WRITE
     session = await _connect(conf, purpose)
     reporter = _Reporter(args.json)
@@ -225,7 +225,7 @@ def print_daemon_resync(answer: dict[str, Any], as_json: bool) -> int:
     return 0
 
 
-async def cmd_verify(conf: config.Config, args: argparse.Namespace) -> int:
+async def cmd_verify(conf: Config, args: argparse.Namespace) -> int:
     session = await _connect(conf, Purpose.READ)
     try:
         found, scan = await verify(session, conf.sync.root, conf.syncset())

@@ -13,6 +13,7 @@ a key not made yet (or a mistake there) never stops the sync towards it.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import re
@@ -23,109 +24,17 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bmsync.config.presets import BUILTIN_EXCLUDES, PRESETS, PresetPath
-from bmsync.core.brake import BrakeLimits
+from bmsync.config.model import Config, HaConfig, PeerConfig, SyncConfig, VipConfig
+from bmsync.config.presets import PRESETS
 from bmsync.core.errors import ConfigError
-from bmsync.core.excludes import PatternError, Rule, SyncSet
-from bmsync.core.manifest import MAX_ENTRIES
+from bmsync.core.excludes import PatternError, Rule
 from bmsync.core.sshkey import KeyState, check_private_key
 
-DEFAULT_PATH = Path("/etc/bmsync/bmsync.yaml")
 # A private key file is a few KiB; more is not a key (only this much is read).
 KEY_READ_BYTES = 1 << 20
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
-@dataclass(frozen=True)
-class PeerConfig:
-    host: str
-    port: int
-    user: str
-    identity: Path
-    known_hosts: Path
-    agent_command: str
-    connect_timeout_s: float
-    keepalive_interval_s: float
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-
-
-@dataclass(frozen=True)
-class SyncConfig:
-    preset: str
-    paths: tuple[str, ...]
-    exclude: tuple[str, ...]
-    root: Path
-    batch_window_ms: int
-    max_delay_ms: int
-    delete_brake_count: int = 100
-    delete_brake_share: float = 0.10
-    delete_brake_window_s: float = 60.0
-    delta_cache_mb: int = 256
-    queue_limit: int = 50_000
-    max_entries: int = MAX_ENTRIES
-
-
-@dataclass(frozen=True)
-class VipConfig:
-    """The floating IP: the guard checks that the active node holds it and
-    that no other MAC answers for it (duplicate address detection)."""
-
-    address: str
-    interface: str
-    check_interval_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class HaConfig:
-    vip: VipConfig | None = None
-
-
-@dataclass(frozen=True)
-class Config:
-    source: Path
-    node: str
-    state_dir: Path
-    peer: PeerConfig | None
-    sync: SyncConfig
-    control_socket: Path = Path("/run/bmsync/control.sock")
-    ha: HaConfig = HaConfig()
-
-    def sync_paths(self) -> list[PresetPath]:
-        preset = PRESETS[self.sync.preset]
-        added = [PresetPath(p, "added in sync.paths") for p in self.sync.paths]
-        return [*preset.paths, *added]
-
-    def exclude_rules(self) -> list[Rule]:
-        """Preset rules, then the user's (which may re-include with ``!``),
-        then bmsync's own, which nothing overrides."""
-        preset = PRESETS[self.sync.preset]
-        user = [Rule(p, "added in sync.exclude") for p in self.sync.exclude]
-        return [*preset.excludes, *user, *BUILTIN_EXCLUDES]
-
-    def syncset(self) -> SyncSet:
-        return SyncSet.build([p.path for p in self.sync_paths()], self.exclude_rules())
-
-    def brake_limits(self) -> BrakeLimits:
-        sync = self.sync
-        return BrakeLimits(
-            sync.delete_brake_count, sync.delete_brake_share, sync.delete_brake_window_s
-        )
-
-    def require_peer(self) -> PeerConfig:
-        if self.peer is None:
-            raise ConfigError(
-                f"{self.source}: no 'peer:' section; this command talks to the peer, "
-                "so say where it is (host, identity, known_hosts)"
-            )
-        return self.peer
-
-
-class _Required:
-    pass
-
-
-REQUIRED = _Required()
 T = TypeVar("T")
 
 
@@ -281,45 +190,44 @@ def _pattern(node: yaml.Node, key: str, ctx: _Ctx) -> str:
     return value
 
 
-Schema = dict[str, tuple[Converter, Any]]
+# key -> how its value is read; the defaults are the model's (config/model.py)
+Schema = dict[str, Converter]
 
 PEER_SCHEMA: Schema = {
-    "host": (_nonempty, REQUIRED),
-    "port": (_ranged(_int, 1, 65535), 22),
-    "user": (_nonempty, "root"),
-    "identity": (_existing_file, Path("/etc/bmsync/id_ed25519")),
-    "known_hosts": (_existing_file, Path("/etc/bmsync/known_hosts")),
-    "agent_command": (_nonempty, "bmsync agent"),
-    "connect_timeout_s": (_ranged(_float, 0.1, 600), 10.0),
-    "keepalive_interval_s": (_ranged(_float, 1, 3600), 15.0),
-    "reconnect_min_s": (_ranged(_float, 0.01, 600), 0.5),
-    "reconnect_max_s": (_ranged(_float, 0.01, 3600), 30.0),
+    "host": _nonempty,
+    "port": _ranged(_int, 1, 65535),
+    "user": _nonempty,
+    "identity": _existing_file,
+    "known_hosts": _existing_file,
+    "agent_command": _nonempty,
+    "connect_timeout_s": _ranged(_float, 0.1, 600),
+    "keepalive_interval_s": _ranged(_float, 1, 3600),
+    "reconnect_min_s": _ranged(_float, 0.01, 600),
+    "reconnect_max_s": _ranged(_float, 0.01, 3600),
 }
 SYNC_SCHEMA: Schema = {
-    "preset": (_choice(*PRESETS), "bluemind"),
-    "paths": (_list_of(_sync_path), ()),
-    "exclude": (_list_of(_pattern), ()),
-    "root": (_existing_dir, Path("/")),
-    "batch_window_ms": (_ranged(_int, 0, 60_000), 10),
-    "max_delay_ms": (_ranged(_int, 1, 600_000), 1000),
-    "delete_brake_count": (_ranged(_int, 1, 10**9), 100),
-    "delete_brake_share": (_ranged(_float, 0.0, 1.0), 0.10),
-    "delete_brake_window_s": (_ranged(_float, 0.0, 86_400), 60.0),
-    "delta_cache_mb": (_ranged(_int, 0, 1 << 20), 256),
-    "queue_limit": (_ranged(_int, 1, 10**8), 50_000),
-    "max_entries": (_ranged(_int, 1, 10**9), MAX_ENTRIES),
+    "preset": _choice(*PRESETS),
+    "paths": _list_of(_sync_path),
+    "exclude": _list_of(_pattern),
+    "root": _existing_dir,
+    "batch_window_ms": _ranged(_int, 0, 60_000),
+    "max_delay_ms": _ranged(_int, 1, 600_000),
+    "delete_brake_count": _ranged(_int, 1, 10**9),
+    "delete_brake_share": _ranged(_float, 0.0, 1.0),
+    "delete_brake_window_s": _ranged(_float, 0.0, 86_400),
+    "delta_cache_mb": _ranged(_int, 0, 1 << 20),
+    "queue_limit": _ranged(_int, 1, 10**8),
+    "max_entries": _ranged(_int, 1, 10**9),
 }
-
-
 VIP_SCHEMA: Schema = {
-    "address": (_ipv4, REQUIRED),
-    "interface": (_interface, REQUIRED),
-    "check_interval_s": (_ranged(_float, 0.5, 3600), 5.0),
+    "address": _ipv4,
+    "interface": _interface,
+    "check_interval_s": _ranged(_float, 0.5, 3600),
 }
 
 
 def _peer(node: yaml.Node, key: str, ctx: _Ctx) -> PeerConfig:
-    peer = PeerConfig(**_section(node, key, PEER_SCHEMA, ctx))
+    peer = _section(node, key, PEER_SCHEMA, ctx, PeerConfig)
     _usable_key(peer.identity, _node_at(node, "identity") or node, f"{key}.identity", ctx)
     return peer
 
@@ -350,12 +258,28 @@ def _usable_key(path: Path, node: yaml.Node, key: str, ctx: _Ctx) -> None:
         )
 
 
-HA_SCHEMA: Schema = {
-    "vip": (lambda n, k, c: VipConfig(**_section(n, k, VIP_SCHEMA, c)), None),
-}
+def _vip(node: yaml.Node, key: str, ctx: _Ctx) -> VipConfig:
+    return _section(node, key, VIP_SCHEMA, ctx, VipConfig)
 
 
-def _section(node: yaml.Node, prefix: str, schema: Schema, ctx: _Ctx) -> dict[str, Any]:
+def _sync(node: yaml.Node, key: str, ctx: _Ctx) -> SyncConfig:
+    return _section(node, key, SYNC_SCHEMA, ctx, SyncConfig)
+
+
+def _ha(node: yaml.Node, key: str, ctx: _Ctx) -> HaConfig:
+    return _section(node, key, HA_SCHEMA, ctx, HaConfig)
+
+
+HA_SCHEMA: Schema = {"vip": _vip}
+
+
+def _section(
+    node: yaml.Node, prefix: str, schema: Schema, ctx: _Ctx, model: type[T], **given: Any
+) -> T:
+    """``model`` from the mapping ``node``: each key read by its converter,
+    the others left to the model's defaults (checked like a given value
+    where the default names a file or directory); ``given``: fields that do
+    not come from the file."""
     if not isinstance(node, yaml.MappingNode):
         raise ctx.error(node, prefix or "top level", f"expected a mapping, got a {_shape(node)}")
     seen: dict[str, yaml.Node] = {}
@@ -371,27 +295,39 @@ def _section(node: yaml.Node, prefix: str, schema: Schema, ctx: _Ctx) -> dict[st
         if key in seen:
             raise ctx.error(key_node, where, "given twice")
         seen[key] = value_node
-    out: dict[str, Any] = {}
-    for key, (convert, default) in schema.items():
+    defaults = {f.name: f for f in dataclasses.fields(model)}  # type: ignore[arg-type]
+    out: dict[str, Any] = dict(given)
+    for key, convert in schema.items():
         where = f"{prefix}.{key}" if prefix else key
         if key in seen:
             out[key] = convert(seen[key], where, ctx)
-        elif default is REQUIRED:
+            continue
+        default = _default(defaults[key])
+        if default is _REQUIRED:
             raise ctx.error(node, where, "missing; this key is required")
-        elif convert in (_existing_file, _existing_dir) and not Path(default).exists():
+        if convert in (_existing_file, _existing_dir) and not Path(default).exists():
             raise ctx.error(node, where, f"not set, and the default {default} does not exist")
-        else:
-            out[key] = default
-    return out
+    return model(**out)
+
+
+_REQUIRED = object()
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return _REQUIRED
 
 
 TOP_SCHEMA: Schema = {
-    "node": (_node_id, REQUIRED),
-    "state_dir": (_abs_path, Path("/var/lib/bmsync")),
-    "control_socket": (_abs_path, Path("/run/bmsync/control.sock")),
-    "peer": (_peer, None),
-    "sync": (lambda n, k, c: SyncConfig(**_section(n, k, SYNC_SCHEMA, c)), None),
-    "ha": (lambda n, k, c: HaConfig(**_section(n, k, HA_SCHEMA, c)), HaConfig()),
+    "node": _node_id,
+    "state_dir": _abs_path,
+    "control_socket": _abs_path,
+    "peer": _peer,
+    "sync": _sync,
+    "ha": _ha,
 }
 
 
@@ -423,12 +359,12 @@ def parse(text: str, source: Path, *, receiver: bool = False) -> Config:
         raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
     if root is None:
         raise ConfigError(f"{source}: the file is empty; at least 'node:' is required")
-    schema = {**TOP_SCHEMA, "peer": (_unread, None)} if receiver else TOP_SCHEMA
-    fields = _section(root, "", schema, ctx)
-    if fields["sync"] is None:
+    schema = {**TOP_SCHEMA, "peer": _unread} if receiver else TOP_SCHEMA
+    if _node_at(root, "sync") is None and isinstance(root, yaml.MappingNode):
+        # no sync section: its defaults are checked as if it were empty
         empty = yaml.MappingNode("tag:yaml.org,2002:map", [], root.start_mark, root.end_mark)
-        fields["sync"] = SyncConfig(**_section(empty, "sync", SYNC_SCHEMA, ctx))
-    conf = Config(source=source, **fields)
+        _sync(empty, "sync", ctx)
+    conf = _section(root, "", schema, ctx, Config, source=source)
     if conf.sync.root == Path("/") and "/" in conf.sync.paths:
         where = _node_at(root, "sync", "paths") or root
         raise ctx.error(

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from bmsync.config.parse import VipConfig
+from bmsync.config.model import VipConfig
 from bmsync.core.errors import BmsyncError
 from bmsync.core.guard import VipCheckFailed, VipSeen
 

@@ -19,7 +19,7 @@ from typing import Protocol
 import asyncssh
 import structlog
 
-from bmsync.config.parse import PeerConfig
+from bmsync.config.model import PeerConfig
 from bmsync.core.errors import (
     AgentFailed,
     AuthRefused,

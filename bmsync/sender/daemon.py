@@ -34,7 +34,7 @@ import structlog
 from bmsync import __version__
 from bmsync.agent.receiver import Agent
 from bmsync.config import parse as config_module
-from bmsync.config.parse import Config, PeerConfig, VipConfig
+from bmsync.config.model import Config, PeerConfig, VipConfig
 from bmsync.core.batcher import Batch, Batcher
 from bmsync.core.brake import DeleteBrake, lost_files, synced_files
 from bmsync.core.errors import (

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bmsync.config.parse import VipConfig
+from bmsync.config.model import VipConfig
 from bmsync.core.guard import VipCheckFailed, VipSeen
 from bmsync.ha.vip import observe_vip, run_command
 from tests.ha.conftest import VIP, Cluster, Node, ip

@@ -13,7 +13,7 @@ import asyncssh
 import pytest
 
 from bmsync.agent.receiver import Agent, AgentConnection
-from bmsync.config.parse import PeerConfig
+from bmsync.config.model import PeerConfig
 from bmsync.core.errors import AuthRefused, HostKeyMismatch, PeerRefused
 from bmsync.core.frames import Purpose
 from bmsync.link.session import PeerSession

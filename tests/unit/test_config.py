@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bmsync.config.parse import Config, PeerConfig, SyncConfig, load, parse
+from bmsync.config.model import Config, PeerConfig, SyncConfig
+from bmsync.config.parse import load, parse
 from bmsync.core.errors import ConfigError
 
 SOURCE = Path("/etc/bmsync/bmsync.yaml")

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bmsync.config.parse import Config, parse
+from bmsync.config.model import Config
+from bmsync.config.parse import parse
 from bmsync.core.excludes import PatternError, Rule, SyncSet
 
 

@@ -1,0 +1,107 @@
+"""What a configuration file means: frozen sections, each default written
+here once (the parser takes its defaults from these classes, and the README
+documents the same values)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from bmsync.config.presets import BUILTIN_EXCLUDES, PRESETS, PresetPath
+from bmsync.core.brake import BrakeLimits
+from bmsync.core.errors import ConfigError
+from bmsync.core.excludes import Rule, SyncSet
+from bmsync.core.manifest import MAX_ENTRIES
+
+DEFAULT_PATH = Path("/etc/bmsync/bmsync.yaml")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    host: str
+    port: int = 22
+    user: str = "root"
+    identity: Path = Path("/etc/bmsync/id_ed25519")
+    known_hosts: Path = Path("/etc/bmsync/known_hosts")
+    agent_command: str = "bmsync agent"
+    connect_timeout_s: float = 10.0
+    keepalive_interval_s: float = 15.0
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    preset: str = "bluemind"
+    paths: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    root: Path = Path("/")
+    batch_window_ms: int = 10
+    max_delay_ms: int = 1000
+    delete_brake_count: int = BrakeLimits.max_count
+    delete_brake_share: float = BrakeLimits.max_share
+    delete_brake_window_s: float = BrakeLimits.window_s
+    delta_cache_mb: int = 256
+    queue_limit: int = 50_000
+    max_entries: int = MAX_ENTRIES
+
+
+@dataclass(frozen=True)
+class VipConfig:
+    """The floating IP: the guard checks that the active node holds it and
+    that no other MAC answers for it (duplicate address detection)."""
+
+    address: str
+    interface: str
+    check_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class HaConfig:
+    vip: VipConfig | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    node: str
+    source: Path = DEFAULT_PATH
+    state_dir: Path = Path("/var/lib/bmsync")
+    control_socket: Path = Path("/run/bmsync/control.sock")
+    peer: PeerConfig | None = None
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    ha: HaConfig = field(default_factory=HaConfig)
+
+    def sync_paths(self) -> list[PresetPath]:
+        preset = PRESETS[self.sync.preset]
+        added = [PresetPath(p, "added in sync.paths") for p in self.sync.paths]
+        return [*preset.paths, *added]
+
+    def exclude_rules(self) -> list[Rule]:
+        """Preset rules, then the user's (which may re-include with ``!``),
+        then bmsync's own, which nothing overrides."""
+        preset = PRESETS[self.sync.preset]
+        user = [Rule(p, "added in sync.exclude") for p in self.sync.exclude]
+        return [*preset.excludes, *user, *BUILTIN_EXCLUDES]
+
+    def syncset(self) -> SyncSet:
+        return self._syncset
+
+    @cached_property
+    def _syncset(self) -> SyncSet:
+        # built once: every batch asks for it
+        return SyncSet.build([p.path for p in self.sync_paths()], self.exclude_rules())
+
+    def brake_limits(self) -> BrakeLimits:
+        sync = self.sync
+        return BrakeLimits(
+            sync.delete_brake_count, sync.delete_brake_share, sync.delete_brake_window_s
+        )
+
+    def require_peer(self) -> PeerConfig:
+        if self.peer is None:
+            raise ConfigError(
+                f"{self.source}: no 'peer:' section; this command talks to the peer, "
+                "so say where it is (host, identity, known_hosts)"
+            )
+        return self.peer
