@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from bench import proc
 from bmsync.core.errors import BmsyncError
 from bmsync.service import control
+from tests.daemon_process import DaemonProcess
 from tests.sshd import Sshd, agent_command, keygen, write_config
 
 STOP_TIMEOUT_S = 30.0
@@ -155,11 +156,10 @@ class BmsyncDaemon:
     dst: Path  # the passive node's root
     work: Path
     log_level: str = "info"
-    process: subprocess.Popen[bytes] | None = None
-    started_wall: float = 0.0
     active_conf: Path = field(init=False)
     passive_conf: Path = field(init=False)
     log: Path = field(init=False)
+    daemon: DaemonProcess = field(init=False)
 
     def __post_init__(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
@@ -170,9 +170,20 @@ class BmsyncDaemon:
             self.work / "passive.yaml", "bm2", self.dst, self.work / "state2"
         )
         self.log = self.work / "daemon.log"
+        self.daemon = DaemonProcess(
+            self.active_conf, self.log, log_level=self.log_level, name=self.name
+        )
 
     def cli(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "bmsync", "-c", str(self.active_conf), *args]
+        return self.daemon.cli_argv(*args)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self.daemon.process
+
+    @property
+    def started_wall(self) -> float:
+        return self.daemon.started_wall
 
     @property
     def pid(self) -> int:
@@ -181,18 +192,11 @@ class BmsyncDaemon:
         return self.process.pid
 
     def start(self) -> None:
-        self.started_wall = time.time()
         self.link.authorize(self.passive_conf)
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                self.cli("--log-level", self.log_level, "run"),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-            )
+        self.daemon.start()
 
     def check(self) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if not self.daemon.running():
             code = None if self.process is None else self.process.returncode
             raise ToolError(f"{self.name} exited ({code}); its log:\n{log_tail(self.log)}")
 
@@ -297,9 +301,7 @@ class BmsyncDaemon:
         ]
 
     def stop(self) -> int | None:
-        code = stop_process(self.process, self.name)
-        self.process = None
-        return code
+        return self.daemon.stop()
 
     def describe(self) -> str:
         return "bmsync run (defaults)"

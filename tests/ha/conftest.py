@@ -5,12 +5,8 @@ after it (namespaces by name, processes by the pids started here)."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.daemon_process import DaemonProcess
 from tests.sshd import Sshd, write_config
 
 SUBNET = "10.231.0"
@@ -43,7 +40,7 @@ class Node:
     state: Path = field(init=False)
     conf: Path = field(init=False)
     sshd: Sshd = field(init=False)
-    daemon: subprocess.Popen[bytes] | None = None
+    daemon: DaemonProcess | None = None
 
     def __post_init__(self) -> None:
         self.root = self.base / "root"
@@ -75,54 +72,32 @@ class Node:
         peer.sshd.authorize(peer.conf)
 
     def bmsync(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "bmsync", "-c", str(self.conf), *args],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return self._process().bmsync(*args)
 
     def status(self) -> dict[str, Any]:
-        answer: dict[str, Any] = json.loads(self.bmsync("status", "--json").stdout)
-        return answer
+        return self._process().status()
+
+    def _process(self) -> DaemonProcess:
+        return DaemonProcess(self.conf, self.base / "daemon.log", netns=self.netns, name=self.name)
 
     def start(self) -> None:
-        log = open(self.base / "daemon.log", "ab")  # noqa: SIM115
-        inside = ("ip", "netns", "exec", self.netns)
-        command = (sys.executable, "-m", "bmsync", "-c", str(self.conf), "--log-level", "info")
-        self.daemon = subprocess.Popen(
-            [*inside, *command, "run"],
-            stdout=log,
-            stderr=log,
-        )
-        log.close()
+        self.daemon = self._process().start()
 
     def stop(self) -> int | None:
-        if self.daemon is None:
-            return None
-        if self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            try:
-                self.daemon.wait(30)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
-                self.daemon.wait()
-        code, self.daemon = self.daemon.returncode, None
+        code = self.daemon.stop() if self.daemon is not None else None
+        self.daemon = None
         return code
 
     def log(self) -> str:
-        return (self.base / "daemon.log").read_text(errors="replace")[-4000:]
+        return self._process().log(4000)
 
     def wait_state(self, state: str, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            assert self.daemon is not None and self.daemon.poll() is None, self.log()
-            last = self.status()
-            if last["state"] == state:
-                return last
-            time.sleep(0.05)
-        raise AssertionError(f"{self.name}: not {state!r}: {last}\n{self.log()}")
+        assert self.daemon is not None, f"{self.name} was not started"
+        return self.daemon.wait_state(state, timeout_s)
+
+    def wait_reason(self, state: str, reason: str, timeout_s: float) -> dict[str, Any]:
+        assert self.daemon is not None, f"{self.name} was not started"
+        return self.daemon.wait_reason(state, reason, timeout_s)
 
 
 @dataclass

@@ -38,18 +38,6 @@ def wait_another_handshake(node: Node, status: dict[str, object], timeout_s: flo
         time.sleep(0.1)
 
 
-def wait_reason(node: Node, reason: str, timeout_s: float) -> dict[str, object]:
-    """Until ``node`` is suspended for ``reason`` (the first suspension of a
-    node with a VIP is "not checked yet", until the first check answers)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = node.wait_state("suspended", timeout_s=timeout_s)
-        if reason in str(status["reason"]):
-            return status
-        assert time.monotonic() < deadline, f"{status}\n{node.log()}"
-        time.sleep(0.1)
-
-
 def test_both_promoted_neither_writes_and_both_suspend(cluster: Cluster) -> None:
     a, b = cluster.a, cluster.b
     b.configure(a, promote=True)  # the second operator, during a partition
@@ -77,7 +65,6 @@ def test_the_old_active_returning_is_refused_and_stale(cluster: Cluster) -> None
     wait_identical(a, b, 5)
     assert a.daemon is not None
     a.daemon.kill()  # bm1 dies; bm2 takes over
-    a.daemon.wait()
     a.daemon = None
     assert "active at epoch 2" in b.bmsync("promote").stdout
     (b.root / "etc" / "app.conf").write_text("v2, written on the new active\n")
@@ -131,7 +118,7 @@ def test_the_vip_answered_from_the_other_namespace_suspends(cluster: Cluster) ->
     ip("addr", "add", f"{VIP}/24", "dev", b.iface, netns=b.netns)  # bm2 claims it too
     (a.root / "etc").mkdir()
     a.start()
-    wait_reason(a, f"the VIP also answers from {_mac(b)}", timeout_s=60)
+    a.wait_reason("suspended", f"the VIP also answers from {_mac(b)}", timeout_s=60)
     (a.root / "etc" / "held.conf").write_text("not while the VIP is disputed\n")
     time.sleep(1.0)
     assert not (b.root / "etc" / "held.conf").exists()
@@ -179,7 +166,9 @@ def test_a_vip_check_that_cannot_run_suspends_until_it_works_again(cluster: Clus
     (a.root / "etc").mkdir()
     (a.root / "etc" / "app.conf").write_text("not before the VIP is checked\n")
     a.start()
-    status = wait_reason(a, "split-brain cannot be ruled out: ha.vip.interface bmvip0", 60)
+    status = a.wait_reason(
+        "suspended", "split-brain cannot be ruled out: ha.vip.interface bmvip0", 60
+    )
     assert "could not check" in status["reason"] and "down" in status["reason"]
     assert any("the VIP check working again" in c for c in status["clears"])
     assert a.bmsync("status").returncode == 1
@@ -223,7 +212,7 @@ def test_the_advice_for_an_active_node_without_the_vip_works(cluster: Cluster) -
     (a.root / "etc").mkdir()
     (a.root / "etc" / "app.conf").write_text("not before this node holds the VIP\n")
     a.start()
-    status = wait_reason(a, "does not hold the VIP", timeout_s=60)
+    status = a.wait_reason("suspended", "does not hold the VIP", timeout_s=60)
     (advice,) = status["clears"]
     assert "this node holding the VIP again ('ip addr add' it here)" in advice
     assert not (b.root / "etc").exists()
@@ -241,7 +230,7 @@ def test_the_advice_for_a_vip_check_that_cannot_run_works(cluster: Cluster) -> N
     (a.root / "etc").mkdir()
     (a.root / "etc" / "app.conf").write_text("not before the VIP is checked\n")
     a.start()
-    status = wait_reason(a, "ha.vip.interface bmtypo0", timeout_s=60)
+    status = a.wait_reason("suspended", "ha.vip.interface bmtypo0", timeout_s=60)
     (advice,) = status["clears"]
     assert "fix ha.vip in the config and 'systemctl reload bmsync'" in advice
     a.configure(b, vip=True, promote=True)  # the right interface

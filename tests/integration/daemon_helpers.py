@@ -1,91 +1,26 @@
-"""A running `bmsync run` between the two trees of a Pair, driven as an
-administrator would: the process, its control socket, its signals."""
+"""A running `bmsync run` between the two trees of a Pair (the shared
+harness of tests/daemon_process.py), and what tests wait for around it."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from tests.daemon_process import DaemonProcess
 from tests.helpers import walk
 from tests.integration.conftest import Pair
 
 
-class RunningDaemon:
+class RunningDaemon(DaemonProcess):
+    """The active node's daemon of a Pair, started."""
+
     def __init__(self, pair: Pair, env: dict[str, str] | None = None) -> None:
+        super().__init__(pair.active_conf, pair.base / "daemon.log", env=env)
         self.pair = pair
-        self.log_path = pair.base / "daemon.log"
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bmsync",
-                "-c",
-                str(pair.active_conf),
-                "--log-level",
-                "info",
-                "run",
-            ],
-            stdout=self._log,
-            stderr=self._log,
-            env={**os.environ, **(env or {})},
-        )
-
-    def status(self) -> dict[str, Any]:
-        done = self.pair.bmsync("status", "--json")
-        answer: dict[str, Any] = json.loads(done.stdout)
-        answer["exit_code"] = done.returncode
-        return answer
-
-    def wait_state(self, state: str, timeout_s: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"daemon exited: {self.log()}"
-            last = self.status()
-            if last["state"] == state:
-                return last
-            time.sleep(0.05)
-        raise AssertionError(f"state {state!r} not reached: {last}\n{self.log()}")
-
-    def wait_reason(self, state: str, reason: str, timeout_s: float = 60) -> dict[str, Any]:
-        """Until the daemon is in ``state`` for ``reason`` (a daemon with a
-        VIP is first suspended as "not checked yet", until the check answers)."""
-        deadline = time.monotonic() + timeout_s
-        while reason not in str((status := self.wait_state(state, timeout_s))["reason"]):
-            assert time.monotonic() < deadline, f"{status}\n{self.log()}"
-            time.sleep(0.05)
-        return status
-
-    def wait_another_handshake(self, status: dict[str, Any], timeout_s: float = 60) -> None:
-        """Until the daemon has asked the peer again since ``status`` (a
-        suspended daemon asks every reconnect_max_s)."""
-        deadline = time.monotonic() + timeout_s
-        while self.status()["last_contact"] == status["last_contact"]:
-            assert self.process.poll() is None, f"daemon exited: {self.log()}"
-            assert time.monotonic() < deadline, f"the daemon did not ask again\n{self.log()}"
-            time.sleep(0.1)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+        self.start()
 
 
 def converge(pair: Pair, timeout_s: float = 2.0) -> float:
