@@ -46,7 +46,9 @@ class ControlServer:
             self._path.unlink()  # left by a daemon that died
         old_umask = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self._path))
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self._path), limit=MAX_REQUEST_BYTES
+            )
         finally:
             os.umask(old_umask)
         os.chmod(self._path, 0o600)
@@ -68,10 +70,8 @@ class ControlServer:
             self._serving.add(task)
             task.add_done_callback(self._serving.discard)
         try:
-            line = await reader.readline()
             try:
-                if len(line) > MAX_REQUEST_BYTES:
-                    raise ValueError("request too large")
+                line = await _read_request(reader)
                 request = json.loads(line)
                 if not isinstance(request, dict) or not isinstance(request.get("command"), str):
                     raise ValueError("expected a JSON object with a 'command'")
@@ -88,6 +88,13 @@ class ControlServer:
             writer.close()
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    try:
+        return await reader.readline()
+    except ValueError as exc:  # the stream's limit: MAX_REQUEST_BYTES
+        raise ValueError(f"request too large (more than {MAX_REQUEST_BYTES} bytes)") from exc
 
 
 def _answers(path: Path) -> bool:
