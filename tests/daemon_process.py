@@ -39,6 +39,7 @@ class DaemonProcess:
         self.log_level = log_level
         self.name = name
         self.process: subprocess.Popen[bytes] | None = None
+        self.exit_code: int | None = None
         self.started_wall = 0.0
 
     def cli_argv(self, *args: str) -> list[str]:
@@ -79,14 +80,14 @@ class DaemonProcess:
         """SIGKILL, as a crash would; waits for the process."""
         if self.process is not None:
             self.process.kill()
-            self.process.wait()
-            self.process = None
+            self.exit_code, self.process = self.process.wait(), None
 
     def stop(self) -> int | None:
         """SIGTERM, as systemd does; SIGKILL if it does not end in time.
-        The exit code (None if it was not running)."""
+        The exit code (of the last run if it was stopped already; None if
+        it never ran)."""
         if self.process is None:
-            return None
+            return self.exit_code
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -94,8 +95,8 @@ class DaemonProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        code, self.process = self.process.returncode, None
-        return code
+        self.exit_code, self.process = self.process.returncode, None
+        return self.exit_code
 
     def bmsync(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         """``bmsync -c CONF ARGS`` for this daemon's node."""

@@ -230,6 +230,15 @@ def test_link_killed_mid_burst_converges_after_reconnect(
     assert daemon.status()["queued"] == 0
 
 
+def inotify_instances(pid: int) -> int:
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            count += os.readlink(fd) == "anon_inode:inotify"
+    return count
+
+
 def test_inotify_overflow_runs_a_full_reconcile(daemon: RunningDaemon) -> None:
     limit = Path("/proc/sys/fs/inotify/max_queued_events")
     original = limit.read_text()
@@ -241,7 +250,10 @@ def test_inotify_overflow_runs_a_full_reconcile(daemon: RunningDaemon) -> None:
         assert daemon.stop() == 0
         start = daemon.log_path.stat().st_size  # the log is shared: the restarted one's part
         restarted = RunningDaemon(daemon.pair)
-        restarted.wait_state("syncing")  # its inotify instance exists: limit in force
+        restarted.wait_state("syncing")
+        # watchdog creates the inotify instance in its own thread: wait for
+        # it, so that the 64-event limit is in force for it
+        wait_for(lambda: inotify_instances(restarted.pid) > 0, 60, "the daemon's inotify")
         limit.write_text(original)
         burst.mkdir()
         converge(daemon.pair)  # the new directory is synced, so it is watched

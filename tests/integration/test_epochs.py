@@ -4,7 +4,9 @@ active out, and `bmsync reset-epoch` on the passive node undoes that."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from bmsync.core.frames import (
     encode,
 )
 from bmsync.core.guard import NodeRole, RefusalCode, Stamp
+from bmsync.state.lock import LOCK_NAME
 from bmsync.state.roles import RoleStore
 from tests.integration.test_agent import Node, raw_frame
 from tests.integration.test_agent_roles import frames_of, read_frame
@@ -101,7 +104,8 @@ def test_reset_epoch_ends_the_hostile_session_and_lets_the_real_active_back(node
         assert f"the writing session of evil epoch {MAX_EPOCH} (agent pid" in done.stdout
         assert "has ended" in done.stdout
         assert "epoch_reset" in done.stderr and "key of bm1 leaked" in done.stderr
-        assert agent.poll() is not None  # ended before reset-epoch returned
+        assert lock_is_free(state)  # the session ended before reset-epoch returned
+        agent.wait(30)  # and its process exits
         refusal = read_frame(agent.stdout.fileno())
         assert isinstance(refusal, Refuse) and refusal.code == RefusalCode.EPOCH_RESET
     finally:
@@ -116,6 +120,17 @@ def test_reset_epoch_ends_the_hostile_session_and_lets_the_real_active_back(node
     assert isinstance(welcome, Welcome)
     again = bmsync(conf, "reset-epoch", "--to", "3", "--reason", "twice")
     assert again.returncode == 1 and "nothing changed" in again.stdout
+
+
+def lock_is_free(state: Path) -> bool:
+    fd = os.open(state / LOCK_NAME, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def test_reset_epoch_refuses_an_active_node(tmp_path: Path) -> None:
