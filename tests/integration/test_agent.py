@@ -13,14 +13,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from bmsync.agent import receiver as agent_module
-from bmsync.agent.receiver import (
-    FLUSH_BYTES,
-    MAX_BATCH_HELD_BYTES,
-    MAX_BATCH_RECORDS,
-    Agent,
-    AgentConnection,
-)
+from bmsync.agent.bounds import MAX_BATCH_HELD_BYTES, MAX_BATCH_RECORDS
+from bmsync.agent.receiver import Agent
+from bmsync.agent.stdio import FLUSH_BYTES, AgentConnection
 from bmsync.core.delta import Copy, Literal, make_delta
 from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.frames import (
@@ -50,6 +45,7 @@ from bmsync.core.frames import (
 )
 from bmsync.core.manifest import Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta
+from bmsync.fs import staging as staging_module
 from tests.helpers import walk
 
 
@@ -332,7 +328,7 @@ def test_a_delta_is_not_applied_to_a_base_too_large_to_be_one(
 ) -> None:
     base = b"line\n" * 20_000
     (node.root / "etc/big.conf").write_bytes(base)
-    monkeypatch.setattr(agent_module, "DELTA_MAX_BYTES", len(base) - 1)
+    monkeypatch.setattr(staging_module, "DELTA_MAX_BYTES", len(base) - 1)
     node.hello()
     delta = PutDelta(b"etc/big.conf", digest_bytes(base), [Copy(0, 10)], file_entry(base[:10]))
     applied = node.commit(delta)
@@ -401,7 +397,7 @@ def test_the_largest_batch_a_sender_makes_is_well_within_the_bounds(node: Node) 
         frames += [Expect(path, b"\1" * 16)]
         frames += [PutChunk(path, 0, b"x"), PutAbort(path)] * 2
         frames += [PutChunk(path, 0, data[:1]), Put(path, 1, data[1:], entry)]
-    batch = node.connection.agent._batch
+    batch = node.connection.agent._bounds
     node.send(*frames)
     assert batch.records < MAX_BATCH_RECORDS / 2 and batch.held_bytes < MAX_BATCH_HELD_BYTES / 2
     applied = node.commit()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bmsync.agent.receiver import Agent, AgentConnection
+from bmsync.agent.receiver import Agent
+from bmsync.agent.stdio import AgentConnection
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Applied,

@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bmsync.agent.receiver import Agent, AgentConnection
+from bmsync.agent.receiver import Agent
+from bmsync.agent.stdio import AgentConnection
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Commit,
