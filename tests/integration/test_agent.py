@@ -10,11 +10,9 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from bmsync.agent.bounds import MAX_BATCH_HELD_BYTES, MAX_BATCH_RECORDS
-from bmsync.agent.receiver import Agent
 from bmsync.agent.stdio import FLUSH_BYTES, AgentConnection
 from bmsync.core.delta import Copy, Literal, make_delta
 from bmsync.core.excludes import Rule, SyncSet
@@ -47,55 +45,7 @@ from bmsync.core.manifest import Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta
 from bmsync.fs import staging as staging_module
 from tests.helpers import walk
-
-
-class Node:
-    """A passive node's root, and an agent speaking bytes."""
-
-    def __init__(self, tmp: Path, syncset: SyncSet | None = None) -> None:
-        self.root = tmp / "root"
-        self.root.mkdir(parents=True)
-        (self.root / "etc").mkdir()
-        self.state = tmp / "state"
-        self.state.mkdir(mode=0o700)
-        self.syncset = syncset or SyncSet.build(["/etc"], [Rule("/etc/hostname")])
-        self.connection = AgentConnection(Agent("bm2", self.root, self.syncset, self.state))
-
-    def send_bytes(self, data: bytes) -> list[Frame]:
-        decoder = FrameDecoder()
-        decoder.feed(self.connection.receive_data(data))
-        out = []
-        while (frame := decoder.next_frame()) is not None:
-            out.append(frame)
-        return out
-
-    def send(self, *frames: Frame) -> list[Frame]:
-        return self.send_bytes(b"".join(encode(f) for f in frames))
-
-    def hello(self, purpose: Purpose = Purpose.WRITE) -> None:
-        (answer,) = self.send(Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 0, purpose, "test"))
-        assert isinstance(answer, Welcome)
-
-    def commit(self, *frames: Frame) -> Applied:
-        replies = self.send(*frames, Commit(7))
-        assert len(replies) == 1 and isinstance(replies[0], Applied), replies
-        return replies[0]
-
-    def close(self) -> None:
-        self.connection.agent.close()
-
-
-def file_entry(data: bytes, mode: int = 0o644) -> Entry:
-    return Entry(Kind.FILE, mode, 0, 0, 1_700_000_000_123_456_789, len(data), digest_bytes(data))
-
-
-DIR = Entry(Kind.DIR, 0o755, 0, 0, 1_700_000_000_000_000_000)
-
-
-def raw_frame(body: object) -> bytes:
-    data = msgspec.msgpack.encode(body)
-    return struct.pack(">I", len(data)) + data
-
+from tests.integration.agent_harness import DIR, Node, file_entry, raw_frame
 
 ENTRY_RAW = [int(Kind.DIR), 0o755, 0, 0, 0, 0, b"", b"", []]
 

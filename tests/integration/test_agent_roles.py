@@ -33,7 +33,7 @@ from bmsync.core.ops import Mkdir
 from bmsync.state.lock import LOCK_NAME
 from bmsync.state.roles import RoleStore
 from tests.helpers import whole_root
-from tests.integration.test_agent import Node, file_entry
+from tests.integration.agent_harness import Node, file_entry
 from tests.sshd import write_config
 
 

@@ -25,7 +25,7 @@ from bmsync.core.frames import (
 )
 from bmsync.core.guard import NodeRole, RefusalCode, Stamp
 from bmsync.state.roles import RoleStore
-from tests.integration.test_agent import Node, raw_frame
+from tests.integration.agent_harness import Node, raw_frame
 from tests.integration.test_agent_roles import frames_of, read_frame
 from tests.sshd import write_config
 
