@@ -33,7 +33,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import bmsync  # noqa: E402
-from bmsync.agent.receiver import MAX_BATCH_HELD_BYTES  # noqa: E402
+from bmsync.agent.bounds import MAX_BATCH_HELD_BYTES  # noqa: E402
 from bmsync.core import delta  # noqa: E402
 from bmsync.core.frames import Bye, encode  # noqa: E402
 from bmsync.core.manifest import MAX_ENTRIES  # noqa: E402

@@ -220,7 +220,7 @@ def worst_case(held_bytes: int, base: bytes) -> Iterator[bytes]:
     batch committed."""
     xattrs = tuple((b"user.%d" % k, b"") for k in range(9_000))
     setmeta = encode(SetMeta(b"etc", Entry(Kind.DIR, 0o755, 0, 0, 0, xattrs=xattrs)))
-    held = 1024 + 5 * 3 + sum(128 + len(k) for k, _ in xattrs)  # agent._held
+    held = 1024 + 5 * 3 + sum(128 + len(k) for k, _ in xattrs)  # bounds._held
     yield hello()
     yield setmeta * (held_bytes // held)
     size = (MAX_FRAME_BYTES - 200) // MAX_DELTA_OPS - 5

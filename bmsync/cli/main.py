@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Imports per command: the agent is started for every SSH session and
         # needs neither asyncssh nor the daemon, so it does not load them.
         if args.command == "agent":
-            from bmsync.agent.receiver import run_stdio
+            from bmsync.agent.stdio import run_stdio
 
             return run_stdio(args.config)
         conf = load_config(args.config)

@@ -165,3 +165,11 @@ def sync_filesystem(fd: int) -> None:
     if _libc.syncfs(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of ``data`` is written (a pipe or a large write
+    may take part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

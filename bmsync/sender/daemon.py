@@ -31,8 +31,6 @@ from typing import Any
 
 import structlog
 
-from bmsync import __version__
-from bmsync.agent.receiver import Agent
 from bmsync.config import parse as config_module
 from bmsync.config.model import Config, PeerConfig, VipConfig
 from bmsync.core.batcher import Batch, Batcher
@@ -49,14 +47,9 @@ from bmsync.core.errors import (
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import (
     BASE_MISMATCH,
-    PROTOCOL_VERSION,
-    Applied,
-    Commit,
     Failure,
-    Hello,
     Purpose,
     Role,
-    Welcome,
 )
 from bmsync.core.guard import (
     ForcedResume,
@@ -79,9 +72,11 @@ from bmsync.core.planner import plan
 from bmsync.core.retries import Retries
 from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.fs.bases import BaseStore
+from bmsync.fs.confine import Confined
 from bmsync.fs.digests import DigestCache
 from bmsync.fs.files import open_root, release_free_memory
 from bmsync.fs.scan import LinkGroups, Scan, UnsupportedFiles, scan_paths, scan_tree
+from bmsync.fs.tree_writer import TreeWriter
 from bmsync.ha.vip import Runner, observe_vip, run_command
 from bmsync.link.session import PeerSession
 from bmsync.link.ssh import FrameChannel
@@ -93,6 +88,7 @@ from bmsync.service.control import ControlServer
 from bmsync.service.notify import Notifier
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.journal import ManifestStore
+from bmsync.state.lock import SenderLock
 from bmsync.state.records import BackupLog, KeptCopy, Pause, PauseFlag
 from bmsync.state.roles import RoleStore, require_active
 
@@ -894,24 +890,27 @@ class Daemon:
             for op in plan(wanted, here)
             if not isinstance(op, Delete)
         ]
-        local = Agent(self.config.node, root, syncset, self.config.state_dir, local=True)
+        lock = SenderLock(self.config.state_dir)  # one writer in this tree at a time
         try:
-            hello = Hello(
-                PROTOCOL_VERSION, session.peer.node, Role.ACTIVE, 0, Purpose.WRITE, __version__
-            )
-            (welcome,) = local.handle(hello)
-            if not isinstance(welcome, Welcome):
-                raise BmsyncError(f"cannot write to this node's own tree: {welcome}")
-            for op in ops:
-                if isinstance(op, PutFile):
-                    for frame in await session.fetch(op.path):
-                        local.handle(frame)
-                else:
-                    local.handle(op)
-            (applied,) = local.handle(Commit(0))
+            try:
+                lock.acquire(f"{self.config.node} resume --discard")
+                where = Confined(root, syncset)
+            except (BmsyncError, OSError) as exc:
+                raise BmsyncError(f"cannot write to this node's own tree: {exc}") from exc
+            writer = TreeWriter(where)
+            try:
+                for op in ops:
+                    if isinstance(op, PutFile):
+                        for frame in await session.fetch(op.path):
+                            writer.receive(frame)
+                    else:
+                        writer.apply(op)
+                applied = writer.commit(0)
+            finally:
+                writer.drop()
+                where.close()
         finally:
-            local.close()
-        assert isinstance(applied, Applied)
+            lock.release()
         for failure in applied.failures:
             self._error(f"restoring {show(failure.path)}: {failure.reason}")
         log.warning("storm_discarded", restored=len(ops), failures=len(applied.failures))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_agent import Node
+from tests.integration.agent_harness import Node
 from tests.sshd import Sshd, write_config
 
 

@@ -10,17 +10,10 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-import msgspec
 import pytest
 
-from bmsync.agent import receiver as agent_module
-from bmsync.agent.receiver import (
-    FLUSH_BYTES,
-    MAX_BATCH_HELD_BYTES,
-    MAX_BATCH_RECORDS,
-    Agent,
-    AgentConnection,
-)
+from bmsync.agent.bounds import MAX_BATCH_HELD_BYTES, MAX_BATCH_RECORDS
+from bmsync.agent.stdio import FLUSH_BYTES, AgentConnection
 from bmsync.core.delta import Copy, Literal, make_delta
 from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.frames import (
@@ -50,56 +43,9 @@ from bmsync.core.frames import (
 )
 from bmsync.core.manifest import Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta
+from bmsync.fs import staging as staging_module
 from tests.helpers import walk
-
-
-class Node:
-    """A passive node's root, and an agent speaking bytes."""
-
-    def __init__(self, tmp: Path, syncset: SyncSet | None = None) -> None:
-        self.root = tmp / "root"
-        self.root.mkdir(parents=True)
-        (self.root / "etc").mkdir()
-        self.state = tmp / "state"
-        self.state.mkdir(mode=0o700)
-        self.syncset = syncset or SyncSet.build(["/etc"], [Rule("/etc/hostname")])
-        self.connection = AgentConnection(Agent("bm2", self.root, self.syncset, self.state))
-
-    def send_bytes(self, data: bytes) -> list[Frame]:
-        decoder = FrameDecoder()
-        decoder.feed(self.connection.receive_data(data))
-        out = []
-        while (frame := decoder.next_frame()) is not None:
-            out.append(frame)
-        return out
-
-    def send(self, *frames: Frame) -> list[Frame]:
-        return self.send_bytes(b"".join(encode(f) for f in frames))
-
-    def hello(self, purpose: Purpose = Purpose.WRITE) -> None:
-        (answer,) = self.send(Hello(PROTOCOL_VERSION, "bm1", Role.ACTIVE, 0, purpose, "test"))
-        assert isinstance(answer, Welcome)
-
-    def commit(self, *frames: Frame) -> Applied:
-        replies = self.send(*frames, Commit(7))
-        assert len(replies) == 1 and isinstance(replies[0], Applied), replies
-        return replies[0]
-
-    def close(self) -> None:
-        self.connection.agent.close()
-
-
-def file_entry(data: bytes, mode: int = 0o644) -> Entry:
-    return Entry(Kind.FILE, mode, 0, 0, 1_700_000_000_123_456_789, len(data), digest_bytes(data))
-
-
-DIR = Entry(Kind.DIR, 0o755, 0, 0, 1_700_000_000_000_000_000)
-
-
-def raw_frame(body: object) -> bytes:
-    data = msgspec.msgpack.encode(body)
-    return struct.pack(">I", len(data)) + data
-
+from tests.integration.agent_harness import DIR, Node, file_entry, raw_frame
 
 ENTRY_RAW = [int(Kind.DIR), 0o755, 0, 0, 0, 0, b"", b"", []]
 
@@ -332,7 +278,7 @@ def test_a_delta_is_not_applied_to_a_base_too_large_to_be_one(
 ) -> None:
     base = b"line\n" * 20_000
     (node.root / "etc/big.conf").write_bytes(base)
-    monkeypatch.setattr(agent_module, "DELTA_MAX_BYTES", len(base) - 1)
+    monkeypatch.setattr(staging_module, "DELTA_MAX_BYTES", len(base) - 1)
     node.hello()
     delta = PutDelta(b"etc/big.conf", digest_bytes(base), [Copy(0, 10)], file_entry(base[:10]))
     applied = node.commit(delta)
@@ -401,7 +347,7 @@ def test_the_largest_batch_a_sender_makes_is_well_within_the_bounds(node: Node) 
         frames += [Expect(path, b"\1" * 16)]
         frames += [PutChunk(path, 0, b"x"), PutAbort(path)] * 2
         frames += [PutChunk(path, 0, data[:1]), Put(path, 1, data[1:], entry)]
-    batch = node.connection.agent._batch
+    batch = node.connection.agent._bounds
     node.send(*frames)
     assert batch.records < MAX_BATCH_RECORDS / 2 and batch.held_bytes < MAX_BATCH_HELD_BYTES / 2
     applied = node.commit()

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bmsync.agent.receiver import Agent, AgentConnection
+from bmsync.agent.receiver import Agent
+from bmsync.agent.stdio import AgentConnection
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Applied,
@@ -28,8 +29,8 @@ from bmsync.core.frames import (
 )
 from bmsync.core.manifest import Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir
+from tests.integration.agent_harness import DIR, Node, file_entry
 from tests.integration.conftest import Pair
-from tests.integration.test_agent import DIR, Node, file_entry
 from tests.loopfs import LoopFs, loop_ext4, needs_loop_devices
 
 pytestmark = needs_loop_devices()

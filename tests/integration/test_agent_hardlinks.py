@@ -12,7 +12,7 @@ from msgspec.structs import replace
 
 from bmsync.core.manifest import Entry, Kind, digest_bytes
 from bmsync.core.ops import Rename, SetMeta
-from tests.integration.test_agent import Node
+from tests.integration.agent_harness import Node
 
 CONTENT = b"listen 8080\n"
 NEW_MTIME = 1_700_000_000_123_456_789

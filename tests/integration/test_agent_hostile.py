@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bmsync.agent.receiver import MAX_BATCH_HELD_BYTES
+from bmsync.agent.bounds import MAX_BATCH_HELD_BYTES
 from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS
 from bmsync.core.frames import CHUNK_BYTES, Put, PutChunk
 from bmsync.core.manifest import new_hasher

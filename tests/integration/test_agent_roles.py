@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bmsync.agent.receiver import Agent, AgentConnection
+from bmsync.agent.receiver import Agent
+from bmsync.agent.stdio import AgentConnection
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Commit,
@@ -32,7 +33,7 @@ from bmsync.core.ops import Mkdir
 from bmsync.state.lock import LOCK_NAME
 from bmsync.state.roles import RoleStore
 from tests.helpers import whole_root
-from tests.integration.test_agent import Node, file_entry
+from tests.integration.agent_harness import Node, file_entry
 from tests.sshd import write_config
 
 

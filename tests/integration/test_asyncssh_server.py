@@ -12,7 +12,8 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from bmsync.agent.receiver import Agent, AgentConnection
+from bmsync.agent.receiver import Agent
+from bmsync.agent.stdio import AgentConnection
 from bmsync.config.model import PeerConfig
 from bmsync.core.errors import AuthRefused, HostKeyMismatch, PeerRefused
 from bmsync.core.frames import Purpose

@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bmsync.agent.receiver import Agent, AgentConnection
+from bmsync.agent.receiver import Agent
+from bmsync.agent.stdio import AgentConnection
 from bmsync.core.frames import (
     MAX_EPOCH,
     PROTOCOL_VERSION,
@@ -27,7 +28,7 @@ from bmsync.core.frames import (
 from bmsync.core.guard import NodeRole, RefusalCode, Stamp
 from bmsync.state.lock import LOCK_NAME
 from bmsync.state.roles import RoleStore
-from tests.integration.test_agent import Node, raw_frame
+from tests.integration.agent_harness import Node, raw_frame
 from tests.integration.test_agent_roles import frames_of, read_frame
 from tests.sshd import write_config
 
