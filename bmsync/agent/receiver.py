@@ -105,14 +105,13 @@ from bmsync.core.frames import (
     PutDelta,
     PutHole,
     Refuse,
-    Role,
     Welcome,
     encode,
 )
-from bmsync.core.guard import Accepted, NodeRole, RefusalCode, Refused, Stamp, judge_sender
 from bmsync.core.manifest import MAX_ENTRIES, Entry, Kind, hash_zeros, manifest_digest, new_hasher
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import basename, join, parent, show
+from bmsync.core.roles import Accepted, NodeRole, RefusalCode, Refused, Role, Stamp, judge_sender
 from bmsync.fs.digests import DigestCache
 from bmsync.fs.files import (
     O_DIR,

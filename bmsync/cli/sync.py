@@ -13,10 +13,10 @@ from bmsync.config import parse as config
 from bmsync.core.brake import DeleteBrake, lost_files, synced_files
 from bmsync.core.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected, SyncPaused
 from bmsync.core.frames import Purpose
-from bmsync.core.guard import Stamp
 from bmsync.core.manifest import Entry
 from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
+from bmsync.core.roles import Stamp
 from bmsync.fs.bases import BaseStore
 from bmsync.fs.digests import DigestCache
 from bmsync.link.session import PeerSession

@@ -115,7 +115,7 @@ class RoleStateError(BmsyncError):
 
 
 class EpochExhausted(RoleStateError):
-    """A promotion would take an epoch past ``frames.MAX_EPOCH``: only a
+    """A promotion would take an epoch past ``roles.MAX_EPOCH``: only a
     hostile sender's epoch gets there; the operator resets it."""
 
 

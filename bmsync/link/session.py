@@ -53,13 +53,12 @@ from bmsync.core.frames import (
     PutDelta,
     PutHole,
     Refuse,
-    Role,
     Welcome,
 )
-from bmsync.core.guard import SPLIT_BRAIN
 from bmsync.core.manifest import MAX_ENTRIES, Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile
 from bmsync.core.paths import show
+from bmsync.core.roles import SPLIT_BRAIN, Role
 from bmsync.fs.bases import BaseStore
 from bmsync.fs.files import is_sparse
 from bmsync.link.outbox import FileFrame, file_frames, read_whole

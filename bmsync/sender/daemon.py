@@ -55,21 +55,17 @@ from bmsync.core.frames import (
     Failure,
     Hello,
     Purpose,
-    Role,
     Welcome,
 )
 from bmsync.core.guard import (
     ForcedResume,
     Guard,
     GuardState,
-    NodeRole,
     Observation,
     PeerLost,
     PeerRefused,
     PeerWelcomed,
-    RefusalCode,
     RoleChanged,
-    Stamp,
     VipCheckFailed,
 )
 from bmsync.core.manifest import Entry, Kind
@@ -77,6 +73,7 @@ from bmsync.core.ops import Delete, Op, PutFile, Rename
 from bmsync.core.paths import show
 from bmsync.core.planner import plan
 from bmsync.core.retries import Retries
+from bmsync.core.roles import NodeRole, RefusalCode, Role, Stamp
 from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.fs.bases import BaseStore
 from bmsync.fs.digests import DigestCache

@@ -13,8 +13,7 @@ import msgspec
 import structlog
 
 from bmsync.core.errors import NotActive, RoleStateError
-from bmsync.core.frames import MAX_EPOCH, Role
-from bmsync.core.guard import NodeRole, Stamp
+from bmsync.core.roles import MAX_EPOCH, NodeRole, Role, Stamp
 from bmsync.fs.atomic import write_atomic
 
 log = structlog.get_logger("bmsync.state")

@@ -44,12 +44,12 @@ from bmsync.core.frames import (
     PutDelta,
     PutHole,
     Refuse,
-    Role,
     Welcome,
     encode,
 )
 from bmsync.core.manifest import Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta
+from bmsync.core.roles import Role
 from tests.helpers import walk
 
 

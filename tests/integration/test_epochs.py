@@ -11,18 +11,8 @@ import sys
 from pathlib import Path
 
 from bmsync.agent.receiver import Agent, AgentConnection
-from bmsync.core.frames import (
-    MAX_EPOCH,
-    PROTOCOL_VERSION,
-    ErrorFrame,
-    Hello,
-    Purpose,
-    Refuse,
-    Role,
-    Welcome,
-    encode,
-)
-from bmsync.core.guard import NodeRole, RefusalCode, Stamp
+from bmsync.core.frames import PROTOCOL_VERSION, ErrorFrame, Hello, Purpose, Refuse, Welcome, encode
+from bmsync.core.roles import MAX_EPOCH, NodeRole, RefusalCode, Role, Stamp
 from bmsync.state.roles import RoleStore
 from tests.integration.test_agent import Node, raw_frame
 from tests.integration.test_agent_roles import frames_of, read_frame

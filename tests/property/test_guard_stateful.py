@@ -18,21 +18,16 @@ from hypothesis.stateful import (
     rule,
 )
 
-from bmsync.core.frames import Role
 from bmsync.core.guard import (
-    Accepted,
-    AlreadyActive,
     ForcedResume,
     Guard,
-    NodeRole,
     PeerFenced,
     PeerRefused,
     PeerWelcomed,
-    Stamp,
     VipCheckFailed,
     VipSeen,
-    judge_sender,
 )
+from bmsync.core.roles import Accepted, AlreadyActive, NodeRole, Role, Stamp, judge_sender
 
 NODES = ("bm1", "bm2")
 nodes = st.sampled_from(NODES)

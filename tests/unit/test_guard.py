@@ -5,26 +5,29 @@ from __future__ import annotations
 import pytest
 
 from bmsync.core.errors import EpochExhausted, RoleStateError
-from bmsync.core.frames import MAX_EPOCH, Role
 from bmsync.core.guard import (
-    Accepted,
-    AlreadyActive,
     ForcedResume,
     Guard,
     GuardState,
     MaintenanceSet,
-    NodeRole,
     PeerFenced,
     PeerLost,
     PeerRefused,
     PeerWelcomed,
-    RefusalCode,
-    Refused,
     RoleChanged,
-    Stamp,
     Suspicion,
     VipCheckFailed,
     VipSeen,
+)
+from bmsync.core.roles import (
+    MAX_EPOCH,
+    Accepted,
+    AlreadyActive,
+    NodeRole,
+    RefusalCode,
+    Refused,
+    Role,
+    Stamp,
     judge_sender,
 )
 
