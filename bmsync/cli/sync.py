@@ -16,7 +16,6 @@ from bmsync.core.frames import Purpose
 from bmsync.core.manifest import Entry
 from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
-from bmsync.core.roles import Stamp
 from bmsync.fs.bases import BaseStore
 from bmsync.fs.digests import DigestCache
 from bmsync.link.session import PeerSession
@@ -41,8 +40,7 @@ async def _connect(conf: config.Config, purpose: Purpose) -> PeerSession:
         await session.open(purpose)
     except SplitBrainSuspected as exc:
         await channel.close()
-        seen = Stamp(*exc.seen)
-        roles.update(lambda role: role.saw(seen), f"refused by {exc.peer}, which has seen {seen}")
+        roles.learn(exc.refusal)
         raise
     except BaseException:
         await channel.close()

@@ -33,7 +33,7 @@ from bmsync.core.errors import ProtocolError
 from bmsync.core.manifest import DIGEST_SIZE, Entry, check_entry
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import check_relpath, show
-from bmsync.core.roles import Role, check_epoch
+from bmsync.core.roles import Refusal, RefusalCode, Role, Stamp, check_epoch
 
 # 2: PutHole (sparse files keep their holes)
 PROTOCOL_VERSION = 2
@@ -95,6 +95,16 @@ class Refuse(msgspec.Struct, frozen=True, tag="refuse"):
     def __post_init__(self) -> None:
         check_epoch(self.epoch, "Refuse epoch")
         check_epoch(self.seen_epoch, "Refuse seen_epoch")
+
+    def refusal(self) -> Refusal:
+        """What the refusing node reported, typed."""
+        try:
+            code: RefusalCode | None = RefusalCode(self.code)
+        except ValueError:  # none, or one this version does not know
+            code = None
+        return Refusal(
+            self.node, self.role, Stamp(self.seen_epoch, self.seen_node), code, self.reason
+        )
 
 
 class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):

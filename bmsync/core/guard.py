@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from bmsync.core.roles import NO_STAMP, SPLIT_BRAIN, NodeRole, RefusalCode, Role, Stamp
+from bmsync.core.roles import NO_STAMP, NodeRole, Refusal, Role, Stamp
 
 # -- the guard (on this node) ------------------------------------------------
 
@@ -77,15 +77,6 @@ class PeerWelcomed:
 
 
 @dataclass(frozen=True)
-class PeerRefused:
-    peer: str
-    peer_role: Role
-    peer_seen: Stamp
-    code: RefusalCode
-    reason: str
-
-
-@dataclass(frozen=True)
 class PeerLost:
     """The peer cannot be reached (no conflict: roles were never compared)."""
 
@@ -138,7 +129,7 @@ class RoleChanged:
 
 Observation = (
     PeerWelcomed
-    | PeerRefused
+    | Refusal  # the peer refused this node as a sender
     | PeerLost
     | VipSeen
     | VipCheckFailed
@@ -265,9 +256,9 @@ class Guard:
                     self._clear_on_evidence()
                     return f"{peer} confirmed passive; the highest it has seen is {seen}"
                 return f"{peer} welcomed us, having seen {seen}"
-            case PeerRefused(peer=peer, peer_role=peer_role, peer_seen=seen, code=code):
+            case Refusal(peer=peer, role=peer_role, seen=seen):
                 self.peer, self.peer_seen = peer, seen
-                self.role = self.role.saw(seen)
+                self.role = self.role.learn(obs)
                 said = f"{peer} ({peer_role}, has seen {seen}) refused: {obs.reason}"
                 if self.role.is_stale():
                     claim = (
@@ -281,14 +272,14 @@ class Guard:
                         f"{self.role.highest_seen}, above this node's {self.role.stamp}",
                         now,
                     )
-                elif code in SPLIT_BRAIN and peer_role is Role.ACTIVE:
+                elif obs.suspects_split_brain and peer_role is Role.ACTIVE:
                     self._raise(
                         Suspicion.PEER_ACTIVE,
                         f"split-brain suspected: {peer} claims active too (has seen {seen}; "
                         f"this node is {self.role.stamp})",
                         now,
                     )
-                elif code in SPLIT_BRAIN:
+                elif obs.suspects_split_brain:
                     self._raise(
                         Suspicion.PEER_ACTIVE,
                         f"split-brain suspected: {peer} refused this node as a sender "

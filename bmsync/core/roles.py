@@ -117,6 +117,12 @@ class NodeRole:
     def saw(self, stamp: Stamp) -> NodeRole:
         return self if stamp <= self.highest_seen else replace(self, highest_seen=stamp)
 
+    def learn(self, refusal: Refusal) -> NodeRole:
+        """What a peer's refusal teaches this node: the highest promotion
+        the peer has seen (which may show this node superseded). The one
+        rule for it, applied by the guard and by ``RoleStore.learn``."""
+        return self.saw(refusal.seen)
+
     def is_stale(self) -> bool:
         """Active, but a promotion above its own has been seen: a higher
         epoch, or the same epoch won by the other node's id. Any passive
@@ -139,7 +145,7 @@ class RefusalCode(enum.StrEnum):
     INCOMPATIBLE = "incompatible"  # protocol version, node ids, root
 
 
-SPLIT_BRAIN = frozenset(
+_SPLIT_BRAIN = frozenset(
     {RefusalCode.RECEIVER_ACTIVE, RefusalCode.SENDER_STALE, RefusalCode.SENDER_NOT_ACTIVE}
 )
 
@@ -156,6 +162,25 @@ class Accepted:
 class Refused:
     code: RefusalCode
     reason: str
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A peer refused this node as a sender, and said who it is (``peer``,
+    its ``role``), the highest promotion it has seen and why. ``code`` is
+    ``None`` when the peer gave none this version knows."""
+
+    peer: str
+    role: Role
+    seen: Stamp
+    code: RefusalCode | None
+    reason: str
+
+    @property
+    def suspects_split_brain(self) -> bool:
+        """Roles or epochs were compared and disagree: the sender suspends
+        rather than retrying past it. The one place this is decided."""
+        return self.code in _SPLIT_BRAIN
 
 
 def judge_sender(me: NodeRole, sender: Stamp, sender_role: Role) -> Accepted | Refused:

@@ -63,7 +63,6 @@ from bmsync.core.guard import (
     GuardState,
     Observation,
     PeerLost,
-    PeerRefused,
     PeerWelcomed,
     RoleChanged,
     VipCheckFailed,
@@ -73,7 +72,7 @@ from bmsync.core.ops import Delete, Op, PutFile, Rename
 from bmsync.core.paths import show
 from bmsync.core.planner import plan
 from bmsync.core.retries import Retries
-from bmsync.core.roles import NodeRole, RefusalCode, Role, Stamp
+from bmsync.core.roles import NodeRole, Role, Stamp
 from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.fs.bases import BaseStore
 from bmsync.fs.digests import DigestCache
@@ -441,12 +440,8 @@ class Daemon:
         """The peer refused us, at the handshake or in the middle of a
         session (it was promoted, or saw a higher stamp): suspend."""
         self.stats.last_contact = self._wall()
-        self._peer_role, self._peer_epoch = Role(exc.peer_role), None
-        self._observe(
-            PeerRefused(
-                exc.peer, Role(exc.peer_role), Stamp(*exc.seen), RefusalCode(exc.code), str(exc)
-            )
-        )
+        self._peer_role, self._peer_epoch = exc.refusal.role, None
+        self._observe(exc.refusal)
         self._error(f"peer refused: {exc}")
 
     async def _sleep(self, seconds: float) -> None:

@@ -22,12 +22,11 @@ from bmsync.core.guard import (
     ForcedResume,
     Guard,
     PeerFenced,
-    PeerRefused,
     PeerWelcomed,
     VipCheckFailed,
     VipSeen,
 )
-from bmsync.core.roles import Accepted, AlreadyActive, NodeRole, Role, Stamp, judge_sender
+from bmsync.core.roles import Accepted, AlreadyActive, NodeRole, Refusal, Role, Stamp, judge_sender
 
 NODES = ("bm1", "bm2")
 nodes = st.sampled_from(NODES)
@@ -138,7 +137,7 @@ class TwoNodes(RuleBasedStateMachine):
         else:
             peer = self.disk[receiver]
             guard.observe(
-                PeerRefused(receiver, peer.role, peer.highest_seen, verdict.code, verdict.reason),
+                Refusal(receiver, peer.role, peer.highest_seen, verdict.code, verdict.reason),
                 self.tick(),
             )
             self.disk[sender] = self.disk[sender].saw(guard.role.highest_seen)

@@ -12,7 +12,6 @@ from bmsync.core.guard import (
     MaintenanceSet,
     PeerFenced,
     PeerLost,
-    PeerRefused,
     PeerWelcomed,
     RoleChanged,
     Suspicion,
@@ -24,6 +23,7 @@ from bmsync.core.roles import (
     Accepted,
     AlreadyActive,
     NodeRole,
+    Refusal,
     RefusalCode,
     Refused,
     Role,
@@ -78,10 +78,10 @@ def test_refusals(receiver: NodeRole, sender: Stamp, sender_role: Role, code: st
     assert sender.node in verdict.reason
 
 
-def refused_by(peer: NodeRole, me: NodeRole) -> PeerRefused:
+def refused_by(peer: NodeRole, me: NodeRole) -> Refusal:
     verdict = judge_sender(peer, me.stamp, me.role)
     assert isinstance(verdict, Refused)
-    return PeerRefused(peer.node, peer.role, peer.highest_seen, verdict.code, verdict.reason)
+    return Refusal(peer.node, peer.role, peer.highest_seen, verdict.code, verdict.reason)
 
 
 def test_both_promoted_both_suspend_with_the_reason() -> None:
