@@ -98,13 +98,8 @@ class Refuse(msgspec.Struct, frozen=True, tag="refuse"):
 
     def refusal(self) -> Refusal:
         """What the refusing node reported, typed."""
-        try:
-            code: RefusalCode | None = RefusalCode(self.code)
-        except ValueError:  # none, or one this version does not know
-            code = None
-        return Refusal(
-            self.node, self.role, Stamp(self.seen_epoch, self.seen_node), code, self.reason
-        )
+        seen = Stamp(self.seen_epoch, self.seen_node)
+        return Refusal(self.node, self.role, seen, RefusalCode.parse(self.code), self.reason)
 
 
 class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):

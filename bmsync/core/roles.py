@@ -6,7 +6,9 @@ the wire format that carries them. Pure: the caller persists ``NodeRole``.
 - ``NodeRole``: what a node persists (role, epoch, highest ``Stamp`` seen)
   and how promotion and demotion change it;
 - ``judge_sender``: the agent's handshake rule, which decides whether a
-  sender may write here.
+  sender may write here;
+- ``Refusal``: a refusal as the sender receives it, which says whether it
+  suspects a split-brain and teaches the sender's ``NodeRole`` (``learn``).
 """
 
 from __future__ import annotations
@@ -143,6 +145,12 @@ class RefusalCode(enum.StrEnum):
     BUSY = "busy"  # another sender holds the lock
     EPOCH_RESET = "epoch-reset"  # an operator lowered highest_seen below the writer
     INCOMPATIBLE = "incompatible"  # protocol version, node ids, root
+
+    @classmethod
+    def parse(cls, text: str) -> RefusalCode | None:
+        """The code ``text`` names; ``None`` for none, or one this version
+        does not know."""
+        return next((code for code in cls if code == text), None)
 
 
 _SPLIT_BRAIN = frozenset(

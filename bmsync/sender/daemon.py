@@ -57,17 +57,16 @@ from bmsync.core.frames import (
     Purpose,
     Welcome,
 )
-from bmsync.core.guard import (
+from bmsync.core.guard import Guard, GuardState
+from bmsync.core.manifest import Entry, Kind
+from bmsync.core.observations import (
     ForcedResume,
-    Guard,
-    GuardState,
     Observation,
     PeerLost,
     PeerWelcomed,
     RoleChanged,
     VipCheckFailed,
 )
-from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile, Rename
 from bmsync.core.paths import show
 from bmsync.core.planner import plan

@@ -18,14 +18,8 @@ from hypothesis.stateful import (
     rule,
 )
 
-from bmsync.core.guard import (
-    ForcedResume,
-    Guard,
-    PeerFenced,
-    PeerWelcomed,
-    VipCheckFailed,
-    VipSeen,
-)
+from bmsync.core.guard import Guard
+from bmsync.core.observations import ForcedResume, PeerFenced, PeerWelcomed, VipCheckFailed, VipSeen
 from bmsync.core.roles import Accepted, AlreadyActive, NodeRole, Refusal, Role, Stamp, judge_sender
 
 NODES = ("bm1", "bm2")

@@ -5,16 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bmsync.core.errors import EpochExhausted, RoleStateError
-from bmsync.core.guard import (
+from bmsync.core.guard import Guard, GuardState
+from bmsync.core.observations import (
     ForcedResume,
-    Guard,
-    GuardState,
     MaintenanceSet,
     PeerFenced,
     PeerLost,
     PeerWelcomed,
     RoleChanged,
-    Suspicion,
     VipCheckFailed,
     VipSeen,
 )
@@ -30,6 +28,7 @@ from bmsync.core.roles import (
     Stamp,
     judge_sender,
 )
+from bmsync.core.suspicions import Suspicion
 
 
 def test_a_fresh_node_is_passive_at_epoch_0() -> None:
