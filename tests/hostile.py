@@ -44,11 +44,11 @@ from bmsync.core.frames import (
     ManifestRequest,
     Purpose,
     PutChunk,
-    Role,
     encode,
 )
 from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind, digest_bytes
 from bmsync.core.ops import SetMeta
+from bmsync.core.roles import Role
 from tests.sshd import write_config
 
 BASE_PATH = b"etc/base.bin"

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bmsync.core.frames import Role
+from bmsync.core.roles import Role
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.roles import RoleStore
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import structlog
 
 from bmsync.core.errors import PeerRefused, RoleStateError
-from bmsync.core.frames import Hello, Role
-from bmsync.core.guard import Accepted, NodeRole, RefusalCode, Refused, Stamp, judge_sender
+from bmsync.core.frames import Hello
+from bmsync.core.roles import Accepted, NodeRole, RefusalCode, Refused, Role, Stamp, judge_sender
 from bmsync.state.lock import SenderLock
 from bmsync.state.roles import RoleStore
 
@@ -30,7 +30,7 @@ PREEMPT_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
-class Refusal:
+class Rejection:
     """Why a writer may not write (``me``: this node's role, if known)."""
 
     reason: str
@@ -50,7 +50,7 @@ class Admission:
         self.sender: Stamp | None = None
         self._role_version: tuple[int, int] | None = None
 
-    def admit(self, hello: Hello, wakes: bool) -> NodeRole | Refusal:
+    def admit(self, hello: Hello, wakes: bool) -> NodeRole | Rejection:
         """Take the sender lock and judge the writer: this node's role
         afterwards, or why not (the lock is then still held: the caller
         releases it). OSError if the state directory fails.
@@ -67,16 +67,16 @@ class Admission:
                 # node could not see it (a partition); that session is dead
                 ended = self._lock.end_session(PREEMPT_WAIT_S, replace=True)
             else:
-                return Refusal(str(exc), RefusalCode.BUSY)
+                return Rejection(str(exc), RefusalCode.BUSY)
             log.info("previous_writer", result=ended)
             try:
                 self._lock.acquire(holder, wakes, stamp)
             except PeerRefused as again:
-                return Refusal(str(again), RefusalCode.BUSY)
+                return Rejection(str(again), RefusalCode.BUSY)
         # under the lock: one sender's update of highest_seen at a time
         return self._judge(hello)
 
-    def _judge(self, hello: Hello) -> NodeRole | Refusal:
+    def _judge(self, hello: Hello) -> NodeRole | Rejection:
         """The handshake rule for a writer: this node's role afterwards
         (fsynced before the Welcome), or the refusal to send."""
         stamp = Stamp(hello.epoch, hello.node)
@@ -89,9 +89,9 @@ class Admission:
                     log.info("highest_seen", epoch=hello.epoch, node=hello.node)
                 self._role_version = self._roles.version()
         except RoleStateError as exc:
-            return Refusal(str(exc), RefusalCode.INCOMPATIBLE)
+            return Rejection(str(exc), RefusalCode.INCOMPATIBLE)
         if isinstance(verdict, Refused):
-            return Refusal(verdict.reason, verdict.code, me)
+            return Rejection(verdict.reason, verdict.code, me)
         self.sender = stamp
         return verdict.role
 
@@ -112,7 +112,7 @@ class Admission:
         log.warning("writer_superseded", by=hello.node, epoch=hello.epoch)
         return True
 
-    def recheck(self) -> Refusal | None:
+    def recheck(self) -> Rejection | None:
         """Judge the accepted writer again if role.json changed since it was
         judged: a promotion here, or a higher stamp accepted or reported.
         The caller holds the role lock (shared)."""
@@ -123,14 +123,14 @@ class Admission:
         try:
             me = self._roles.load()
         except RoleStateError as exc:
-            return Refusal(str(exc), RefusalCode.INCOMPATIBLE)
+            return Rejection(str(exc), RefusalCode.INCOMPATIBLE)
         verdict = judge_sender(me, self.sender, Role.ACTIVE)
         if isinstance(verdict, Refused):
-            return Refusal(verdict.reason, verdict.code, me)
+            return Rejection(verdict.reason, verdict.code, me)
         if self.sender > me.highest_seen:
             # accepting the writer raised highest_seen to its stamp at least:
             # an operator lowered it since (a leaked key's epoch)
-            return Refusal(
+            return Rejection(
                 f"{self._node}'s highest seen epoch was reset to {me.highest_seen}, below "
                 f"{self.sender} (bmsync reset-epoch); this session ends, connect again",
                 RefusalCode.EPOCH_RESET,

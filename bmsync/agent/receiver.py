@@ -26,7 +26,7 @@ import structlog
 
 from bmsync import __version__
 from bmsync.agent import reads
-from bmsync.agent.admission import Admission, Refusal
+from bmsync.agent.admission import Admission, Rejection
 from bmsync.agent.backups import Backups
 from bmsync.agent.bounds import HELD, BatchBounds
 from bmsync.core.errors import ProtocolError, RoleStateError
@@ -49,9 +49,9 @@ from bmsync.core.frames import (
     Refuse,
     Welcome,
 )
-from bmsync.core.guard import NodeRole, RefusalCode
 from bmsync.core.manifest import MAX_ENTRIES
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
+from bmsync.core.roles import NodeRole, RefusalCode
 from bmsync.fs.confine import Confined, reason
 from bmsync.fs.digests import DigestCache
 from bmsync.fs.tree_writer import TreeWriter
@@ -194,7 +194,7 @@ class Agent:
         refusal = self._admission.recheck()
         return [] if refusal is None else self._end_writer(refusal)
 
-    def _end_writer(self, refusal: Refusal) -> list[Frame]:
+    def _end_writer(self, refusal: Rejection) -> list[Frame]:
         """Refuse the writer mid-session: what it staged is dropped, nothing
         more is applied, and it learns this node's role and highest stamp."""
         self._state = State.ENDED
@@ -276,7 +276,7 @@ class Agent:
                     "e.g. 'mount' and the kernel log) before this node accepts a sender",
                     RefusalCode.INCOMPATIBLE,
                 )
-            if isinstance(judged, Refusal):
+            if isinstance(judged, Rejection):
                 self._lock.release()
                 return self._refuse(judged.reason, judged.code, judged.me)
             me = judged

@@ -15,8 +15,8 @@ import structlog
 
 from bmsync.config.model import Config
 from bmsync.core.errors import DaemonNotRunning, DaemonRefused, UsageError
-from bmsync.core.frames import Role
-from bmsync.core.guard import AlreadyActive, Guard, GuardState, NodeRole
+from bmsync.core.guard import Guard, GuardState
+from bmsync.core.roles import AlreadyActive, NodeRole, Role
 from bmsync.sender.daemon import DEMOTE_WAIT_S, run_daemon
 from bmsync.service import control
 from bmsync.state.directory import ensure_state_dir

@@ -13,7 +13,6 @@ from bmsync.config.model import Config
 from bmsync.core.brake import DeleteBrake, lost_files, synced_files
 from bmsync.core.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected, SyncPaused
 from bmsync.core.frames import Purpose
-from bmsync.core.guard import Stamp
 from bmsync.core.manifest import Entry
 from bmsync.core.ops import Op, describe
 from bmsync.core.paths import show
@@ -41,8 +40,7 @@ async def _connect(conf: Config, purpose: Purpose) -> PeerSession:
         await session.open(purpose)
     except SplitBrainSuspected as exc:
         await channel.close()
-        seen = Stamp(*exc.seen)
-        roles.update(lambda role: role.saw(seen), f"refused by {exc.peer}, which has seen {seen}")
+        roles.learn(exc.refusal)
         raise
     except BaseException:
         await channel.close()

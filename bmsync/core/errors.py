@@ -33,6 +33,11 @@ the boundary that knows the context and re-raised as one of these with
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bmsync.core.roles import Refusal
+
 
 class BmsyncError(Exception):
     """Base of every error bmsync raises on purpose."""
@@ -86,16 +91,12 @@ class PeerRefused(BmsyncError):
 
 class SplitBrainSuspected(PeerRefused):
     """The agent refused because of roles or epochs (it is active, or has
-    seen a higher promotion): not a transient error, never retried past."""
+    seen a higher promotion): not a transient error, never retried past.
+    ``refusal``: what the agent reported, as it reported it."""
 
-    def __init__(
-        self, message: str, *, peer: str, peer_role: str, code: str, seen: tuple[int, str]
-    ) -> None:
+    def __init__(self, message: str, refusal: Refusal) -> None:
         super().__init__(message)
-        self.peer = peer
-        self.peer_role = peer_role
-        self.code = code
-        self.seen = seen
+        self.refusal = refusal
 
 
 class NotActive(BmsyncError):
@@ -115,7 +116,7 @@ class RoleStateError(BmsyncError):
 
 
 class EpochExhausted(RoleStateError):
-    """A promotion would take an epoch past ``frames.MAX_EPOCH``: only a
+    """A promotion would take an epoch past ``roles.MAX_EPOCH``: only a
     hostile sender's epoch gets there; the operator resets it."""
 
 

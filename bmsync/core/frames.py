@@ -33,6 +33,7 @@ from bmsync.core.errors import ProtocolError
 from bmsync.core.manifest import DIGEST_SIZE, Entry, check_entry
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import check_relpath, show
+from bmsync.core.roles import Refusal, RefusalCode, Role, Stamp, check_epoch
 
 # 2: PutHole (sparse files keep their holes)
 PROTOCOL_VERSION = 2
@@ -42,33 +43,11 @@ MAX_FRAME_BYTES = 8 * 1024 * 1024
 # Files travel in chunks of this size, so memory stays flat for any file.
 CHUNK_BYTES = 1024 * 1024
 _LENGTH = struct.Struct(">I")
-# The highest epoch (fencing token) a frame may carry and a promotion may
-# reach: 2**53 - 1. msgpack stops at 2**64 - 1 and a promotion adds 1, so an
-# epoch at the msgpack limit, accepted, made the next promotion unsendable
-# (OverflowError); role.json is JSON, whose common readers (jq, JavaScript)
-# are exact only up to 2**53. No honest pair comes near it (a promotion a
-# second for 285 million years): a larger epoch is a broken or hostile
-# sender, refused before anything is stored.
-MAX_EPOCH = 2**53 - 1
-
-
-class Role(enum.StrEnum):
-    ACTIVE = "active"
-    PASSIVE = "passive"
 
 
 class Purpose(enum.StrEnum):
     WRITE = "write"  # resync: takes the agent's lock
     READ = "read"  # verify, dry runs: manifest only, never writes
-
-
-def check_epoch(value: int, what: str) -> None:
-    """An epoch from the wire: 0 to ``MAX_EPOCH``, or a ProtocolError."""
-    if not 0 <= value <= MAX_EPOCH:
-        raise ProtocolError(
-            f"{what} {value} is out of range (0 to {MAX_EPOCH}): a broken or hostile sender; "
-            "nothing of it is recorded"
-        )
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello"):
@@ -116,6 +95,11 @@ class Refuse(msgspec.Struct, frozen=True, tag="refuse"):
     def __post_init__(self) -> None:
         check_epoch(self.epoch, "Refuse epoch")
         check_epoch(self.seen_epoch, "Refuse seen_epoch")
+
+    def refusal(self) -> Refusal:
+        """What the refusing node reported, typed."""
+        seen = Stamp(self.seen_epoch, self.seen_node)
+        return Refusal(self.node, self.role, seen, RefusalCode.parse(self.code), self.reason)
 
 
 class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):

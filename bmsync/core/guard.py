@@ -1,169 +1,92 @@
-"""Roles, epochs and the split-brain guard (README, "Roles, epochs and the
-guard"). Pure: observations in, decisions out; the caller persists
-``NodeRole`` and passes the time in.
+"""The split-brain guard (README, "Roles, epochs and the guard"): may
+this node send? Pure: observations in, decisions out; the caller persists
+``NodeRole`` and passes the time in. (Whether a node accepts a writer is
+``bmsync.core.roles.judge_sender``'s answer, from its persisted role.)
 
-Three parts:
+The guard's state is the set of suspicions raised (each with its reason
+and the time it was first raised) and the maintenance switch; its
+``GuardState`` follows: MAINTENANCE while the switch is on, else SUSPENDED
+while any suspicion is raised, else SYNCING. ``Guard.starting`` raises
+vip-unchecked when a VIP is configured (nothing is sent before a first
+check) and stale when the persisted role is stale.
 
-- ``NodeRole``: what a node persists (role, epoch, highest ``Stamp`` seen)
-  and how promotion and demotion change it;
-- ``judge_sender``: the agent's handshake rule, which decides whether a
-  sender may write here;
-- ``Guard``: this node's state machine (SYNCING, SUSPENDED, MAINTENANCE),
-  fed by observations, each transition carrying its evidence.
+Each observation is one event (``classify``). ``TABLE`` says what an event
+does: first its action, then, for each suspicion (column), its next state:
+
+    +   raised (its first time kept, its reason updated)
+    -   cleared
+    .   unchanged
+    -s  cleared unless this node is stale (after the action)
+    -v  cleared if the last VIP check showed nothing wrong (after the action)
+
+    event                 peer-active stale vip-elsewhere vip-missing vip-unchecked  action
+    confirmed             -           -s    -v            -v          .              welcomed
+    welcomed              .           .     .             .           .              welcomed
+    refused-stale         .           +     .             .           .              refused
+    refused-by-active     +           .     .             .           .              refused
+    refused-as-sender     +           .     .             .           .              refused
+    refused               .           .     .             .           .              refused
+    lost                  .           .     .             .           .              none
+    vip-ignored           .           .     .             .           .              none
+    vip-clean             .           .     .             .           -              vip-clean
+    vip-elsewhere         .           .     +             .           -              vip-doubtful
+    vip-missing           .           .     .             +           -              vip-doubtful
+    vip-elsewhere-missing .           .     +             +           -              vip-doubtful
+    vip-check-failed      .           .     .             .           +              vip-doubtful
+    fenced                -           -s    -v            -v          .              fenced
+    maintenance-on        .           .     .             .           .              maintenance-on
+    maintenance-off       .           .     .             .           .              maintenance-off
+    forced                -           -s    -             -           -              forced
+    role-active           .           -     .             .           .              role
+    role-stale            .           .     .             .           .              role
+    role-passive          .           -     .             -           .              role
+
+Events (``Event``), from observations:
+
+- confirmed: ``PeerWelcomed`` while this node is active, the peer having
+  seen nothing above this node's stamp (evidence that it is passive below);
+  welcomed: any other ``PeerWelcomed``;
+- refused-stale: a ``Refusal`` after which this node is stale (the peer has
+  seen a promotion above it); otherwise, if the refusal suspects a
+  split-brain (``Refusal.suspects_split_brain``), refused-by-active when the
+  peer claims active, refused-as-sender when not; refused: any other;
+- lost: ``PeerLost`` (no conflict: roles were never compared);
+- vip-ignored: ``VipSeen`` or ``VipCheckFailed`` with no VIP configured;
+- ``VipSeen``: vip-elsewhere when other MACs answer for the VIP,
+  vip-missing when this node is active and does not hold it, both, or
+  vip-clean; vip-check-failed: ``VipCheckFailed``;
+- fenced: ``PeerFenced``; maintenance-on/-off: ``MaintenanceSet``; forced:
+  ``ForcedResume``;
+- ``RoleChanged`` to an active role (role-active), a stale one
+  (role-stale), or a passive one (role-passive).
+
+Actions: welcomed (record the peer and what it has seen; this node learns
+that stamp), refused (the same, by ``NodeRole.learn``), vip-clean and
+vip-doubtful (record whether the VIP check showed nothing wrong), fenced
+(a fenced peer clears the VIP's doubt only when no VIP is configured),
+maintenance-on/-off (the switch), forced (record the operator's reason),
+role (take the new role), none.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from bmsync.core.errors import EpochExhausted, RoleStateError
-from bmsync.core.frames import MAX_EPOCH, Role
-
-
-class Stamp(NamedTuple):
-    """A promotion: its epoch, then the node promoted (which breaks ties
-    between two promotions to the same epoch). Ordered like a tuple."""
-
-    epoch: int
-    node: str
-
-    def __str__(self) -> str:
-        return f"epoch {self.epoch} ({self.node})" if self.node else f"epoch {self.epoch}"
-
-
-NO_STAMP = Stamp(0, "")
-
-
-class AlreadyActive(Exception):
-    """``promote`` on an active node that nothing has superseded: nothing
-    changes."""
-
-
-@dataclass(frozen=True)
-class NodeRole:
-    """What a node persists under its state_dir. ``epoch`` is the epoch of
-    its last promotion; ``highest_seen`` the highest stamp it has seen: its
-    own promotions, the senders it accepted, and those reported to it in
-    refusals."""
-
-    node: str
-    role: Role = Role.PASSIVE
-    epoch: int = 0
-    highest_seen: Stamp = NO_STAMP
-
-    @property
-    def stamp(self) -> Stamp:
-        return Stamp(self.epoch, self.node)
-
-    def promote(self) -> NodeRole:
-        """Active, with an epoch above every one seen: a fencing token no
-        earlier promotion of either node can equal. A stale active node is
-        promoted again, above the promotion that superseded it."""
-        if self.role is Role.ACTIVE and not self.is_stale():
-            raise AlreadyActive(f"{self.node} is already active ({self.stamp})")
-        epoch = self.highest_seen.epoch + 1
-        if epoch > MAX_EPOCH:
-            raise EpochExhausted(
-                f"{self.node} cannot be promoted: it has seen {self.highest_seen}, and the "
-                f"next epoch would pass the highest bmsync allows ({MAX_EPOCH}). No honest "
-                "pair gets there: a sender holding the SSH key raised it. Replace the key "
-                "first (README, 'A leaked key'); then here: 'bmsync demote' if this node is "
-                "active, 'bmsync reset-epoch --to EPOCH --reason \"...\"' with EPOCH the last "
-                "promotion you trust, and 'bmsync promote'"
-            )
-        return replace(self, role=Role.ACTIVE, epoch=epoch, highest_seen=Stamp(epoch, self.node))
-
-    def demote(self) -> NodeRole:
-        return replace(self, role=Role.PASSIVE)
-
-    def reset_seen(self, epoch: int) -> NodeRole:
-        """An operator lowers ``highest_seen`` to ``epoch`` (after a sender
-        with a leaked key raised it: README, "A leaked key"), and this
-        node's own epoch with it if higher. Only on a passive node (an
-        active one would go on sending at the old epoch): ``demote`` first.
-        Unchanged if nothing is above ``epoch``."""
-        if self.role is Role.ACTIVE:
-            raise RoleStateError(
-                f"{self.node} is active ({self.stamp}): reset-epoch only runs on a passive "
-                "node; run 'bmsync demote' first, then 'bmsync promote' after the reset"
-            )
-        if not 0 <= epoch <= MAX_EPOCH:
-            raise RoleStateError(f"epoch {epoch} is out of range (0 to {MAX_EPOCH})")
-        if self.highest_seen.epoch <= epoch and self.epoch <= epoch:
-            return self
-        return replace(self, epoch=min(self.epoch, epoch), highest_seen=Stamp(epoch, ""))
-
-    def saw(self, stamp: Stamp) -> NodeRole:
-        return self if stamp <= self.highest_seen else replace(self, highest_seen=stamp)
-
-    def is_stale(self) -> bool:
-        """Active, but a promotion above its own has been seen: a higher
-        epoch, or the same epoch won by the other node's id. Any passive
-        node that has seen that promotion refuses it (``judge_sender``)."""
-        return self.role is Role.ACTIVE and self.highest_seen > self.stamp
-
-
-# -- the handshake rule (on the receiving node) ------------------------------
-
-
-class RefusalCode(enum.StrEnum):
-    """Why an agent refused a sender. The first three mean a possible
-    split-brain: the sender suspends rather than retrying past them."""
-
-    RECEIVER_ACTIVE = "receiver-active"  # this node is active itself
-    SENDER_STALE = "sender-stale"  # a higher promotion has been seen here
-    SENDER_NOT_ACTIVE = "sender-not-active"  # the sender does not claim active
-    BUSY = "busy"  # another sender holds the lock
-    EPOCH_RESET = "epoch-reset"  # an operator lowered highest_seen below the writer
-    INCOMPATIBLE = "incompatible"  # protocol version, node ids, root
-
-
-SPLIT_BRAIN = frozenset(
-    {RefusalCode.RECEIVER_ACTIVE, RefusalCode.SENDER_STALE, RefusalCode.SENDER_NOT_ACTIVE}
+from bmsync.core.observations import (
+    ForcedResume,
+    MaintenanceSet,
+    Observation,
+    PeerFenced,
+    PeerLost,
+    PeerWelcomed,
+    RoleChanged,
+    VipCheckFailed,
+    VipSeen,
 )
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """Write ``role`` (``highest_seen`` raised to the sender) to disk and
-    fsync it, then welcome the sender."""
-
-    role: NodeRole
-
-
-@dataclass(frozen=True)
-class Refused:
-    code: RefusalCode
-    reason: str
-
-
-def judge_sender(me: NodeRole, sender: Stamp, sender_role: Role) -> Accepted | Refused:
-    """May ``sender`` write to this node? Only when this node is passive,
-    the sender claims active, and its stamp is the highest seen here (or
-    equals it: the same sender again)."""
-    if me.role is Role.ACTIVE:
-        return Refused(
-            RefusalCode.RECEIVER_ACTIVE,
-            f"{me.node} is active itself ({me.stamp}); two active nodes mean a possible "
-            f"split-brain, so it accepts no writes from {sender.node}",
-        )
-    if sender_role is not Role.ACTIVE:
-        return Refused(
-            RefusalCode.SENDER_NOT_ACTIVE,
-            f"{sender.node} does not claim to be active; only an active node may send",
-        )
-    if sender < me.highest_seen:
-        return Refused(
-            RefusalCode.SENDER_STALE,
-            f"{sender.node} is active with {sender}, but {me.node} has seen "
-            f"{me.highest_seen}: {sender.node} has been superseded and must not write",
-        )
-    return Accepted(me.saw(sender))
-
-
-# -- the guard (on this node) ------------------------------------------------
+from bmsync.core.roles import NO_STAMP, NodeRole, Refusal, Role, Stamp
+from bmsync.core.suspicions import Suspicion, clears, why
 
 
 class GuardState(enum.StrEnum):
@@ -172,132 +95,134 @@ class GuardState(enum.StrEnum):
     MAINTENANCE = "maintenance"
 
 
-class Suspicion(enum.StrEnum):
-    PEER_ACTIVE = "peer-active"  # the peer refused us: it is active too
-    STALE = "stale"  # a higher promotion exists: this node was superseded
-    VIP_ELSEWHERE = "vip-elsewhere"  # the VIP answers from another MAC
-    VIP_MISSING = "vip-missing"  # active, but this node does not hold the VIP
-    VIP_UNCHECKED = "vip-unchecked"  # the VIP check cannot run (or has not yet)
+# -- the transition table ----------------------------------------------------
 
 
-def clears(what: Suspicion, role: NodeRole, peer: str) -> str:
-    """What clears a suspicion, as commands an operator can follow (each
-    is checked by a test that follows it)."""
-    peer = peer or "the peer"
-    if what is Suspicion.PEER_ACTIVE:
-        return (
-            f"'bmsync demote' on {peer} if this node must be the active one (its next "
-            f"handshake, within peer.reconnect_max_s, then finds {peer} passive below "
-            f"{role.stamp}); or 'bmsync demote' here if {peer} must be"
-        )
-    if what is Suspicion.STALE:
-        seen = role.highest_seen
-        return (
-            f"'bmsync demote' here if {seen.node or peer} is the active node now; if this "
-            f"node must be the active one: 'bmsync demote' on {seen.node or peer}, then "
-            f"'bmsync promote' here (epoch {seen.epoch + 1}, above {seen})"
-        )
-    if what is Suspicion.VIP_ELSEWHERE:
-        return (
-            "no other host answering for the VIP (take it off the other node: 'ip addr del' "
-            "there), seen by the next VIP check, then the peer confirmed passive at the next "
-            "handshake; or 'bmsync resume --force --reason ...'"
-        )
-    if what is Suspicion.VIP_MISSING:
-        return (
-            "this node holding the VIP again ('ip addr add' it here), seen by the next VIP "
-            "check, then the peer confirmed passive at the next handshake; or 'bmsync "
-            "demote' here if the node holding it is the active one"
-        )
-    return (
-        "the VIP check working again (fix ha.vip in the config and 'systemctl reload "
-        "bmsync'), or, to sync without the VIP guard, removing ha.vip from the config "
-        "and 'systemctl restart bmsync'"
-    )
+class Event(enum.StrEnum):
+    """What an observation means to the guard (``classify``)."""
+
+    CONFIRMED = "confirmed"
+    WELCOMED = "welcomed"
+    REFUSED_STALE = "refused-stale"
+    REFUSED_BY_ACTIVE = "refused-by-active"
+    REFUSED_AS_SENDER = "refused-as-sender"
+    REFUSED = "refused"
+    LOST = "lost"
+    VIP_IGNORED = "vip-ignored"
+    VIP_CLEAN = "vip-clean"
+    VIP_ELSEWHERE = "vip-elsewhere"
+    VIP_MISSING = "vip-missing"
+    VIP_ELSEWHERE_MISSING = "vip-elsewhere-missing"
+    VIP_CHECK_FAILED = "vip-check-failed"
+    FENCED = "fenced"
+    MAINTENANCE_ON = "maintenance-on"
+    MAINTENANCE_OFF = "maintenance-off"
+    FORCED = "forced"
+    ROLE_ACTIVE = "role-active"
+    ROLE_STALE = "role-stale"
+    ROLE_PASSIVE = "role-passive"
 
 
-# -- observations --
+class Effect(enum.StrEnum):
+    """What an event does to one suspicion."""
+
+    RAISE = "+"
+    CLEAR = "-"
+    KEEP = "."
+    CLEAR_UNLESS_STALE = "-s"
+    CLEAR_IF_VIP_CLEAN = "-v"
 
 
-@dataclass(frozen=True)
-class PeerWelcomed:
-    """A handshake succeeded: the peer is passive and accepted our stamp."""
+class Action(enum.StrEnum):
+    """What an event records, before its effects on the suspicions."""
 
-    peer: str
-    peer_seen: Stamp
-
-
-@dataclass(frozen=True)
-class PeerRefused:
-    peer: str
-    peer_role: Role
-    peer_seen: Stamp
-    code: RefusalCode
-    reason: str
+    NONE = "none"
+    WELCOMED = "welcomed"
+    REFUSED = "refused"
+    VIP_CLEAN = "vip-clean"
+    VIP_DOUBTFUL = "vip-doubtful"
+    FENCED = "fenced"
+    MAINTENANCE_ON = "maintenance-on"
+    MAINTENANCE_OFF = "maintenance-off"
+    FORCED = "forced"
+    ROLE = "role"
 
 
-@dataclass(frozen=True)
-class PeerLost:
-    """The peer cannot be reached (no conflict: roles were never compared)."""
-
-    detail: str
+class Row(NamedTuple):
+    effects: tuple[Effect, Effect, Effect, Effect, Effect]  # one per Suspicion, in order
+    action: Action
 
 
-@dataclass(frozen=True)
-class VipSeen:
-    """Whether this node holds the VIP, and MACs other than ours that
-    answer for it (duplicate address detection)."""
+_R, _C, _K = Effect.RAISE, Effect.CLEAR, Effect.KEEP
+_S, _V = Effect.CLEAR_UNLESS_STALE, Effect.CLEAR_IF_VIP_CLEAN
+_A = Action
 
-    held: bool
-    other_macs: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class VipCheckFailed:
-    """The VIP check could not run (``ip`` or ``arping`` failed, the
-    interface is missing): nothing rules a split-brain out, so it is a
-    suspicion (fail closed) until a check works again."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class PeerFenced:
-    """Fencing confirmed the peer powered off."""
-
-    peer: str
-
-
-@dataclass(frozen=True)
-class MaintenanceSet:
-    on: bool
-
-
-@dataclass(frozen=True)
-class ForcedResume:
-    """An operator clears every suspicion, with a reason for the record."""
-
-    reason: str
+# The module docstring's table, which a test checks against this one.
+# fmt: off
+TABLE: dict[Event, Row] = {
+    # columns: peer-active, stale, vip-elsewhere, vip-missing, vip-unchecked; then the action
+    Event.CONFIRMED:             Row((_C, _S, _V, _V, _K), _A.WELCOMED),
+    Event.WELCOMED:              Row((_K, _K, _K, _K, _K), _A.WELCOMED),
+    Event.REFUSED_STALE:         Row((_K, _R, _K, _K, _K), _A.REFUSED),
+    Event.REFUSED_BY_ACTIVE:     Row((_R, _K, _K, _K, _K), _A.REFUSED),
+    Event.REFUSED_AS_SENDER:     Row((_R, _K, _K, _K, _K), _A.REFUSED),
+    Event.REFUSED:               Row((_K, _K, _K, _K, _K), _A.REFUSED),
+    Event.LOST:                  Row((_K, _K, _K, _K, _K), _A.NONE),
+    Event.VIP_IGNORED:           Row((_K, _K, _K, _K, _K), _A.NONE),
+    Event.VIP_CLEAN:             Row((_K, _K, _K, _K, _C), _A.VIP_CLEAN),
+    Event.VIP_ELSEWHERE:         Row((_K, _K, _R, _K, _C), _A.VIP_DOUBTFUL),
+    Event.VIP_MISSING:           Row((_K, _K, _K, _R, _C), _A.VIP_DOUBTFUL),
+    Event.VIP_ELSEWHERE_MISSING: Row((_K, _K, _R, _R, _C), _A.VIP_DOUBTFUL),
+    Event.VIP_CHECK_FAILED:      Row((_K, _K, _K, _K, _R), _A.VIP_DOUBTFUL),
+    Event.FENCED:                Row((_C, _S, _V, _V, _K), _A.FENCED),
+    Event.MAINTENANCE_ON:        Row((_K, _K, _K, _K, _K), _A.MAINTENANCE_ON),
+    Event.MAINTENANCE_OFF:       Row((_K, _K, _K, _K, _K), _A.MAINTENANCE_OFF),
+    Event.FORCED:                Row((_C, _S, _C, _C, _C), _A.FORCED),
+    Event.ROLE_ACTIVE:           Row((_K, _C, _K, _K, _K), _A.ROLE),
+    Event.ROLE_STALE:            Row((_K, _K, _K, _K, _K), _A.ROLE),
+    Event.ROLE_PASSIVE:          Row((_K, _C, _K, _C, _K), _A.ROLE),
+}
+# fmt: on
 
 
-@dataclass(frozen=True)
-class RoleChanged:
-    """This node was promoted or demoted (persisted by the caller)."""
+def classify(obs: Observation, guard: Guard) -> Event:
+    """Which event ``obs`` is to ``guard`` (before its action)."""
+    role = guard.role
+    match obs:
+        case PeerWelcomed(peer_seen=seen):
+            confirmed = role.role is Role.ACTIVE and seen <= role.stamp
+            return Event.CONFIRMED if confirmed else Event.WELCOMED
+        case Refusal():
+            if role.learn(obs).is_stale():
+                return Event.REFUSED_STALE
+            if not obs.suspects_split_brain:
+                return Event.REFUSED
+            claims_active = obs.role is Role.ACTIVE
+            return Event.REFUSED_BY_ACTIVE if claims_active else Event.REFUSED_AS_SENDER
+        case PeerLost():
+            return Event.LOST
+        case VipSeen() | VipCheckFailed() if not guard.vip_configured:
+            return Event.VIP_IGNORED
+        case VipSeen(held=held, other_macs=others):
+            missing = role.role is Role.ACTIVE and not held
+            if others:
+                return Event.VIP_ELSEWHERE_MISSING if missing else Event.VIP_ELSEWHERE
+            return Event.VIP_MISSING if missing else Event.VIP_CLEAN
+        case VipCheckFailed():
+            return Event.VIP_CHECK_FAILED
+        case PeerFenced():
+            return Event.FENCED
+        case MaintenanceSet(on=on):
+            return Event.MAINTENANCE_ON if on else Event.MAINTENANCE_OFF
+        case ForcedResume():
+            return Event.FORCED
+        case RoleChanged(role=new):
+            if new.role is Role.PASSIVE:
+                return Event.ROLE_PASSIVE
+            return Event.ROLE_STALE if new.is_stale() else Event.ROLE_ACTIVE
 
-    role: NodeRole
 
-
-Observation = (
-    PeerWelcomed
-    | PeerRefused
-    | PeerLost
-    | VipSeen
-    | VipCheckFailed
-    | PeerFenced
-    | MaintenanceSet
-    | ForcedResume
-    | RoleChanged
-)
+# -- the guard ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -398,106 +323,65 @@ class Guard:
         else:
             self._raised[what].reason = reason
 
-    def _clear_on_evidence(self) -> None:
-        """The peer is confirmed passive below us, or fenced."""
-        self._raised.pop(Suspicion.PEER_ACTIVE, None)
-        if not self.role.is_stale():
-            self._raised.pop(Suspicion.STALE, None)
-        if self._vip_ok:
-            self._raised.pop(Suspicion.VIP_ELSEWHERE, None)
-            self._raised.pop(Suspicion.VIP_MISSING, None)
-
     def _apply(self, obs: Observation, now: float) -> str:
-        match obs:
-            case PeerWelcomed(peer=peer, peer_seen=seen):
-                self.peer, self.peer_seen = peer, seen
-                self.role = self.role.saw(seen)
-                if seen <= self.role.stamp and self.role.role is Role.ACTIVE:
-                    self._clear_on_evidence()
-                    return f"{peer} confirmed passive; the highest it has seen is {seen}"
-                return f"{peer} welcomed us, having seen {seen}"
-            case PeerRefused(peer=peer, peer_role=peer_role, peer_seen=seen, code=code):
-                self.peer, self.peer_seen = peer, seen
-                self.role = self.role.saw(seen)
-                said = f"{peer} ({peer_role}, has seen {seen}) refused: {obs.reason}"
-                if self.role.is_stale():
-                    claim = (
-                        f"split-brain suspected: {peer} claims active too; "
-                        if peer_role is Role.ACTIVE
-                        else ""
-                    )
-                    self._raise(
-                        Suspicion.STALE,
-                        f"{claim}this node is stale: {peer} has seen "
-                        f"{self.role.highest_seen}, above this node's {self.role.stamp}",
-                        now,
-                    )
-                elif code in SPLIT_BRAIN and peer_role is Role.ACTIVE:
-                    self._raise(
-                        Suspicion.PEER_ACTIVE,
-                        f"split-brain suspected: {peer} claims active too (has seen {seen}; "
-                        f"this node is {self.role.stamp})",
-                        now,
-                    )
-                elif code in SPLIT_BRAIN:
-                    self._raise(
-                        Suspicion.PEER_ACTIVE,
-                        f"split-brain suspected: {peer} refused this node as a sender "
-                        f"({obs.reason})",
-                        now,
-                    )
-                return said
-            case PeerLost(detail=detail):
-                return f"peer unreachable: {detail}"
-            case VipSeen(held=held, other_macs=others):
-                if not self.vip_configured:
-                    return "VIP observation ignored: no VIP configured"
-                self._vip_ok = not others and (held or self.role.role is not Role.ACTIVE)
-                self._raised.pop(Suspicion.VIP_UNCHECKED, None)  # the check works again
-                if others:
-                    self._raise(
-                        Suspicion.VIP_ELSEWHERE,
-                        f"split-brain suspected: the VIP also answers from {', '.join(others)}",
-                        now,
-                    )
-                if self.role.role is Role.ACTIVE and not held:
-                    self._raise(
-                        Suspicion.VIP_MISSING,
-                        "this node is active but does not hold the VIP",
-                        now,
-                    )
-                return f"VIP held={held}, other MACs={list(others) or 'none'}"
-            case VipCheckFailed(reason=reason):
-                if not self.vip_configured:
-                    return "VIP observation ignored: no VIP configured"
-                self._vip_ok = False  # unknown is not clean
-                self._raise(
-                    Suspicion.VIP_UNCHECKED,
-                    f"the VIP check cannot run, so a split-brain cannot be ruled out: {reason}",
-                    now,
-                )
-                return f"VIP check failed: {reason}"
-            case PeerFenced(peer=peer):
-                self._vip_ok = self._vip_ok or not self.vip_configured
-                self._clear_on_evidence()
-                return f"{peer} fenced (powered off, confirmed)"
-            case MaintenanceSet(on=on):
-                self.maintenance = on
-                return f"maintenance {'on' if on else 'off'}"
-            case ForcedResume(reason=reason):
-                # Not past STALE: the peer would refuse a superseded sender
-                # anyway; demote this node (and promote it again if it must
-                # be the active one).
-                stale = self._raised.get(Suspicion.STALE) if self.role.is_stale() else None
-                self._raised.clear()
-                if stale is not None:
-                    self._raised[Suspicion.STALE] = stale
-                self.forced_reason = reason
-                return f"forced by an operator: {reason}"
-            case RoleChanged(role=role):
-                self.role = role
-                if not role.is_stale():
-                    self._raised.pop(Suspicion.STALE, None)
-                if role.role is Role.PASSIVE:
-                    self._raised.pop(Suspicion.VIP_MISSING, None)
-                return f"role now {role.role} ({role.stamp})"
+        """One step of ``TABLE``: the event's action, then its effect on
+        each suspicion; returns the evidence (for the log)."""
+        event = classify(obs, self)
+        row = TABLE[event]
+        self._act(row.action, obs)
+        for what, effect in zip(Suspicion, row.effects, strict=True):
+            if effect is Effect.RAISE:
+                self._raise(what, why(what, obs, self.role), now)
+            elif (
+                effect is Effect.CLEAR
+                or (effect is Effect.CLEAR_UNLESS_STALE and not self.role.is_stale())
+                or (effect is Effect.CLEAR_IF_VIP_CLEAN and self._vip_ok)
+            ):
+                self._raised.pop(what, None)
+        return _evidence(event, obs)
+
+    def _act(self, action: Action, obs: Observation) -> None:
+        if action is Action.WELCOMED and isinstance(obs, PeerWelcomed):
+            self.peer, self.peer_seen = obs.peer, obs.peer_seen
+            self.role = self.role.saw(obs.peer_seen)
+        elif action is Action.REFUSED and isinstance(obs, Refusal):
+            self.peer, self.peer_seen = obs.peer, obs.seen
+            self.role = self.role.learn(obs)
+        elif action in (Action.VIP_CLEAN, Action.VIP_DOUBTFUL):
+            self._vip_ok = action is Action.VIP_CLEAN  # unknown is not clean
+        elif action is Action.FENCED:
+            self._vip_ok = self._vip_ok or not self.vip_configured
+        elif action in (Action.MAINTENANCE_ON, Action.MAINTENANCE_OFF):
+            self.maintenance = action is Action.MAINTENANCE_ON
+        elif action is Action.FORCED and isinstance(obs, ForcedResume):
+            self.forced_reason = obs.reason
+        elif action is Action.ROLE and isinstance(obs, RoleChanged):
+            self.role = obs.role
+        elif action is not Action.NONE:
+            raise AssertionError(f"action {action} on {obs}")
+
+
+def _evidence(event: Event, obs: Observation) -> str:
+    match obs:
+        case _ if event is Event.VIP_IGNORED:
+            return "VIP observation ignored: no VIP configured"
+        case PeerWelcomed(peer=peer, peer_seen=seen) if event is Event.CONFIRMED:
+            return f"{peer} confirmed passive; the highest it has seen is {seen}"
+        case PeerWelcomed(peer=peer, peer_seen=seen):
+            return f"{peer} welcomed us, having seen {seen}"
+        case Refusal(peer=peer, role=peer_role, seen=seen):
+            return f"{peer} ({peer_role}, has seen {seen}) refused: {obs.reason}"
+        case PeerLost(detail=detail):
+            return f"peer unreachable: {detail}"
+        case VipSeen(held=held, other_macs=others):
+            return f"VIP held={held}, other MACs={list(others) or 'none'}"
+        case VipCheckFailed(reason=reason):
+            return f"VIP check failed: {reason}"
+        case PeerFenced(peer=peer):
+            return f"{peer} fenced (powered off, confirmed)"
+        case MaintenanceSet(on=on):
+            return f"maintenance {'on' if on else 'off'}"
+        case ForcedResume(reason=reason):
+            return f"forced by an operator: {reason}"
+        case RoleChanged(role=role):
+            return f"role now {role.role} ({role.stamp})"

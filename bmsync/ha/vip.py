@@ -11,7 +11,7 @@ import structlog
 
 from bmsync.config.model import VipConfig
 from bmsync.core.errors import BmsyncError
-from bmsync.core.guard import VipCheckFailed, VipSeen
+from bmsync.core.observations import VipCheckFailed, VipSeen
 
 log = structlog.get_logger("bmsync.vip")
 

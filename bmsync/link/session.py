@@ -53,13 +53,12 @@ from bmsync.core.frames import (
     PutDelta,
     PutHole,
     Refuse,
-    Role,
     Welcome,
 )
-from bmsync.core.guard import SPLIT_BRAIN
 from bmsync.core.manifest import MAX_ENTRIES, Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile
 from bmsync.core.paths import show
+from bmsync.core.roles import Role
 from bmsync.fs.bases import BaseStore
 from bmsync.fs.files import is_sparse
 from bmsync.link.outbox import FileFrame, file_frames, read_whole
@@ -150,14 +149,9 @@ class PeerSession:
         if isinstance(answer, Refuse):
             started = "refused the session" if self.peer is None else "ended the session"
             message = f"peer {answer.node} {started}: {answer.reason}"
-            if answer.code in SPLIT_BRAIN:
-                raise SplitBrainSuspected(
-                    message,
-                    peer=answer.node,
-                    peer_role=answer.role,
-                    code=answer.code,
-                    seen=(answer.seen_epoch, answer.seen_node),
-                )
+            refusal = answer.refusal()
+            if refusal.suspects_split_brain:
+                raise SplitBrainSuspected(message, refusal)
             raise PeerRefused(message)
         return answer
 

@@ -49,27 +49,22 @@ from bmsync.core.frames import (
     BASE_MISMATCH,
     Failure,
     Purpose,
-    Role,
 )
-from bmsync.core.guard import (
+from bmsync.core.guard import Guard, GuardState
+from bmsync.core.manifest import Entry, Kind
+from bmsync.core.observations import (
     ForcedResume,
-    Guard,
-    GuardState,
-    NodeRole,
     Observation,
     PeerLost,
-    PeerRefused,
     PeerWelcomed,
-    RefusalCode,
     RoleChanged,
-    Stamp,
     VipCheckFailed,
 )
-from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile, Rename
 from bmsync.core.paths import show
 from bmsync.core.planner import plan
 from bmsync.core.retries import Retries
+from bmsync.core.roles import NodeRole, Role, Stamp
 from bmsync.core.tree import ManifestTree, plan_changes
 from bmsync.fs.bases import BaseStore
 from bmsync.fs.confine import Confined
@@ -441,12 +436,8 @@ class Daemon:
         """The peer refused us, at the handshake or in the middle of a
         session (it was promoted, or saw a higher stamp): suspend."""
         self.stats.last_contact = self._wall()
-        self._peer_role, self._peer_epoch = Role(exc.peer_role), None
-        self._observe(
-            PeerRefused(
-                exc.peer, Role(exc.peer_role), Stamp(*exc.seen), RefusalCode(exc.code), str(exc)
-            )
-        )
+        self._peer_role, self._peer_epoch = exc.refusal.role, None
+        self._observe(exc.refusal)
         self._error(f"peer refused: {exc}")
 
     async def _sleep(self, seconds: float) -> None:

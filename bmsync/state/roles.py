@@ -13,8 +13,7 @@ import msgspec
 import structlog
 
 from bmsync.core.errors import NotActive, RoleStateError
-from bmsync.core.frames import MAX_EPOCH, Role
-from bmsync.core.guard import NodeRole, Stamp
+from bmsync.core.roles import MAX_EPOCH, NodeRole, Refusal, Role, Stamp
 from bmsync.fs.atomic import write_atomic
 
 log = structlog.get_logger("bmsync.state")
@@ -80,6 +79,14 @@ class RoleStore:
             if after != before:
                 self.save(after, changed)
             return after
+
+    def learn(self, refusal: Refusal) -> NodeRole:
+        """Record what a peer's refusal taught this node (``NodeRole.learn``);
+        returns the role now on disk."""
+        return self.update(
+            lambda role: role.learn(refusal),
+            f"refused by {refusal.peer}, which has seen {refusal.seen}",
+        )
 
     def version(self) -> tuple[int, int] | None:
         """Changes whenever role.json is replaced (inode, mtime); ``None``

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bmsync.config.model import VipConfig
-from bmsync.core.guard import VipCheckFailed, VipSeen
+from bmsync.core.observations import VipCheckFailed, VipSeen
 from bmsync.ha.vip import observe_vip, run_command
 from tests.ha.conftest import VIP, Cluster, Node, ip
 from tests.helpers import walk

@@ -37,12 +37,12 @@ from bmsync.core.frames import (
     PutDelta,
     PutHole,
     Refuse,
-    Role,
     Welcome,
     encode,
 )
 from bmsync.core.manifest import Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta
+from bmsync.core.roles import Role
 from bmsync.fs import staging as staging_module
 from tests.helpers import walk
 from tests.integration.agent_harness import DIR, Node, file_entry, raw_frame

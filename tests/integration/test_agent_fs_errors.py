@@ -25,10 +25,10 @@ from bmsync.core.frames import (
     Purpose,
     Put,
     Refuse,
-    Role,
 )
 from bmsync.core.manifest import Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir
+from bmsync.core.roles import Role
 from tests.integration.agent_harness import DIR, Node, file_entry
 from tests.integration.conftest import Pair
 from tests.loopfs import LoopFs, loop_ext4, needs_loop_devices

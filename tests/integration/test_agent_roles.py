@@ -23,13 +23,12 @@ from bmsync.core.frames import (
     Purpose,
     Put,
     Refuse,
-    Role,
     Welcome,
     encode,
 )
-from bmsync.core.guard import NodeRole, RefusalCode, Stamp
 from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Mkdir
+from bmsync.core.roles import NodeRole, RefusalCode, Role, Stamp
 from bmsync.state.lock import LOCK_NAME
 from bmsync.state.roles import RoleStore
 from tests.helpers import whole_root

@@ -14,18 +14,8 @@ from pathlib import Path
 
 from bmsync.agent.receiver import Agent
 from bmsync.agent.stdio import AgentConnection
-from bmsync.core.frames import (
-    MAX_EPOCH,
-    PROTOCOL_VERSION,
-    ErrorFrame,
-    Hello,
-    Purpose,
-    Refuse,
-    Role,
-    Welcome,
-    encode,
-)
-from bmsync.core.guard import NodeRole, RefusalCode, Stamp
+from bmsync.core.frames import PROTOCOL_VERSION, ErrorFrame, Hello, Purpose, Refuse, Welcome, encode
+from bmsync.core.roles import MAX_EPOCH, NodeRole, RefusalCode, Role, Stamp
 from bmsync.state.lock import LOCK_NAME
 from bmsync.state.roles import RoleStore
 from tests.integration.agent_harness import Node, raw_frame

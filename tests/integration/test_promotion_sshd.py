@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bmsync.core.guard import NodeRole, Stamp
+from bmsync.core.roles import NodeRole, Stamp
 from bmsync.state.lock import LOCK_NAME
 from bmsync.state.roles import RoleStore
 from tests.integration.conftest import Pair

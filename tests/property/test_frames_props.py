@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from bmsync.core.errors import ProtocolError
 from bmsync.core.frames import (
-    MAX_EPOCH,
     Applied,
     Bye,
     Commit,
@@ -27,13 +26,13 @@ from bmsync.core.frames import (
     Put,
     PutChunk,
     Refuse,
-    Role,
     Welcome,
     decode_body,
     encode,
 )
 from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
+from bmsync.core.roles import MAX_EPOCH, Role
 
 FRAME_TYPES: tuple[type, ...] = get_args(Frame)
 

@@ -18,21 +18,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from bmsync.core.frames import Role
-from bmsync.core.guard import (
-    Accepted,
-    AlreadyActive,
-    ForcedResume,
-    Guard,
-    NodeRole,
-    PeerFenced,
-    PeerRefused,
-    PeerWelcomed,
-    Stamp,
-    VipCheckFailed,
-    VipSeen,
-    judge_sender,
-)
+from bmsync.core.guard import Guard
+from bmsync.core.observations import ForcedResume, PeerFenced, PeerWelcomed, VipCheckFailed, VipSeen
+from bmsync.core.roles import Accepted, AlreadyActive, NodeRole, Refusal, Role, Stamp, judge_sender
 
 NODES = ("bm1", "bm2")
 nodes = st.sampled_from(NODES)
@@ -143,7 +131,7 @@ class TwoNodes(RuleBasedStateMachine):
         else:
             peer = self.disk[receiver]
             guard.observe(
-                PeerRefused(receiver, peer.role, peer.highest_seen, verdict.code, verdict.reason),
+                Refusal(receiver, peer.role, peer.highest_seen, verdict.code, verdict.reason),
                 self.tick(),
             )
             self.disk[sender] = self.disk[sender].saw(guard.role.highest_seen)

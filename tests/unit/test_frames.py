@@ -36,7 +36,6 @@ from bmsync.core.frames import (
     PutDelta,
     PutHole,
     Refuse,
-    Role,
     ToAgent,
     Welcome,
     decode_body,
@@ -44,6 +43,7 @@ from bmsync.core.frames import (
 )
 from bmsync.core.manifest import DIGEST_SIZE, MAX_XATTRS, Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
+from bmsync.core.roles import Role
 
 FILE = Entry(
     Kind.FILE,

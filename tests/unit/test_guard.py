@@ -5,28 +5,30 @@ from __future__ import annotations
 import pytest
 
 from bmsync.core.errors import EpochExhausted, RoleStateError
-from bmsync.core.frames import MAX_EPOCH, Role
-from bmsync.core.guard import (
-    Accepted,
-    AlreadyActive,
+from bmsync.core.guard import Guard, GuardState
+from bmsync.core.observations import (
     ForcedResume,
-    Guard,
-    GuardState,
     MaintenanceSet,
-    NodeRole,
     PeerFenced,
     PeerLost,
-    PeerRefused,
     PeerWelcomed,
-    RefusalCode,
-    Refused,
     RoleChanged,
-    Stamp,
-    Suspicion,
     VipCheckFailed,
     VipSeen,
+)
+from bmsync.core.roles import (
+    MAX_EPOCH,
+    Accepted,
+    AlreadyActive,
+    NodeRole,
+    Refusal,
+    RefusalCode,
+    Refused,
+    Role,
+    Stamp,
     judge_sender,
 )
+from bmsync.core.suspicions import Suspicion
 
 
 def test_a_fresh_node_is_passive_at_epoch_0() -> None:
@@ -75,10 +77,10 @@ def test_refusals(receiver: NodeRole, sender: Stamp, sender_role: Role, code: st
     assert sender.node in verdict.reason
 
 
-def refused_by(peer: NodeRole, me: NodeRole) -> PeerRefused:
+def refused_by(peer: NodeRole, me: NodeRole) -> Refusal:
     verdict = judge_sender(peer, me.stamp, me.role)
     assert isinstance(verdict, Refused)
-    return PeerRefused(peer.node, peer.role, peer.highest_seen, verdict.code, verdict.reason)
+    return Refusal(peer.node, peer.role, peer.highest_seen, verdict.code, verdict.reason)
 
 
 def test_both_promoted_both_suspend_with_the_reason() -> None:
