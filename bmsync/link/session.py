@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from bmsync import __version__
-from bmsync.core.delta import (
-    DELTA_MAX_BYTES,
-    MAX_DELTA_OPS,
-    compress_literals,
-    literal_bytes,
-    make_delta_within,
-)
 from bmsync.core.errors import (
     AgentFailed,
     PeerRefused,
@@ -50,7 +42,6 @@ from bmsync.core.frames import (
     Put,
     PutAbort,
     PutChunk,
-    PutDelta,
     PutHole,
     Refuse,
     Welcome,
@@ -59,9 +50,8 @@ from bmsync.core.manifest import MAX_ENTRIES, Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile
 from bmsync.core.paths import show
 from bmsync.core.roles import Role
-from bmsync.fs.bases import BaseStore
-from bmsync.fs.files import is_sparse
-from bmsync.link.outbox import FileFrame, file_frames, read_whole
+from bmsync.link.file_sender import DeltaBase, FileSender, FileSent
+from bmsync.link.outbox import FileFrame
 from bmsync.link.ssh import FrameChannel
 
 log = structlog.get_logger("bmsync.session")
@@ -77,16 +67,6 @@ Progress = Callable[[Op, int], None]
 # None when unknown (or not a file): the agent keeps a copy of a file that
 # turns out to differ before it replaces or deletes it
 Acknowledged = Callable[[bytes], bytes | None]
-# path -> (digest, content) of the version the peer holds, if known here
-DeltaBase = Callable[[bytes], tuple[bytes, bytes] | None]
-# A delta whose literal data exceeds this goes as a whole file instead (it
-# must fit one frame, and past it the saving is small).
-DELTA_LITERAL_MAX_BYTES = 1024 * 1024
-# Making a delta is given up once its literal data (before compression)
-# passes this many times what it may send: zlib rarely does better.
-DELTA_RAW_LITERAL_FACTOR = 8
-# Reads of a file that keeps changing before it is left for the next pass.
-SEND_ATTEMPTS = 3
 # What the agent wrote before it hung up is already on its way: a last read
 # need not wait long for it.
 WHY_LOST_WAIT_S = 2.0
@@ -107,6 +87,18 @@ class Outcome:
     # files changed on the peer since bmsync wrote them: (path, where the
     # agent kept a copy before replacing or deleting them)
     backups: list[tuple[bytes, str]] = field(default_factory=list)
+
+    def count(self, path: bytes, file: FileSent) -> int:
+        """Add what sending the file at ``path`` did; the bytes it sent."""
+        if file.sent:
+            self.files_sent += 1
+            self.bytes_sent += file.bytes
+            self.deltas += int(file.delta)
+        if file.changing:
+            self.changing.append(path)
+        if file.skipped is not None:
+            self.skipped.append((path, file.skipped))
+        return file.bytes
 
 
 class PeerSession:
@@ -236,6 +228,7 @@ class PeerSession:
         replaces or deletes it should find there."""
         outcome = Outcome()
         batches = list(_batches(ops))
+        files = FileSender(self._channel.send, root_fd, delta_base)
 
         async def send_all() -> None:
             try:
@@ -250,7 +243,7 @@ class PeerSession:
                     sent = 0
                     lead = _expectation(op, acknowledged)
                     if isinstance(op, PutFile):
-                        sent = await self._send_file(root_fd, op, outcome, delta_base, lead)
+                        sent = outcome.count(op.path, await files.send(op, lead))
                     else:
                         await self._channel.send([*lead, op])
                     if progress is not None:
@@ -278,120 +271,6 @@ class PeerSession:
             failures=len(outcome.failures),
         )
         return outcome
-
-    async def _send_file(
-        self,
-        root_fd: int,
-        op: PutFile,
-        outcome: Outcome,
-        delta_base: DeltaBase | None,
-        lead: list[Frame],
-    ) -> int:
-        """Send one file, ``lead`` in the same write as its first frame; a
-        file that changes while it is read is aborted on the agent (nothing
-        of it applied) and read again, a few times."""
-        pending = lead
-
-        async def send(frame: Frame) -> None:
-            nonlocal pending
-            await self._channel.send([*pending, frame])
-            pending = []
-
-        # a sparse file goes whole, holes as holes: a delta is written in full
-        if (
-            delta_base is not None
-            and BaseStore.wanted(op.entry.size)
-            and not is_sparse(root_fd, op.path)
-        ):
-            for _ in range(SEND_ATTEMPTS):
-                try:
-                    sent = await self._send_delta(root_fd, op, outcome, delta_base, send)
-                except _ChangedWhileRead:
-                    log.info("file_changed_while_sent", path=show(op.path))
-                    continue
-                if sent is not None:
-                    return sent
-                break
-            else:  # still being written: its next event brings it back, as a delta
-                outcome.changing.append(op.path)
-                return 0
-        for _ in range(SEND_ATTEMPTS):
-            sent = 0
-            try:
-                for frame in file_frames(root_fd, op.path):
-                    if isinstance(frame, (PutChunk, Put)):
-                        sent += len(frame.data)
-                    await send(frame)
-            except OSError as exc:
-                # Gone or replaced since the scan: the next pass plans what it is now.
-                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    outcome.skipped.append((op.path, exc.strerror or str(exc)))
-                return 0
-            if not isinstance(frame, PutAbort):
-                outcome.files_sent += 1
-                outcome.bytes_sent += sent
-                return sent
-            log.info("file_changed_while_sent", path=show(op.path))
-        outcome.changing.append(op.path)
-        return 0
-
-    async def _send_delta(
-        self,
-        root_fd: int,
-        op: PutFile,
-        outcome: Outcome,
-        delta_base: DeltaBase,
-        send: Callable[[Frame], Awaitable[None]],
-    ) -> int | None:
-        """Send ``op`` as a delta if that is worth it; ``None``: send whole.
-        The base, the file and the delta are read and made in a worker
-        thread: a large file keeps the event loop (the control socket, the
-        watcher) waiting for none of it."""
-        made = await asyncio.to_thread(_make_put_delta, root_fd, op.path, delta_base)
-        if made is None:
-            return None
-        frame, literal = made
-        await send(frame)
-        outcome.files_sent += 1
-        outcome.deltas += 1
-        outcome.bytes_sent += literal
-        return literal
-
-
-def _make_put_delta(
-    root_fd: int, path: bytes, delta_base: DeltaBase
-) -> tuple[PutDelta, int] | None:
-    """The delta that brings the peer's version of ``path`` to the file's
-    current content, and its literal bytes; ``None`` if there is no base or
-    the delta would cost more than the whole file: more literal data than
-    half the file (or ``DELTA_LITERAL_MAX_BYTES``), or more operations than
-    the agent takes. Blocking: run in a worker thread."""
-    base = delta_base(path)
-    if base is None:
-        return None
-    base_digest, base_data = base
-    try:
-        current = read_whole(root_fd, path, DELTA_MAX_BYTES)
-    except OSError:
-        return None
-    if current is None:  # grew past the delta limit, or changed as it was read
-        raise _ChangedWhileRead
-    data, entry = current
-    budget = min(DELTA_LITERAL_MAX_BYTES, len(data) // 2)
-    ops = make_delta_within(
-        base_data, data, max_literal=budget * DELTA_RAW_LITERAL_FACTOR, max_ops=MAX_DELTA_OPS
-    )
-    if ops is None:
-        return None
-    ops = compress_literals(ops)
-    literal = literal_bytes(ops)
-    if literal > budget or len(ops) > MAX_DELTA_OPS:
-        return None  # the agent refuses a delta of more operations
-    return PutDelta(path, base_digest, ops, entry), literal
-
-
-class _ChangedWhileRead(Exception):
-    """The file is not the version the scan saw: read it again."""
 
 
 def _expectation(op: Op, acknowledged: Acknowledged | None) -> list[Frame]:

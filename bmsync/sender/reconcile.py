@@ -30,7 +30,8 @@ from bmsync.fs.bases import BaseStore
 from bmsync.fs.digests import DigestCache
 from bmsync.fs.files import open_file, open_root
 from bmsync.fs.scan import Scan, scan_tree
-from bmsync.link.session import Acknowledged, DeltaBase, PeerSession, Progress
+from bmsync.link.file_sender import DeltaBase
+from bmsync.link.session import Acknowledged, PeerSession, Progress
 
 log = structlog.get_logger("bmsync.reconcile")
 

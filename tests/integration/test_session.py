@@ -15,6 +15,7 @@ from bmsync.core.frames import Applied, Commit, Frame, Purpose
 from bmsync.core.manifest import digest_bytes
 from bmsync.core.ops import PutFile
 from bmsync.fs.files import open_root
+from bmsync.link import file_sender
 from bmsync.link import session as session_module
 from bmsync.link.outbox import read_whole
 from bmsync.link.session import Outcome, PeerSession
@@ -91,7 +92,7 @@ def test_a_delta_of_more_operations_than_the_agent_takes_goes_whole(
         op = PutFile(b"etc/big.conf", found[1])
         # make_delta gives 5 operations: copy, literal, copy, literal, copy
         for limit, deltas in ((4, 0), (MAX_DELTA_OPS, 1)):
-            monkeypatch.setattr(session_module, "MAX_DELTA_OPS", limit)
+            monkeypatch.setattr(file_sender, "MAX_DELTA_OPS", limit)
             (passive / "etc/big.conf").write_bytes(base)
             channel = InMemoryChannel(Agent("bm2", passive, whole_root(), state))
 
