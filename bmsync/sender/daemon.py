@@ -46,7 +46,7 @@ from bmsync.ha.vip import Runner, run_command
 from bmsync.link.session import PeerSession
 from bmsync.link.ssh import connect as ssh_connect
 from bmsync.sender.changes import Changes
-from bmsync.sender.commands import DEMOTE_WAIT_S, Commands
+from bmsync.sender.commands import Commands
 from bmsync.sender.hold import Hold
 from bmsync.sender.link import Connect, Link, Signals, Suspended
 from bmsync.sender.outcomes import Outcomes
@@ -60,8 +60,6 @@ from bmsync.state.directory import ensure_state_dir
 from bmsync.state.journal import ManifestStore
 from bmsync.state.records import BackupLog
 from bmsync.state.roles import require_active
-
-__all__ = ["DEMOTE_WAIT_S", "Daemon", "State", "run_daemon"]
 
 log = structlog.get_logger("bmsync.daemon")
 

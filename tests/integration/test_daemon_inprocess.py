@@ -21,7 +21,8 @@ from bmsync.agent.receiver import Agent
 from bmsync.config.parse import Config, PeerConfig, load
 from bmsync.core.errors import PeerUnreachable, TransportError
 from bmsync.core.frames import Frame
-from bmsync.sender.daemon import Daemon, State
+from bmsync.sender.daemon import Daemon
+from bmsync.sender.status import State
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.roles import RoleStore
 from tests.helpers import InMemoryChannel, walk
