@@ -136,8 +136,9 @@ class Daemon:
 
     def tell_systemd(self, detail: str = "") -> None:
         """One STATUS= line per change of state (``systemctl status``)."""
-        why = self.status_view.blocked()[0]
-        line = systemd_line(self.state, self.config, self.link.guard, why, detail)
+        state = self.state
+        why = self.status_view.blocked()[0] if state in (State.PAUSED, State.DEGRADED) else None
+        line = systemd_line(state, self.config, self.link.guard, why, detail)
         if line != self._told_systemd:
             self._told_systemd = line
             self._notifier.status(line)
