@@ -17,7 +17,8 @@ from bmsync.config.model import Config
 from bmsync.core.errors import DaemonNotRunning, DaemonRefused, UsageError
 from bmsync.core.guard import Guard, GuardState
 from bmsync.core.roles import AlreadyActive, NodeRole, Role
-from bmsync.sender.daemon import DEMOTE_WAIT_S, run_daemon
+from bmsync.sender.commands import DEMOTE_WAIT_S
+from bmsync.sender.daemon import run_daemon
 from bmsync.service import control
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.lock import SenderLock

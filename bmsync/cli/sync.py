@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from bmsync.config.model import Config
-from bmsync.core.brake import DeleteBrake, lost_files, synced_files
+from bmsync.core.brake import DeleteBrake, synced_files
 from bmsync.core.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected, SyncPaused
 from bmsync.core.frames import Purpose
 from bmsync.core.manifest import Entry
@@ -20,7 +20,9 @@ from bmsync.fs.bases import BaseStore
 from bmsync.fs.digests import DigestCache
 from bmsync.link.session import PeerSession
 from bmsync.link.ssh import connect
-from bmsync.sender.reconcile import keep_bases, resync, verify
+from bmsync.sender.peer_view import PeerView
+from bmsync.sender.pipeline import Pipeline
+from bmsync.sender.reconcile import reconcile, verify
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.roles import RoleStore, require_active
 
@@ -95,18 +97,18 @@ HELD_BACK_ADVICE = (
 )
 
 
-def delete_brake(conf: Config) -> Callable[[list[Op], Mapping[bytes, Entry]], str | None]:
-    """The daemon's delete-storm brake, for a resync run by hand."""
-    brake = DeleteBrake(conf.brake_limits())
+class _HandBrake:
+    """The daemon's delete-storm brake, for a resync run by hand: every
+    pass's deletions count (the ``Brake`` of the pipeline)."""
 
-    def check(ops: list[Op], peer: Mapping[bytes, Entry]) -> str | None:
-        now = time.monotonic()
-        deletes = lost_files(ops, peer)
-        reason = brake.check(deletes, synced_files(peer), now)
-        brake.record(deletes, now)
-        return reason
+    def __init__(self, conf: Config) -> None:
+        self._brake = DeleteBrake(conf.brake_limits())
 
-    return check
+    def check(self, deletes: int, peer: Mapping[bytes, Entry]) -> str | None:
+        return self._brake.check(deletes, synced_files(peer), time.monotonic())
+
+    def sent(self, deletes: int) -> None:
+        self._brake.record(deletes, time.monotonic())
 
 
 async def cmd_resync(conf: Config, args: argparse.Namespace) -> int:
@@ -116,23 +118,26 @@ async def cmd_resync(conf: Config, args: argparse.Namespace) -> int:
     bases = None
     if not args.dry_run:
         bases = BaseStore.in_state_dir(conf.state_dir, conf.sync.delta_cache_mb)
+    view = PeerView(conf.sync.root, None, bases)
+    pipeline = Pipeline(
+        conf.sync.root,
+        conf.syncset(),
+        view,
+        digests=None if args.dry_run else DigestCache(conf.state_dir),
+    )
     try:
-        report = await resync(
+        report = await reconcile(
+            pipeline,
             session,
-            conf.sync.root,
-            conf.syncset(),
             dry_run=args.dry_run,
             progress=reporter.step,
             on_plan=reporter.plan,
-            delta_bases=bases,
-            digests=None if args.dry_run else DigestCache(conf.state_dir),
-            guard=None if args.dry_run or args.allow_deletes else delete_brake(conf),
+            brake=None if args.dry_run or args.allow_deletes else _HandBrake(conf),
         )
     finally:
         reporter.finish()
         await session.close()
-    if bases is not None:
-        keep_bases(conf.sync.root, report.sent, bases)
+    view.keep_bases_now(report.sent)
     if args.json:
         print(
             json.dumps(

@@ -19,11 +19,11 @@ from bmsync.core.frames import (
     FrameDecoder,
     Hello,
     Purpose,
-    Role,
     Welcome,
     encode,
 )
 from bmsync.core.manifest import Entry, Kind, digest_bytes
+from bmsync.core.roles import Role
 
 
 class Node:
