@@ -27,8 +27,9 @@ from bmsync.core.planner import plan
 from bmsync.core.tree import plan_changes
 from bmsync.fs.digests import DigestCache
 from bmsync.fs.files import open_root
-from bmsync.fs.scan import LinkGroups, Scan, UnsupportedFiles, scan_paths, scan_tree
+from bmsync.fs.scan import Scan, scan_paths, scan_tree
 from bmsync.link.session import Outcome, PeerSession, Progress
+from bmsync.sender.found import LinkGroups, UnsupportedFiles
 from bmsync.sender.peer_view import PeerView
 
 # A batch with more paths than this, or a whole subtree, is scanned in a

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bmsync.fs.scan import LinkGroups
+from bmsync.sender.found import LinkGroups
 
 
 def test_the_other_names_of_an_inode_follow_the_scans() -> None:
