@@ -1,49 +1,36 @@
-"""The commands that run or talk to the daemon: run, status, pause, resume
-(and resync, when a daemon is running)."""
+"""The commands that run or talk to the daemon: run, status, pause and
+resume."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
+from bmsync.cli.daemon_client import NOTHING_CHANGED, RESYNC_TIMEOUT_S, check
 from bmsync.config.model import Config
-from bmsync.core.errors import DaemonNotRunning, DaemonRefused, UsageError
+from bmsync.core.errors import DaemonNotRunning, UsageError
 from bmsync.core.guard import Guard, GuardState
-from bmsync.core.roles import AlreadyActive, NodeRole, Role
-from bmsync.sender.commands import DEMOTE_WAIT_S
 from bmsync.sender.daemon import run_daemon
 from bmsync.service import control
 from bmsync.state.directory import ensure_state_dir
-from bmsync.state.lock import SenderLock
 from bmsync.state.records import Pause, PauseFlag
 from bmsync.state.roles import RoleStore
-
-log = structlog.get_logger("bmsync.cli")
 
 # `bmsync status` exit codes: running and syncing; running but not syncing.
 STATUS_SYNCING = 0
 STATUS_NOT_SYNCING = 1
-# pause, resume, promote, demote: asked to change something that did not change
-NOTHING_CHANGED = 1
 HEALTHY = {"syncing", "reconciling"}
-# A resync through the daemon can take as long as a full reconcile.
-RESYNC_TIMEOUT_S = 3600.0
-# How long `bmsync promote` waits for the writing session it ends.
-END_SESSION_WAIT_S = 10.0
 
 
-def cmd_run(conf: Config) -> int:
+def run(conf: Config, args: argparse.Namespace) -> int:
     return run_daemon(conf, dict(os.environ))
 
 
-def cmd_status(conf: Config, args: argparse.Namespace) -> int:
+def status(conf: Config, args: argparse.Namespace) -> int:
     try:
         answer = asyncio.run(control.request(conf.control_socket, "status", 10))
     except DaemonNotRunning:
@@ -59,7 +46,7 @@ def cmd_status(conf: Config, args: argparse.Namespace) -> int:
             if stopped["paused_reason"]:
                 print(f"  paused because  {stopped['paused_reason']} (until 'bmsync resume')")
         return DaemonNotRunning.exit_code
-    _check(answer)
+    check(answer)
     if args.json:
         answer.pop("ok", None)
         print(json.dumps(answer, indent=2))
@@ -68,12 +55,12 @@ def cmd_status(conf: Config, args: argparse.Namespace) -> int:
     return STATUS_SYNCING if answer["state"] in HEALTHY else STATUS_NOT_SYNCING
 
 
-def cmd_pause(conf: Config, args: argparse.Namespace) -> int:
+def pause(conf: Config, args: argparse.Namespace) -> int:
     try:
         answer = asyncio.run(control.request(conf.control_socket, "pause", 10, reason=args.reason))
     except DaemonNotRunning:
         return _pause_stopped(conf, args.reason)
-    _check(answer)
+    check(answer)
     if not answer["changed"]:
         print(f"bmsync on {conf.node}: already paused ({answer['reason']}); nothing changed")
         return NOTHING_CHANGED
@@ -95,7 +82,7 @@ def _pause_stopped(conf: Config, reason: str) -> int:
     return 0
 
 
-def cmd_resume(conf: Config, args: argparse.Namespace) -> int:
+def resume(conf: Config, args: argparse.Namespace) -> int:
     if args.force and not args.reason.strip():
         raise UsageError(
             'bmsync resume --force needs --reason "...": say why no split-brain is '
@@ -122,7 +109,7 @@ def cmd_resume(conf: Config, args: argparse.Namespace) -> int:
             return 0
         print(f"bmsync on {conf.node}: not paused; nothing changed")
         return NOTHING_CHANGED
-    _check(answer)
+    check(answer)
     state = answer["state"]
     if not answer["changed"]:
         if not args.force:
@@ -146,116 +133,6 @@ def _print_blockers(answer: dict[str, Any]) -> None:
         print(f"  still {answer['state']}: {answer['reason']}")
         for advice in answer.get("clears", []):
             print(f"  cleared by: {advice}")
-
-
-def cmd_role(conf: Config, change: str) -> int:
-    """``bmsync promote`` / ``bmsync demote``: the persisted role (under the
-    role lock, so no write of the agent's falls after it), then the writing
-    session on this node (if any) is ended, then the daemon (if any) told."""
-    ensure_state_dir(conf.state_dir)
-    store = RoleStore(conf.state_dir, conf.node)
-    before = store.load_record(lenient=change == "demote")[0]
-    if change == "demote" and before.role is Role.PASSIVE:
-        print(f"bmsync on {conf.node}: already passive at epoch {before.epoch}; nothing changed")
-        return NOTHING_CHANGED
-    try:
-        after = store.update(
-            NodeRole.promote if change == "promote" else NodeRole.demote,
-            f"{_now()} bmsync {change}",
-            lenient=change == "demote",  # always safe: this node stops sending
-        )
-    except AlreadyActive:
-        print(
-            f"bmsync on {conf.node}: already active at epoch {before.epoch}, above every "
-            f"promotion seen ({before.highest_seen}); nothing changed"
-        )
-        return NOTHING_CHANGED
-    print(
-        f"bmsync on {conf.node}: {after.role} at epoch {after.epoch} "
-        f"(highest seen: {after.highest_seen})"
-    )
-    if after.role is Role.ACTIVE:
-        # a writer accepted here before must not write once this node is active
-        ended = SenderLock(conf.state_dir).end_session(END_SESSION_WAIT_S)
-        if ended is not None:
-            print(f"  {ended}")
-    with contextlib.suppress(DaemonNotRunning):
-        answer = asyncio.run(control.request(conf.control_socket, "role", DEMOTE_WAIT_S + 10))
-        _check(answer)
-        if answer["state"] == "stopped":
-            print("  the daemon here finished the batch in flight and stopped sending")
-    return 0
-
-
-def cmd_reset_epoch(conf: Config, epoch: int, reason: str) -> int:
-    """``bmsync reset-epoch``: lower this passive node's highest seen epoch
-    after a sender with a leaked key raised it (README, "A leaked key").
-    Logged and recorded in role.json; the writing session on this node, if
-    any (the hostile one, perhaps), is ended."""
-    if not reason.strip():
-        raise UsageError(
-            'bmsync reset-epoch needs --reason "...": say why the epoch seen here is not '
-            "to be trusted (it is logged and kept in role.json)"
-        )
-    ensure_state_dir(conf.state_dir)
-    store = RoleStore(conf.state_dir, conf.node)
-    before = store.load_record(lenient=True)[0]
-    after = store.update(
-        lambda role: role.reset_seen(epoch),
-        f"{_now()} bmsync reset-epoch from {before.highest_seen} to epoch {epoch}: {reason}",
-        lenient=True,
-    )
-    if after == before:
-        print(
-            f"bmsync on {conf.node}: nothing above epoch {epoch} (highest seen: "
-            f"{before.highest_seen}, own epoch {before.epoch}); nothing changed"
-        )
-        return NOTHING_CHANGED
-    log.warning(
-        "epoch_reset",
-        node=conf.node,
-        old=str(before.highest_seen),
-        new=str(after.highest_seen),
-        own_epoch=after.epoch,
-        reason=reason,
-    )
-    print(
-        f"bmsync on {conf.node}: highest seen epoch reset from {before.highest_seen} to "
-        f"{after.highest_seen} (own epoch {after.epoch}); recorded in {store.path}"
-    )
-    # a session accepted at the old epoch (the leaked key's) writes nothing more
-    ended = SenderLock(conf.state_dir).end_session(END_SESSION_WAIT_S)
-    if ended is not None:
-        print(f"  {ended}")
-    with contextlib.suppress(DaemonNotRunning):
-        _check(asyncio.run(control.request(conf.control_socket, "role", DEMOTE_WAIT_S + 10)))
-    return 0
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def resync_via_daemon(conf: Config, allow_deletes: bool = False) -> dict[str, Any] | None:
-    """Ask a running daemon to reconcile; ``None`` if no daemon runs."""
-    try:
-        answer = asyncio.run(
-            control.request(
-                conf.control_socket, "resync", RESYNC_TIMEOUT_S, allow_deletes=allow_deletes
-            )
-        )
-    except DaemonNotRunning:
-        return None
-    _check(answer, "the daemon refused the resync")
-    return answer
-
-
-def _check(answer: dict[str, Any], what: str = "the daemon says") -> None:
-    if not answer.get("ok", False):
-        raise DaemonRefused(
-            f"{what}: {answer.get('error', answer)}",
-            int(answer.get("exit_code", DaemonRefused.exit_code)),
-        )
 
 
 def _stopped(conf: Config) -> dict[str, Any]:

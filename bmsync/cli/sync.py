@@ -1,14 +1,17 @@
-"""The commands that talk to the peer directly: resync and verify."""
+"""The commands that talk to the peer directly: resync and verify. A
+resync goes through the daemon instead when one answers."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from bmsync.cli.daemon_client import resync_via_daemon
 from bmsync.config.model import Config
 from bmsync.core.brake import DeleteBrake, synced_files
 from bmsync.core.errors import ApplyIncomplete, LocalFsError, SplitBrainSuspected, SyncPaused
@@ -22,7 +25,8 @@ from bmsync.link.session import PeerSession
 from bmsync.link.ssh import connect
 from bmsync.sender.peer_view import PeerView
 from bmsync.sender.pipeline import Pipeline
-from bmsync.sender.reconcile import reconcile, verify
+from bmsync.sender.reconcile import reconcile
+from bmsync.sender.reconcile import verify as verify_with_peer
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.roles import RoleStore, require_active
 
@@ -111,7 +115,17 @@ class _HandBrake:
         self._brake.record(deletes, time.monotonic())
 
 
-async def cmd_resync(conf: Config, args: argparse.Namespace) -> int:
+def resync(conf: Config, args: argparse.Namespace) -> int:
+    if not args.dry_run and (answer := resync_via_daemon(conf, args.allow_deletes)) is not None:
+        return print_daemon_resync(answer, args.json)
+    return asyncio.run(_resync(conf, args))
+
+
+def verify(conf: Config, args: argparse.Namespace) -> int:
+    return asyncio.run(_verify(conf, args))
+
+
+async def _resync(conf: Config, args: argparse.Namespace) -> int:
     purpose = Purpose.READ if args.dry_run else Purpose.WRITE
     session = await _connect(conf, purpose)
     reporter = _Reporter(args.json)
@@ -228,10 +242,10 @@ def print_daemon_resync(answer: dict[str, Any], as_json: bool) -> int:
     return 0
 
 
-async def cmd_verify(conf: Config, args: argparse.Namespace) -> int:
+async def _verify(conf: Config, args: argparse.Namespace) -> int:
     session = await _connect(conf, Purpose.READ)
     try:
-        found, scan = await verify(session, conf.sync.root, conf.syncset())
+        found, scan = await verify_with_peer(session, conf.sync.root, conf.syncset())
     finally:
         await session.close()
     if args.json:
