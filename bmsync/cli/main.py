@@ -95,7 +95,7 @@ def _global_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: tuple[Command, ...] = COMMANDS) -> argparse.ArgumentParser:
     parser = _Parser(
         prog="bmsync",
         description=DESCRIPTION,
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser,
         {"config": DEFAULT_PATH, "log_level": "warning", "log_format": "console"},
     )
-    _add_commands(parser, COMMANDS, dest="command", metavar="COMMAND")
+    _add_commands(parser, commands, dest="command", metavar="COMMAND")
     return parser
 
 
@@ -139,9 +139,9 @@ def _add_commands(
             sub.set_defaults(**{COMMAND: command})
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, commands: tuple[Command, ...] = COMMANDS) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(commands).parse_args(argv)
         configure(args.log_level, args.log_format, environ=os.environ)
         return dispatch(getattr(args, COMMAND), args)
     except (BmsyncError, KeyboardInterrupt, BrokenPipeError) as exc:

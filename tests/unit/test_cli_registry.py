@@ -5,6 +5,7 @@ neither asyncssh nor the daemon."""
 
 from __future__ import annotations
 
+import argparse
 import inspect
 import json
 import re
@@ -27,9 +28,11 @@ def _id(item: tuple[tuple[str, ...], Command]) -> str:
     return " ".join(item[0])
 
 
-def _help(capsys: pytest.CaptureFixture[str], *words: str) -> str:
+def _help(
+    capsys: pytest.CaptureFixture[str], *words: str, tree: tuple[Command, ...] = COMMANDS
+) -> str:
     with pytest.raises(SystemExit) as exited:
-        main([*words, "--help"])
+        main([*words, "--help"], tree)
     assert exited.value.code == 0
     return capsys.readouterr().out
 
@@ -83,6 +86,29 @@ def test_a_command_has_a_handler_or_sub_commands() -> None:
         Command("x", "both", "a:b", subcommands=(Command("y", "y", "a:b"),))
     with pytest.raises(ValueError):
         Command("x", "no function", "bmsync.cli.sync")
+
+
+def nested(args: argparse.Namespace) -> int:
+    """The handler of the nested commands below."""
+    print(f"up {args.address} {args.bmsync_command.name}")
+    return 42
+
+
+def test_a_group_may_hold_groups(capsys: pytest.CaptureFixture[str]) -> None:
+    def address(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("address", help="the address")
+
+    up = Command("up", "raise it", f"{__name__}:nested", needs=Needs.NOTHING, arguments=address)
+    vip = Command("vip", "the VIP", subcommands=(up,))
+    tree = (*COMMANDS, Command("ha", "high availability", subcommands=(vip,)))
+    assert main(["ha", "vip", "up", "10.0.0.1", "--log-level", "info"], tree) == 42
+    assert capsys.readouterr().out == "up 10.0.0.1 up\n"
+    assert main(["ha", "vip"], tree) == 2
+    assert "bmsync ha vip: the following arguments are required: SUBCOMMAND" in (
+        capsys.readouterr().err
+    )
+    assert "the VIP" in _help(capsys, "ha", tree=tree)
+    assert "raise it" in _help(capsys, "ha", "vip", tree=tree)
 
 
 # Run in a fresh interpreter: argv[1] is the code to run; prints the heavy
