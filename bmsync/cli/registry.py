@@ -122,6 +122,22 @@ def _reset_epoch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", required=True, help="why (logged, kept in role.json)")
 
 
+def _dry_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the commands it would run, run none"
+    )
+
+
+def _vip_up(parser: argparse.ArgumentParser) -> None:
+    _dry_run(parser)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="take the VIP even though another host answers for it (only once that host "
+        "is fenced or gone; logged)",
+    )
+
+
 # -- the commands, in the order of 'bmsync --help' ------------------------------
 
 COMMANDS: tuple[Command, ...] = (
@@ -174,6 +190,30 @@ COMMANDS: tuple[Command, ...] = (
         "with a leaked key (replace the key first)",
         "bmsync.cli.roles:reset_epoch",
         arguments=_reset_epoch,
+    ),
+    Command(
+        "ha",
+        "the HA primitives (floating IP, ...), each runnable by hand",
+        subcommands=(
+            Command(
+                "vip",
+                "the floating IP on this node",
+                subcommands=(
+                    Command(
+                        "up",
+                        "hold the VIP here and announce it (gratuitous ARP)",
+                        "bmsync.cli.ha:vip_up_command",
+                        arguments=_vip_up,
+                    ),
+                    Command(
+                        "down",
+                        "release the VIP here",
+                        "bmsync.cli.ha:vip_down_command",
+                        arguments=_dry_run,
+                    ),
+                ),
+            ),
+        ),
     ),
     Command(
         "config",

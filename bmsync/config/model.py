@@ -55,6 +55,9 @@ class VipConfig:
     address: str
     interface: str
     check_interval_s: float = 5.0
+    prefix: int = 32
+    arp_count: int = 5  # gratuitous ARPs sent by `bmsync ha vip up`,
+    arp_interval_ms: int = 200  # this far apart
 
 
 @dataclass(frozen=True)

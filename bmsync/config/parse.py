@@ -223,6 +223,9 @@ VIP_SCHEMA: Schema = {
     "address": _ipv4,
     "interface": _interface,
     "check_interval_s": _ranged(_float, 0.5, 3600),
+    "prefix": _ranged(_int, 1, 32),
+    "arp_count": _ranged(_int, 1, 100),
+    "arp_interval_ms": _ranged(_int, 10, 10_000),
 }
 
 

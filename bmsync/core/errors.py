@@ -145,3 +145,11 @@ class DaemonRefused(BmsyncError):
     def __init__(self, message: str, exit_code: int = BmsyncError.exit_code) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class HaRefused(BmsyncError):
+    """An HA action was refused or failed before it changed anything it
+    did not undo (another host holds the VIP, a tool failed): the message
+    says what, and what to do."""
+
+    exit_code = 10

@@ -42,10 +42,21 @@ async def run_command(argv: Sequence[str]) -> tuple[int, str]:
     return (0 if status is None else status), out.decode(errors="replace")
 
 
-def _how(status: int, out: str) -> str:
+def how(status: int, out: str) -> str:
     said = " ".join(out.split()) or "no output"
     ended = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
     return f"{ended}: {said}"
+
+
+def show_argv(vip: VipConfig) -> list[str]:
+    """The addresses of the VIP's interface, one line each."""
+    return ["ip", "-o", "-4", "addr", "show", "dev", vip.interface]
+
+
+def detect_argv(vip: VipConfig) -> list[str]:
+    """Who else answers ARP for the VIP. DAD mode (-D) asks from 0.0.0.0,
+    so our own address does not answer: any reply is another host."""
+    return ["arping", "-D", "-c", "2", "-w", str(DAD_WAIT_S + 1), "-I", vip.interface, vip.address]
 
 
 async def observe_vip(vip: VipConfig, run: Runner = run_command) -> VipSeen | VipCheckFailed:
@@ -55,19 +66,15 @@ async def observe_vip(vip: VipConfig, run: Runner = run_command) -> VipSeen | Vi
     guard takes that as a suspicion, never as a clean VIP."""
     where = f"ha.vip.interface {vip.interface}"
     try:
-        status, out = await run(["ip", "-o", "-4", "addr", "show", "dev", vip.interface])
+        status, out = await run(show_argv(vip))
         if status != 0:
-            return VipCheckFailed(f"{where}: 'ip addr show' failed ({_how(status, out)})")
+            return VipCheckFailed(f"{where}: 'ip addr show' failed ({how(status, out)})")
         held = any(
             field.split("/")[0] == vip.address
             for line in out.splitlines()
             for field in line.split()
         )
-        # DAD mode (-D): asks from 0.0.0.0, so our own address does not answer
-        # and any reply is another host claiming the VIP.
-        status, out = await run(
-            ["arping", "-D", "-c", "2", "-w", str(DAD_WAIT_S + 1), "-I", vip.interface, vip.address]
-        )
+        status, out = await run(detect_argv(vip))
     except BmsyncError as exc:
         return VipCheckFailed(f"{where}: {exc}")
     others = tuple(sorted({m.lower() for m in _REPLY.findall(out)}))
@@ -78,6 +85,6 @@ async def observe_vip(vip: VipConfig, run: Runner = run_command) -> VipSeen | Vi
         return VipSeen(held=held, other_macs=others)
     if status == 1:
         return VipCheckFailed(
-            f"{where}: arping -D {vip.address} reported a reply but no MAC ({_how(status, out)})"
+            f"{where}: arping -D {vip.address} reported a reply but no MAC ({how(status, out)})"
         )
-    return VipCheckFailed(f"{where}: arping -D {vip.address} could not check ({_how(status, out)})")
+    return VipCheckFailed(f"{where}: arping -D {vip.address} could not check ({how(status, out)})")

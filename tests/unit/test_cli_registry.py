@@ -100,15 +100,15 @@ def test_a_group_may_hold_groups(capsys: pytest.CaptureFixture[str]) -> None:
 
     up = Command("up", "raise it", f"{__name__}:nested", needs=Needs.NOTHING, arguments=address)
     vip = Command("vip", "the VIP", subcommands=(up,))
-    tree = (*COMMANDS, Command("ha", "high availability", subcommands=(vip,)))
-    assert main(["ha", "vip", "up", "10.0.0.1", "--log-level", "info"], tree) == 42
+    tree = (*COMMANDS, Command("example", "a group of groups", subcommands=(vip,)))
+    assert main(["example", "vip", "up", "10.0.0.1", "--log-level", "info"], tree) == 42
     assert capsys.readouterr().out == "up 10.0.0.1 up\n"
-    assert main(["ha", "vip"], tree) == 2
-    assert "bmsync ha vip: the following arguments are required: SUBCOMMAND" in (
+    assert main(["example", "vip"], tree) == 2
+    assert "bmsync example vip: the following arguments are required: SUBCOMMAND" in (
         capsys.readouterr().err
     )
-    assert "the VIP" in _help(capsys, "ha", tree=tree)
-    assert "raise it" in _help(capsys, "ha", "vip", tree=tree)
+    assert "the VIP" in _help(capsys, "example", tree=tree)
+    assert "raise it" in _help(capsys, "example", "vip", tree=tree)
 
 
 # Run in a fresh interpreter: argv[1] is the code to run; prints the heavy
