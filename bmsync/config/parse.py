@@ -24,15 +24,25 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bmsync.config.model import Config, HaConfig, PeerConfig, SyncConfig, VipConfig
+from bmsync.config.model import (
+    Config,
+    HaConfig,
+    PeerConfig,
+    ServicesConfig,
+    StorageConfig,
+    SyncConfig,
+    VipConfig,
+)
 from bmsync.config.presets import PRESETS
 from bmsync.core.errors import ConfigError
 from bmsync.core.excludes import PatternError, Rule
 from bmsync.core.sshkey import KeyState, check_private_key
+from bmsync.core.storage import CLUSTER_FSTYPES, cyrus_path_of, is_network_fstype
 
 # A private key file is a few KiB; more is not a key (only this much is read).
 KEY_READ_BYTES = 1 << 20
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_FSTYPE = re.compile(r"[a-z0-9][a-z0-9._+-]{0,63}")
 
 
 T = TypeVar("T")
@@ -83,6 +93,7 @@ def _typed(kind: type[T], words: str) -> Callable[[yaml.Node, str, _Ctx], T]:
 _str = _typed(str, "a string")
 _int = _typed(int, "an integer")
 _float = _typed(float, "a number")
+_bool = _typed(bool, "true or false")
 
 
 def _ranged(convert: Converter, low: float, high: float) -> Converter:
@@ -223,6 +234,58 @@ VIP_SCHEMA: Schema = {
     "address": _ipv4,
     "interface": _interface,
     "check_interval_s": _ranged(_float, 0.5, 3600),
+    "prefix": _ranged(_int, 1, 32),
+    "arp_count": _ranged(_int, 1, 100),
+    "arp_interval_ms": _ranged(_int, 10, 10_000),
+}
+
+
+def _mount_point(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
+    path = Path(_sync_path(node, key, ctx))
+    if path == Path("/"):
+        raise ctx.error(node, key, "'/' is the root filesystem; name the directory to mount on")
+    return path
+
+
+def _fstype(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    value = _str(node, key, ctx)
+    if not _FSTYPE.fullmatch(value):
+        raise ctx.error(
+            node,
+            key,
+            f"{value!r} is not a filesystem type as mount(8) takes it "
+            "(lowercase letters, digits, '.', '_', '+', '-')",
+        )
+    return value
+
+
+def _mount_option(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    value = _nonempty(node, key, ctx)
+    if "," in value or any(c.isspace() for c in value):
+        raise ctx.error(node, key, f"{value!r}: one option per item (no ',' nor spaces)")
+    return value
+
+
+def _commands(node: yaml.Node, key: str, ctx: _Ctx) -> tuple[str, ...]:
+    commands: tuple[str, ...] = _list_of(_nonempty)(node, key, ctx)
+    if not commands:
+        raise ctx.error(node, key, "must list at least one command")
+    return commands
+
+
+STORAGE_SCHEMA: Schema = {
+    "device": _abs_path,
+    "mount": _mount_point,
+    "fstype": _fstype,
+    "options": _list_of(_mount_option),
+    "fsck": _bool,
+    "shared": _bool,
+}
+SERVICES_SCHEMA: Schema = {
+    "start": _commands,
+    "stop": _commands,
+    "check": _list_of(_nonempty),
+    "timeout_s": _ranged(_float, 1, 86_400),
 }
 
 
@@ -262,6 +325,62 @@ def _vip(node: yaml.Node, key: str, ctx: _Ctx) -> VipConfig:
     return _section(node, key, VIP_SCHEMA, ctx, VipConfig)
 
 
+def _storage_entry(node: yaml.Node, key: str, ctx: _Ctx) -> StorageConfig:
+    entry = _section(node, key, STORAGE_SCHEMA, ctx, StorageConfig)
+    cyrus = cyrus_path_of(entry.mount)
+    if cyrus is not None and is_network_fstype(entry.fstype):
+        raise ctx.error(
+            _node_at(node, "fstype") or node,
+            f"{key}.fstype",
+            f"{entry.fstype} for {entry.mount}: cyrus's data ({cyrus} and below) needs "
+            "block storage (a local disk, a SAN or iSCSI LUN, DRBD), never NFS nor any "
+            "network or FUSE filesystem (BlueMind HA guide)",
+        )
+    if entry.shared and entry.fstype not in CLUSTER_FSTYPES:
+        raise ctx.error(
+            _node_at(node, "shared") or node,
+            f"{key}.shared",
+            f"true only for a cluster filesystem ({', '.join(sorted(CLUSTER_FSTYPES))}); "
+            f"{entry.fstype} mounted on both nodes at once is corrupted",
+        )
+    return entry
+
+
+def _storage(node: yaml.Node, key: str, ctx: _Ctx) -> tuple[StorageConfig, ...]:
+    """The entries in mount order: one entry per mount point, and a mount
+    point under another only after it (else the later mount hides it).
+    An error about two entries names the later one's line."""
+    entries: tuple[StorageConfig, ...] = _list_of(_storage_entry)(node, key, ctx)
+    if not entries:
+        return entries
+    assert isinstance(node, yaml.SequenceNode)  # _list_of read it
+    lines = [(_node_at(item, "mount") or item) for item in node.value]
+    for later, entry in enumerate(entries):
+        for earlier in range(later):
+            first = entries[earlier].mount
+            also = f"{key}[{earlier}], line {lines[earlier].start_mark.line + 1}"
+            if entry.mount == first:
+                raise ctx.error(
+                    lines[later],
+                    f"{key}[{later}].mount",
+                    f"{entry.mount} is already the mount point of {also}; "
+                    "one entry per mount point",
+                )
+            if first.is_relative_to(entry.mount):
+                raise ctx.error(
+                    lines[later],
+                    f"{key}[{later}].mount",
+                    f"{first} ({also}) is under {entry.mount} but listed before it: "
+                    f"mounting {entry.mount} afterwards would hide it; "
+                    f"list {entry.mount} first",
+                )
+    return entries
+
+
+def _services(node: yaml.Node, key: str, ctx: _Ctx) -> ServicesConfig:
+    return _section(node, key, SERVICES_SCHEMA, ctx, ServicesConfig)
+
+
 def _sync(node: yaml.Node, key: str, ctx: _Ctx) -> SyncConfig:
     return _section(node, key, SYNC_SCHEMA, ctx, SyncConfig)
 
@@ -270,7 +389,12 @@ def _ha(node: yaml.Node, key: str, ctx: _Ctx) -> HaConfig:
     return _section(node, key, HA_SCHEMA, ctx, HaConfig)
 
 
-HA_SCHEMA: Schema = {"vip": _vip}
+HA_SCHEMA: Schema = {
+    "vip": _vip,
+    # shared storage and the services on it (issue 13)
+    "storage": _storage,
+    "services": _services,
+}
 
 
 def _section(
