@@ -241,7 +241,11 @@ VIP_SCHEMA: Schema = {
 
 
 def _mount_point(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
-    path = Path(_sync_path(node, key, ctx))
+    path = _abs_path(node, key, ctx)
+    given = str(_scalar(node, key, ctx))
+    if any(part in (".", "..") for part in given.split("/")):
+        # as written: Path drops a '.' that mount(8) would be given
+        raise ctx.error(node, key, f"{given!r} contains '.' or '..'")
     if path == Path("/"):
         raise ctx.error(node, key, "'/' is the root filesystem; name the directory to mount on")
     return path
