@@ -491,3 +491,27 @@ def test_network_fstypes(fstype: str, network: bool) -> None:
 def test_cyrus_path_of(mount: str, cyrus: str | None) -> None:
     found = cyrus_path_of(PurePosixPath(mount))
     assert found == (None if cyrus is None else PurePosixPath(cyrus))
+
+
+# --- the README ------------------------------------------------------------------
+
+
+def test_the_readme_example_is_valid_and_shows_the_defaults() -> None:
+    """The Configuration block of the README parses (as the agent reads it:
+    its peer key files do not exist here), and the ha values it shows are
+    the model's defaults."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("## Configuration", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    ha = parse(block, SOURCE, receiver=True).ha
+    assert ha.vip == VipConfig(address="10.0.0.10", interface="eth0")
+    (storage,) = ha.storage
+    assert storage == StorageConfig(
+        device=Path("/dev/disk/by-uuid/..."),
+        mount=Path("/var/spool/cyrus"),
+        fstype="ext4",
+        options=("noatime",),
+    )
+    assert storage.fsck is True and storage.shared is False
+    assert ha.services == ServicesConfig(
+        start=("bmctl start",), stop=("bmctl stop",), check=("bmctl status",)
+    )
