@@ -409,3 +409,19 @@ def test_a_key_locked_by_a_passphrase_is_a_config_error(pair: Pair) -> None:
     assert pair.bmsync("config", "check").returncode == 0
     assert pair.bmsync("resync").returncode == 0
     assert (pair.passive / "etc/a.conf").read_text() == "a\n"
+
+
+def test_config_check_ha_without_a_vip(tmp_path: Path) -> None:
+    conf = _receiver_conf(tmp_path)
+    conf.write_text(
+        conf.read_text() + "ha:\n  storage:\n    - device: /dev/sdb1\n"
+        "      mount: /var/spool/cyrus\n      fstype: ext4\n"
+    )
+    done = bmsync("-c", str(conf), "config", "check")
+    assert done.returncode == 0, done.stderr
+    assert "ha: no VIP (none watched by the split-brain guard)" in done.stdout
+    assert "      1. /var/spool/cyrus: /dev/sdb1 ext4, options defaults, fsck yes" in done.stdout
+    assert "    services: none (no service step runs)" in done.stdout
+    report = json.loads(bmsync("-c", str(conf), "config", "check", "--json").stdout)
+    assert report["ha"]["vip"] is None and report["ha"]["services"] is None
+    assert [s["mount"] for s in report["ha"]["storage"]] == ["/var/spool/cyrus"]
