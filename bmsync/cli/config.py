@@ -7,7 +7,9 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
+from bmsync.config.model import HaConfig
 from bmsync.config.parse import load as load_config
 from bmsync.core.errors import ConfigError
 
@@ -24,7 +26,6 @@ def check(config_path: Path, args: argparse.Namespace) -> int:
         return EXIT_INVALID
     paths = conf.sync_paths()
     rules = conf.exclude_rules()
-    vip = conf.ha.vip
     if args.json:
         print(
             json.dumps(
@@ -37,15 +38,7 @@ def check(config_path: Path, args: argparse.Namespace) -> int:
                     "peer": None
                     if conf.peer is None
                     else f"{conf.peer.user}@{conf.peer.host}:{conf.peer.port}",
-                    "ha": None
-                    if vip is None
-                    else {
-                        "vip": {
-                            "address": vip.address,
-                            "interface": vip.interface,
-                            "check_interval_s": vip.check_interval_s,
-                        }
-                    },
+                    "ha": _ha_json(conf.ha),
                     "paths": [{"path": p.path, "reason": p.reason} for p in paths],
                     "exclude": [{"pattern": r.pattern, "reason": r.reason} for r in rules],
                 },
@@ -61,13 +54,7 @@ def check(config_path: Path, args: argparse.Namespace) -> int:
         p = conf.peer
         print(f"peer: {p.user}@{p.host}:{p.port} key {p.identity}, known_hosts {p.known_hosts}")
         print(f"      runs '{p.agent_command}'")
-    if vip is None:
-        print("ha: none (no VIP watched by the split-brain guard)")
-    else:
-        print(
-            f"ha: VIP {vip.address} on {vip.interface}, "
-            f"checked every {vip.check_interval_s:g} s by the split-brain guard"
-        )
+    _print_ha(conf.ha)
     print(f"\nsync paths (preset {conf.sync.preset!r}, then sync.paths):")
     for item in paths:
         print(f"  {item.path:<56} {item.reason}")
@@ -75,3 +62,79 @@ def check(config_path: Path, args: argparse.Namespace) -> int:
     for rule in rules:
         print(f"  {rule.pattern:<56} {rule.reason}")
     return 0
+
+
+def _ha_json(ha: HaConfig) -> dict[str, Any] | None:
+    if ha == HaConfig():
+        return None
+    vip = ha.vip
+    services = ha.services
+    return {
+        "vip": None
+        if vip is None
+        else {
+            "address": vip.address,
+            "prefix": vip.prefix,
+            "interface": vip.interface,
+            "check_interval_s": vip.check_interval_s,
+            "arp_count": vip.arp_count,
+            "arp_interval_ms": vip.arp_interval_ms,
+        },
+        "storage": [
+            {
+                "device": str(s.device),
+                "mount": str(s.mount),
+                "fstype": s.fstype,
+                "options": list(s.options),
+                "fsck": s.fsck,
+                "shared": s.shared,
+            }
+            for s in ha.storage
+        ],
+        "services": None
+        if services is None
+        else {
+            "start": list(services.start),
+            "stop": list(services.stop),
+            "check": list(services.check),
+            "timeout_s": services.timeout_s,
+        },
+    }
+
+
+def _print_ha(ha: HaConfig) -> None:
+    if ha == HaConfig():
+        print("ha: none (no VIP watched by the split-brain guard)")
+        return
+    vip = ha.vip
+    if vip is None:
+        print("ha: no VIP (none watched by the split-brain guard)")
+    else:
+        print(
+            f"ha: VIP {vip.address}/{vip.prefix} on {vip.interface}, "
+            f"checked every {vip.check_interval_s:g} s by the split-brain guard; "
+            f"'vip up' sends {vip.arp_count} gratuitous ARP{'' if vip.arp_count == 1 else 's'}"
+            f" {vip.arp_interval_ms} ms apart"
+        )
+    if ha.storage:
+        print("    storage (mounted in this order on the active node only, unmounted in reverse):")
+        for number, s in enumerate(ha.storage, 1):
+            options = ",".join(s.options) or "defaults"
+            print(
+                f"      {number}. {s.mount}: {s.device} {s.fstype}, options {options}, "
+                f"fsck {'yes' if s.fsck else 'no'}, shared {'yes' if s.shared else 'no'}"
+            )
+    else:
+        print("    storage: none (nothing mounted on promotion)")
+    services = ha.services
+    if services is None:
+        print("    services: none (no service step runs)")
+    else:
+        print(f"    services (each command within {services.timeout_s:g} s):")
+        for step, commands in (
+            ("start", services.start),
+            ("stop", services.stop),
+            ("check", services.check),
+        ):
+            shown = ", ".join(f"'{c}'" for c in commands) if commands else "none"
+            print(f"      {step + ':':<6} {shown}")

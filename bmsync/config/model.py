@@ -13,6 +13,7 @@ from bmsync.core.brake import BrakeLimits
 from bmsync.core.errors import ConfigError
 from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.manifest import MAX_ENTRIES
+from bmsync.core.storage import fsck_by_default
 
 DEFAULT_PATH = Path("/etc/bmsync/bmsync.yaml")
 
@@ -56,13 +57,46 @@ class VipConfig:
     interface: str
     check_interval_s: float = 5.0
     prefix: int = 32
-    arp_count: int = 5  # gratuitous ARPs sent by `bmsync ha vip up`,
-    arp_interval_ms: int = 200  # this far apart
+    arp_count: int = 5  # gratuitous ARPs sent by `vip up`
+    arp_interval_ms: int = 200  # and their spacing
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """One filesystem mounted on the active node only (``ha.storage`` lists
+    them in mount order; they are unmounted in reverse)."""
+
+    device: Path
+    mount: Path
+    fstype: str
+    options: tuple[str, ...] = ()
+    # None (not given) becomes fsck_by_default(fstype) on creation: a
+    # StorageConfig always holds True or False here.
+    fsck: bool | None = None
+    shared: bool = False  # mounted on both nodes at once: cluster filesystems only
+
+    def __post_init__(self) -> None:
+        if self.fsck is None:
+            object.__setattr__(self, "fsck", fsck_by_default(self.fstype))
+
+
+@dataclass(frozen=True)
+class ServicesConfig:
+    """The commands that start, stop and check what uses the shared data
+    (each run in order, each within ``timeout_s``)."""
+
+    start: tuple[str, ...]
+    stop: tuple[str, ...]
+    check: tuple[str, ...] = ()
+    timeout_s: float = 300.0
 
 
 @dataclass(frozen=True)
 class HaConfig:
     vip: VipConfig | None = None
+    # shared storage and the services on it (issue 13)
+    storage: tuple[StorageConfig, ...] = ()
+    services: ServicesConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -13,18 +13,29 @@ a key not made yet (or a mistake there) never stops the sync towards it.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import ipaddress
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import yaml
 
-from bmsync.config.model import Config, HaConfig, PeerConfig, SyncConfig, VipConfig
+from bmsync.config.ha import ha_section
+from bmsync.config.model import Config, PeerConfig, SyncConfig
+from bmsync.config.nodes import (
+    Ctx,
+    Schema,
+    abs_path,
+    as_float,
+    as_int,
+    as_str,
+    choice,
+    existing_dir,
+    existing_file,
+    list_of,
+    node_at,
+    nonempty,
+    ranged,
+    section,
+)
 from bmsync.config.presets import PRESETS
 from bmsync.core.errors import ConfigError
 from bmsync.core.excludes import PatternError, Rule
@@ -35,90 +46,8 @@ KEY_READ_BYTES = 1 << 20
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class _Ctx:
-    source: Path
-
-    def error(self, node: yaml.Node, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source} line {node.start_mark.line + 1}: {key}: {message}")
-
-
-Converter = Callable[[yaml.Node, str, _Ctx], Any]
-
-
-def _scalar(node: yaml.Node, key: str, ctx: _Ctx) -> Any:
-    if not isinstance(node, yaml.ScalarNode):
-        raise ctx.error(node, key, f"expected a single value, got a {_shape(node)}")
-    try:
-        return yaml.SafeLoader("").construct_object(node)
-    except (yaml.YAMLError, ValueError, TypeError) as exc:
-        # unknown tags (!foo), impossible dates (2024-13-01), ...
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ctx.error(node, key, f"cannot read this value: {problem}") from exc
-
-
-def _shape(node: yaml.Node) -> str:
-    if isinstance(node, yaml.MappingNode):
-        return "mapping"
-    if isinstance(node, yaml.SequenceNode):
-        return "list"
-    return "value"
-
-
-def _typed(kind: type[T], words: str) -> Callable[[yaml.Node, str, _Ctx], T]:
-    def convert(node: yaml.Node, key: str, ctx: _Ctx) -> T:
-        value = _scalar(node, key, ctx)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
-            raise ctx.error(node, key, f"expected {words}, got {value!r}")
-        return value
-
-    return convert
-
-
-_str = _typed(str, "a string")
-_int = _typed(int, "an integer")
-_float = _typed(float, "a number")
-
-
-def _ranged(convert: Converter, low: float, high: float) -> Converter:
-    def check(node: yaml.Node, key: str, ctx: _Ctx) -> Any:
-        value = convert(node, key, ctx)
-        if not low <= value <= high:
-            raise ctx.error(node, key, f"{value} is out of range ({low} to {high})")
-        return value
-
-    return check
-
-
-def _nonempty(node: yaml.Node, key: str, ctx: _Ctx) -> str:
-    value = _str(node, key, ctx)
-    if not value.strip():
-        raise ctx.error(node, key, "must not be empty")
-    return value
-
-
-def _ipv4(node: yaml.Node, key: str, ctx: _Ctx) -> str:
-    value = _str(node, key, ctx)
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError as exc:
-        raise ctx.error(node, key, f"{value!r} is not an IPv4 address") from exc
-
-
-def _interface(node: yaml.Node, key: str, ctx: _Ctx) -> str:
-    value = _str(node, key, ctx)
-    if not re.fullmatch(r"[A-Za-z0-9._@-]{1,15}", value):
-        raise ctx.error(node, key, f"{value!r} is not a network interface name")
-    return value
-
-
-def _node_id(node: yaml.Node, key: str, ctx: _Ctx) -> str:
-    value = _str(node, key, ctx)
+def _node_id(node: yaml.Node, key: str, ctx: Ctx) -> str:
+    value = as_str(node, key, ctx)
     if not _NODE_ID.fullmatch(value):
         raise ctx.error(
             node, key, f"{value!r} is not a node id (letters, digits, '.', '_', '-'; 63 at most)"
@@ -126,63 +55,15 @@ def _node_id(node: yaml.Node, key: str, ctx: _Ctx) -> str:
     return value
 
 
-def _abs_path(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
-    value = _str(node, key, ctx)
-    if not value.startswith("/"):
-        raise ctx.error(node, key, f"{value!r} is a relative path; give an absolute one")
-    if "\0" in value:
-        raise ctx.error(node, key, "path contains a NUL character")
-    return Path(value)
-
-
-def _existing_file(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
-    path = _abs_path(node, key, ctx)
-    if not path.exists():
-        raise ctx.error(node, key, f"file {path} does not exist")
-    if not path.is_file():
-        raise ctx.error(node, key, f"{path} is not a regular file")
-    return path
-
-
-def _existing_dir(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
-    path = _abs_path(node, key, ctx)
-    if not path.exists():
-        raise ctx.error(node, key, f"directory {path} does not exist")
-    if not path.is_dir():
-        raise ctx.error(node, key, f"{path} is not a directory")
-    return path
-
-
-def _choice(*choices: str) -> Converter:
-    def convert(node: yaml.Node, key: str, ctx: _Ctx) -> str:
-        value = _str(node, key, ctx)
-        if value not in choices:
-            raise ctx.error(node, key, f"{value!r} is not one of: {', '.join(choices)}")
-        return value
-
-    return convert
-
-
-def _list_of(item: Converter) -> Converter:
-    def convert(node: yaml.Node, key: str, ctx: _Ctx) -> tuple[Any, ...]:
-        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
-            return ()
-        if not isinstance(node, yaml.SequenceNode):
-            raise ctx.error(node, key, f"expected a list, got a {_shape(node)}")
-        return tuple(item(child, f"{key}[{i}]", ctx) for i, child in enumerate(node.value))
-
-    return convert
-
-
-def _sync_path(node: yaml.Node, key: str, ctx: _Ctx) -> str:
-    path = str(_abs_path(node, key, ctx))
+def _sync_path(node: yaml.Node, key: str, ctx: Ctx) -> str:
+    path = str(abs_path(node, key, ctx))
     if any(part in (".", "..") for part in path.split("/")):
         raise ctx.error(node, key, f"{path!r} contains '.' or '..'")
     return path
 
 
-def _pattern(node: yaml.Node, key: str, ctx: _Ctx) -> str:
-    value = _nonempty(node, key, ctx)
+def _pattern(node: yaml.Node, key: str, ctx: Ctx) -> str:
+    value = nonempty(node, key, ctx)
     try:
         Rule(value)
     except PatternError as exc:
@@ -190,52 +71,41 @@ def _pattern(node: yaml.Node, key: str, ctx: _Ctx) -> str:
     return value
 
 
-# key -> how its value is read; the defaults are the model's (config/model.py)
-Schema = dict[str, Converter]
-
 PEER_SCHEMA: Schema = {
-    "host": _nonempty,
-    "port": _ranged(_int, 1, 65535),
-    "user": _nonempty,
-    "identity": _existing_file,
-    "known_hosts": _existing_file,
-    "agent_command": _nonempty,
-    "connect_timeout_s": _ranged(_float, 0.1, 600),
-    "keepalive_interval_s": _ranged(_float, 1, 3600),
-    "reconnect_min_s": _ranged(_float, 0.01, 600),
-    "reconnect_max_s": _ranged(_float, 0.01, 3600),
+    "host": nonempty,
+    "port": ranged(as_int, 1, 65535),
+    "user": nonempty,
+    "identity": existing_file,
+    "known_hosts": existing_file,
+    "agent_command": nonempty,
+    "connect_timeout_s": ranged(as_float, 0.1, 600),
+    "keepalive_interval_s": ranged(as_float, 1, 3600),
+    "reconnect_min_s": ranged(as_float, 0.01, 600),
+    "reconnect_max_s": ranged(as_float, 0.01, 3600),
 }
 SYNC_SCHEMA: Schema = {
-    "preset": _choice(*PRESETS),
-    "paths": _list_of(_sync_path),
-    "exclude": _list_of(_pattern),
-    "root": _existing_dir,
-    "batch_window_ms": _ranged(_int, 0, 60_000),
-    "max_delay_ms": _ranged(_int, 1, 600_000),
-    "delete_brake_count": _ranged(_int, 1, 10**9),
-    "delete_brake_share": _ranged(_float, 0.0, 1.0),
-    "delete_brake_window_s": _ranged(_float, 0.0, 86_400),
-    "delta_cache_mb": _ranged(_int, 0, 1 << 20),
-    "queue_limit": _ranged(_int, 1, 10**8),
-    "max_entries": _ranged(_int, 1, 10**9),
-}
-VIP_SCHEMA: Schema = {
-    "address": _ipv4,
-    "interface": _interface,
-    "check_interval_s": _ranged(_float, 0.5, 3600),
-    "prefix": _ranged(_int, 1, 32),
-    "arp_count": _ranged(_int, 1, 100),
-    "arp_interval_ms": _ranged(_int, 10, 10_000),
+    "preset": choice(*PRESETS),
+    "paths": list_of(_sync_path),
+    "exclude": list_of(_pattern),
+    "root": existing_dir,
+    "batch_window_ms": ranged(as_int, 0, 60_000),
+    "max_delay_ms": ranged(as_int, 1, 600_000),
+    "delete_brake_count": ranged(as_int, 1, 10**9),
+    "delete_brake_share": ranged(as_float, 0.0, 1.0),
+    "delete_brake_window_s": ranged(as_float, 0.0, 86_400),
+    "delta_cache_mb": ranged(as_int, 0, 1 << 20),
+    "queue_limit": ranged(as_int, 1, 10**8),
+    "max_entries": ranged(as_int, 1, 10**9),
 }
 
 
-def _peer(node: yaml.Node, key: str, ctx: _Ctx) -> PeerConfig:
-    peer = _section(node, key, PEER_SCHEMA, ctx, PeerConfig)
-    _usable_key(peer.identity, _node_at(node, "identity") or node, f"{key}.identity", ctx)
+def _peer(node: yaml.Node, key: str, ctx: Ctx) -> PeerConfig:
+    peer = section(node, key, PEER_SCHEMA, ctx, PeerConfig)
+    _usable_key(peer.identity, node_at(node, "identity") or node, f"{key}.identity", ctx)
     return peer
 
 
-def _usable_key(path: Path, node: yaml.Node, key: str, ctx: _Ctx) -> None:
+def _usable_key(path: Path, node: yaml.Node, key: str, ctx: Ctx) -> None:
     """The daemon runs unattended: its key must load without a passphrase."""
     try:
         with path.open("rb") as file:
@@ -261,76 +131,17 @@ def _usable_key(path: Path, node: yaml.Node, key: str, ctx: _Ctx) -> None:
         )
 
 
-def _vip(node: yaml.Node, key: str, ctx: _Ctx) -> VipConfig:
-    return _section(node, key, VIP_SCHEMA, ctx, VipConfig)
-
-
-def _sync(node: yaml.Node, key: str, ctx: _Ctx) -> SyncConfig:
-    return _section(node, key, SYNC_SCHEMA, ctx, SyncConfig)
-
-
-def _ha(node: yaml.Node, key: str, ctx: _Ctx) -> HaConfig:
-    return _section(node, key, HA_SCHEMA, ctx, HaConfig)
-
-
-HA_SCHEMA: Schema = {"vip": _vip}
-
-
-def _section(
-    node: yaml.Node, prefix: str, schema: Schema, ctx: _Ctx, model: type[T], **given: Any
-) -> T:
-    """``model`` from the mapping ``node``: each key read by its converter,
-    the others left to the model's defaults (checked like a given value
-    where the default names a file or directory); ``given``: fields that do
-    not come from the file."""
-    if not isinstance(node, yaml.MappingNode):
-        raise ctx.error(node, prefix or "top level", f"expected a mapping, got a {_shape(node)}")
-    seen: dict[str, yaml.Node] = {}
-    for key_node, value_node in node.value:
-        key = _scalar(key_node, prefix or "top level", ctx)
-        where = f"{prefix}.{key}" if prefix else str(key)
-        if not isinstance(key, str) or key not in schema:
-            hint = difflib.get_close_matches(str(key), schema, n=1)
-            suffix = (
-                f"; did you mean '{hint[0]}'?" if hint else f"; known keys: {', '.join(schema)}"
-            )
-            raise ctx.error(key_node, where, f"unknown key{suffix}")
-        if key in seen:
-            raise ctx.error(key_node, where, "given twice")
-        seen[key] = value_node
-    defaults = {f.name: f for f in dataclasses.fields(model)}  # type: ignore[arg-type]
-    out: dict[str, Any] = dict(given)
-    for key, convert in schema.items():
-        where = f"{prefix}.{key}" if prefix else key
-        if key in seen:
-            out[key] = convert(seen[key], where, ctx)
-            continue
-        default = _default(defaults[key])
-        if default is _REQUIRED:
-            raise ctx.error(node, where, "missing; this key is required")
-        if convert in (_existing_file, _existing_dir) and not Path(default).exists():
-            raise ctx.error(node, where, f"not set, and the default {default} does not exist")
-    return model(**out)
-
-
-_REQUIRED = object()
-
-
-def _default(field: dataclasses.Field[Any]) -> Any:
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    return _REQUIRED
+def _sync(node: yaml.Node, key: str, ctx: Ctx) -> SyncConfig:
+    return section(node, key, SYNC_SCHEMA, ctx, SyncConfig)
 
 
 TOP_SCHEMA: Schema = {
     "node": _node_id,
-    "state_dir": _abs_path,
-    "control_socket": _abs_path,
+    "state_dir": abs_path,
+    "control_socket": abs_path,
     "peer": _peer,
     "sync": _sync,
-    "ha": _ha,
+    "ha": ha_section,
 }
 
 
@@ -346,12 +157,12 @@ def load(path: Path, *, receiver: bool = False) -> Config:
     return parse(text, path, receiver=receiver)
 
 
-def _unread(node: yaml.Node, key: str, ctx: _Ctx) -> None:
+def _unread(node: yaml.Node, key: str, ctx: Ctx) -> None:
     return None
 
 
 def parse(text: str, source: Path, *, receiver: bool = False) -> Config:
-    ctx = _Ctx(source)
+    ctx = Ctx(source)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -363,13 +174,13 @@ def parse(text: str, source: Path, *, receiver: bool = False) -> Config:
     if root is None:
         raise ConfigError(f"{source}: the file is empty; at least 'node:' is required")
     schema = {**TOP_SCHEMA, "peer": _unread} if receiver else TOP_SCHEMA
-    if _node_at(root, "sync") is None and isinstance(root, yaml.MappingNode):
+    if node_at(root, "sync") is None and isinstance(root, yaml.MappingNode):
         # no sync section: its defaults are checked as if it were empty
         empty = yaml.MappingNode("tag:yaml.org,2002:map", [], root.start_mark, root.end_mark)
         _sync(empty, "sync", ctx)
-    conf = _section(root, "", schema, ctx, Config, source=source)
+    conf = section(root, "", schema, ctx, Config, source=source)
     if conf.sync.root == Path("/") and "/" in conf.sync.paths:
-        where = _node_at(root, "sync", "paths") or root
+        where = node_at(root, "sync", "paths") or root
         raise ctx.error(
             where,
             "sync.paths",
@@ -377,14 +188,3 @@ def parse(text: str, source: Path, *, receiver: bool = False) -> Config:
             "list the trees to sync instead",
         )
     return conf
-
-
-def _node_at(node: yaml.Node, *keys: str) -> yaml.Node | None:
-    for key in keys:
-        if not isinstance(node, yaml.MappingNode):
-            return None
-        found = [v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == key]
-        if not found:
-            return None
-        node = found[0]
-    return node

@@ -248,10 +248,148 @@ def test_config_check_shows_the_ha_section(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     line = next(x for x in done.stdout.splitlines() if x.startswith("ha:"))
     assert "10.0.0.10" in line and "eth0" in line and "2.5 s" in line
+    assert "10.0.0.10/32" in line and "5 gratuitous ARPs 200 ms apart" in line
+    assert "    storage: none" in done.stdout and "    services: none" in done.stdout
     report = json.loads(bmsync("-c", str(conf), "config", "check", "--json").stdout)
     assert report["ha"] == {
-        "vip": {"address": "10.0.0.10", "interface": "eth0", "check_interval_s": 2.5}
+        "vip": {
+            "address": "10.0.0.10",
+            "prefix": 32,
+            "interface": "eth0",
+            "check_interval_s": 2.5,
+            "arp_count": 5,
+            "arp_interval_ms": 200,
+        },
+        "storage": [],
+        "services": None,
     }
+
+
+# Every ha key given, as the README shows them (issue 13).
+HA_FULL = """\
+ha:
+  vip:
+    address: 10.0.0.10
+    prefix: 24
+    interface: eth0
+    check_interval_s: 5
+    arp_count: 7
+    arp_interval_ms: 150
+  storage:
+    - device: /dev/disk/by-uuid/5d1e2f3a-0b6e-4c1d-9f00-1a2b3c4d5e6f
+      mount: /var/spool/cyrus
+      fstype: ext4
+      options: [noatime]
+    - device: /dev/disk/by-uuid/77aa
+      mount: /var/spool/cyrus/meta
+      fstype: xfs
+      options: [noatime, nodiratime]
+      fsck: false
+    - device: /dev/drbd0
+      mount: /var/lib/cyrus
+      fstype: ocfs2
+      shared: true
+    - device: /dev/sdd1
+      mount: /srv/archive
+      fstype: btrfs
+  services:
+    start: ["bmctl start", "systemctl start bm-cyrus-imapd"]
+    stop: ["bmctl stop"]
+    check: ["bmctl status"]
+    timeout_s: 300
+"""
+
+
+def test_config_check_round_trips_a_full_ha_section(tmp_path: Path) -> None:
+    conf = _receiver_conf(tmp_path)
+    conf.write_text(conf.read_text() + HA_FULL)
+    done = bmsync("-c", str(conf), "config", "check", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["ha"] == {
+        "vip": {
+            "address": "10.0.0.10",
+            "prefix": 24,
+            "interface": "eth0",
+            "check_interval_s": 5.0,
+            "arp_count": 7,
+            "arp_interval_ms": 150,
+        },
+        "storage": [
+            {
+                "device": "/dev/disk/by-uuid/5d1e2f3a-0b6e-4c1d-9f00-1a2b3c4d5e6f",
+                "mount": "/var/spool/cyrus",
+                "fstype": "ext4",
+                "options": ["noatime"],
+                "fsck": True,
+                "shared": False,
+            },
+            {
+                "device": "/dev/disk/by-uuid/77aa",
+                "mount": "/var/spool/cyrus/meta",
+                "fstype": "xfs",
+                "options": ["noatime", "nodiratime"],
+                "fsck": False,
+                "shared": False,
+            },
+            {
+                "device": "/dev/drbd0",
+                "mount": "/var/lib/cyrus",
+                "fstype": "ocfs2",
+                "options": [],
+                "fsck": False,
+                "shared": True,
+            },
+            {
+                "device": "/dev/sdd1",
+                "mount": "/srv/archive",
+                "fstype": "btrfs",
+                "options": [],
+                "fsck": False,
+                "shared": False,
+            },
+        ],
+        "services": {
+            "start": ["bmctl start", "systemctl start bm-cyrus-imapd"],
+            "stop": ["bmctl stop"],
+            "check": ["bmctl status"],
+            "timeout_s": 300.0,
+        },
+    }
+    done = bmsync("-c", str(conf), "config", "check")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.splitlines()
+    first = out.index(
+        "    storage (mounted in this order on the active node only, unmounted in reverse):"
+    )
+    assert out[first + 1 : first + 5] == [
+        "      1. /var/spool/cyrus: /dev/disk/by-uuid/5d1e2f3a-0b6e-4c1d-9f00-1a2b3c4d5e6f ext4, "
+        "options noatime, fsck yes, shared no",
+        "      2. /var/spool/cyrus/meta: /dev/disk/by-uuid/77aa xfs, "
+        "options noatime,nodiratime, fsck no, shared no",
+        "      3. /var/lib/cyrus: /dev/drbd0 ocfs2, options defaults, fsck no, shared yes",
+        "      4. /srv/archive: /dev/sdd1 btrfs, options defaults, fsck no, shared no",
+    ]
+    assert out[first + 5 :][:4] == [
+        "    services (each command within 300 s):",
+        "      start: 'bmctl start', 'systemctl start bm-cyrus-imapd'",
+        "      stop:  'bmctl stop'",
+        "      check: 'bmctl status'",
+    ]
+    line = next(x for x in out if x.startswith("ha:"))
+    assert "VIP 10.0.0.10/24 on eth0" in line and "7 gratuitous ARPs 150 ms apart" in line
+
+
+def test_config_check_refuses_cyrus_on_nfs(tmp_path: Path) -> None:
+    conf = _receiver_conf(tmp_path)
+    base = conf.read_text()
+    lines = len(base.splitlines())  # HA_FULL line 16 is the second fstype
+    conf.write_text(base + HA_FULL.replace("fstype: xfs", "fstype: nfs4"))
+    for extra in ((), ("--json",)):
+        done = bmsync("-c", str(conf), "config", "check", *extra)
+        assert done.returncode == 1
+        where = f"{conf} line {lines + 16}: ha.storage[1].fstype: nfs4 for /var/spool/cyrus/meta"
+        assert where in done.stderr and "never NFS" in done.stderr
+    assert where in json.loads(done.stdout)["error"]
 
 
 def test_a_key_locked_by_a_passphrase_is_a_config_error(pair: Pair) -> None:
@@ -271,3 +409,19 @@ def test_a_key_locked_by_a_passphrase_is_a_config_error(pair: Pair) -> None:
     assert pair.bmsync("config", "check").returncode == 0
     assert pair.bmsync("resync").returncode == 0
     assert (pair.passive / "etc/a.conf").read_text() == "a\n"
+
+
+def test_config_check_ha_without_a_vip(tmp_path: Path) -> None:
+    conf = _receiver_conf(tmp_path)
+    conf.write_text(
+        conf.read_text() + "ha:\n  storage:\n    - device: /dev/sdb1\n"
+        "      mount: /var/spool/cyrus\n      fstype: ext4\n"
+    )
+    done = bmsync("-c", str(conf), "config", "check")
+    assert done.returncode == 0, done.stderr
+    assert "ha: no VIP (none watched by the split-brain guard)" in done.stdout
+    assert "      1. /var/spool/cyrus: /dev/sdb1 ext4, options defaults, fsck yes" in done.stdout
+    assert "    services: none (no service step runs)" in done.stdout
+    report = json.loads(bmsync("-c", str(conf), "config", "check", "--json").stdout)
+    assert report["ha"]["vip"] is None and report["ha"]["services"] is None
+    assert [s["mount"] for s in report["ha"]["storage"]] == ["/var/spool/cyrus"]
