@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,14 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bmsync.config.model import Config, HaConfig, PeerConfig, SyncConfig, VipConfig
+from bmsync.config.model import (
+    Config,
+    FencingConfig,
+    HaConfig,
+    PeerConfig,
+    SyncConfig,
+    VipConfig,
+)
 from bmsync.config.presets import PRESETS
 from bmsync.core.errors import ConfigError
 from bmsync.core.excludes import PatternError, Rule
@@ -270,7 +279,104 @@ def _ha(node: yaml.Node, key: str, ctx: _Ctx) -> HaConfig:
     return _section(node, key, HA_SCHEMA, ctx, HaConfig)
 
 
-HA_SCHEMA: Schema = {"vip": _vip}
+# -- ha.fencing (issue 13) ---------------------------------------------------
+
+_FENCE_AGENT = re.compile(r"fence_[a-z0-9_]+")
+# a BMC's host name or address; never starting with '-' (it goes on a command line)
+_BMC_ADDRESS = re.compile(r"[A-Za-z0-9_.:\[\]][A-Za-z0-9_.:\[\]-]{0,252}")
+
+
+def _bmc_address(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    value = _str(node, key, ctx)
+    if not _BMC_ADDRESS.fullmatch(value):
+        raise ctx.error(node, key, f"{value!r} is not a host name or an IP address")
+    return value
+
+
+def _one_line(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    value = _nonempty(node, key, ctx)
+    if any(c in value for c in "\n\r\0") or value.startswith("-"):
+        raise ctx.error(node, key, f"{value!r}: one line, not starting with '-'")
+    return value
+
+
+def _secret_file(node: yaml.Node, key: str, ctx: _Ctx) -> Path:
+    """A file only root may read: a regular file, no access for group or
+    others."""
+    path = _abs_path(node, key, ctx)
+    try:
+        info = path.stat()
+    except FileNotFoundError as exc:
+        raise ctx.error(
+            node,
+            key,
+            f"file {path} does not exist; write the password in it (one line), "
+            f"then: chmod 600 {path}",
+        ) from exc
+    except OSError as exc:
+        raise ctx.error(node, key, f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise ctx.error(node, key, f"{path} is not a regular file")
+    if info.st_mode & 0o066:
+        raise ctx.error(
+            node,
+            key,
+            f"{path} is readable or writable by group or others "
+            f"(mode {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}",
+        )
+    if not os.access(path, os.R_OK):
+        raise ctx.error(node, key, f"{path} is not readable by this user (uid {os.getuid()})")
+    return path
+
+
+def _fence_agent(node: yaml.Node, key: str, ctx: _Ctx) -> str:
+    value = _str(node, key, ctx)
+    if not _FENCE_AGENT.fullmatch(value):
+        raise ctx.error(
+            node, key, f"{value!r} is not a fence agent's name (fence_[a-z0-9_]+, as fence_idrac)"
+        )
+    return value
+
+
+FENCING_SCHEMA: Schema = {
+    "method": _choice("ipmi", "fence-agent"),
+    "tool": _choice("ipmitool", "ipmipower"),
+    "address": _bmc_address,
+    "port": _ranged(_int, 1, 65535),
+    "user": _one_line,
+    "password_file": _secret_file,
+    "interface": _choice("lanplus", "lan"),
+    "cipher_suite": _ranged(_int, 0, 17),
+    "timeout_s": _ranged(_float, 1, 600),
+    "retries": _ranged(_int, 0, 10),
+    "agent": _fence_agent,
+}
+
+
+def _fencing(node: yaml.Node, key: str, ctx: _Ctx) -> FencingConfig:
+    fencing = _section(node, key, FENCING_SCHEMA, ctx, FencingConfig)
+    if fencing.method == "fence-agent" and not fencing.agent:
+        raise ctx.error(
+            node,
+            f"{key}.agent",
+            "missing; method fence-agent needs the agent to run (as agent: fence_idrac)",
+        )
+    if fencing.method != "fence-agent" and fencing.agent:
+        raise ctx.error(
+            _node_at(node, "agent") or node,
+            f"{key}.agent",
+            f"only read with method fence-agent (method is {fencing.method!r})",
+        )
+    return fencing
+
+
+# -- end of ha.fencing -------------------------------------------------------
+
+HA_SCHEMA: Schema = {
+    "vip": _vip,
+    # ha.fencing (issue 13)
+    "fencing": _fencing,
+}
 
 
 def _section(
