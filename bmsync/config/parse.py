@@ -348,7 +348,7 @@ FENCING_SCHEMA: Schema = {
     "interface": _choice("lanplus", "lan"),
     "cipher_suite": _ranged(_int, 0, 17),
     "timeout_s": _ranged(_float, 1, 600),
-    "retries": _ranged(_int, 0, 10),
+    "retries": _ranged(_int, 1, 5),
     "agent": _fence_agent,
 }
 

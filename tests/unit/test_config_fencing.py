@@ -59,7 +59,7 @@ def test_every_key(password_file: Path) -> None:
             "interface: lan",
             "cipher_suite: 17",
             "timeout_s: 30",
-            "retries: 0",
+            "retries: 1",
         ),
         SOURCE,
     ).ha.fencing
@@ -70,7 +70,7 @@ def test_every_key(password_file: Path) -> None:
         "ipmipower",
     )
     assert (fencing.port, fencing.interface, fencing.cipher_suite) == (6230, "lan", 17)
-    assert (fencing.timeout_s, fencing.retries) == (30.0, 0)
+    assert (fencing.timeout_s, fencing.retries) == (30.0, 1)
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644, 0o666])
@@ -138,7 +138,8 @@ def test_an_agent_without_its_method(password_file: Path) -> None:
         ("port: 0", "ha.fencing.port: 0 is out of range"),
         ("cipher_suite: 18", "ha.fencing.cipher_suite: 18 is out of range"),
         ("timeout_s: 0", "ha.fencing.timeout_s: 0.0 is out of range"),
-        ("retries: 11", "ha.fencing.retries: 11 is out of range"),
+        ("retries: 0", "ha.fencing.retries: 0 is out of range"),
+        ("retries: 6", "ha.fencing.retries: 6 is out of range"),
         ("pasword_file: /x", "ha.fencing.pasword_file: unknown key; did you mean 'password_file'?"),
     ],
 )
