@@ -50,6 +50,8 @@ exit codes:
       reset-epoch on an active node
   9   held back: sync is paused, or the resync would go past the
       delete-storm brake (nothing sent; --allow-deletes or 'bmsync resume')
+  10  'bmsync ha fence': the peer was NOT fenced (or, with --test, its
+      power state could not be read); do not take over
   70  internal error
 promote, demote, pause and resume exit 1 when they change nothing.
 'bmsync status': 0 the daemon runs and syncs, 1 it runs but does not sync

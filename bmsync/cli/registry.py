@@ -122,6 +122,20 @@ def _reset_epoch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", required=True, help="why (logged, kept in role.json)")
 
 
+def _fence(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="only read the peer's power state (credentials, reachability); change nothing",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the commands it would run (the password file's path, never the "
+        "password); run nothing",
+    )
+
+
 # -- the commands, in the order of 'bmsync --help' ------------------------------
 
 COMMANDS: tuple[Command, ...] = (
@@ -185,6 +199,18 @@ COMMANDS: tuple[Command, ...] = (
                 "bmsync.cli.config:check",
                 needs=Needs.CONFIG_PATH,
                 arguments=_json("print the result and the rules as JSON"),
+            ),
+        ),
+    ),
+    Command(
+        "ha",
+        "the HA companion's moves",
+        subcommands=(
+            Command(
+                "fence",
+                "power the peer off through its BMC and confirm it is off (exit 10 if not)",
+                "bmsync.cli.ha:fence",
+                arguments=_fence,
             ),
         ),
     ),
