@@ -26,7 +26,7 @@ def fence(conf: Config, args: argparse.Namespace) -> int:
     outcome = run_fence(fencing, test=args.test)
     where = f"{fencing.address}:{fencing.port}"
     if not outcome.ok:
-        raise FencingError(f"{outcome.message} (BMC {where}); {outcome.advice}")
+        raise FencingError(f"{outcome.message}; {outcome.advice}")
     if args.test:
         print(f"{outcome.message} (BMC {where}, user {fencing.user}: credentials accepted)")
     else:

@@ -63,7 +63,7 @@ def test_no_fencing_section(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
             Outcome(False, Power.UNKNOWN, "NOT fenced: the BMC still reports on", "pull the plug"),
             False,
             10,
-            "bmsync: error: NOT fenced: the BMC still reports on (BMC 10.0.1.2:623); pull the plug",
+            "bmsync: error: NOT fenced: the BMC still reports on; pull the plug",
         ),
     ],
 )
