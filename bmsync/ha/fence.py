@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,8 @@ Runner = Callable[[Sequence[str], str | None, float], tuple[int | None, str]]
 
 PACKAGE_OF = {"ipmitool": "ipmitool", "ipmipower": "freeipmi-tools"}
 PASSWORD_READ_BYTES = 4096
+# What freeIPMI's configuration file reads as a separator or a comment.
+IPMIPOWER_UNSAFE = re.compile(r"[\s#]")
 
 
 def run_command(argv: Sequence[str], stdin: str | None, timeout_s: float) -> tuple[int | None, str]:
@@ -124,6 +127,12 @@ def fence(
     state). The outcome, fenced or not, with why; a BmsyncError only when
     the tool is missing or the password file cannot be read."""
     password = read_password(conf.password_file) if needs_password(conf) else ""
+    if conf.method == "ipmi" and conf.tool == "ipmipower" and IPMIPOWER_UNSAFE.search(password):
+        raise ConfigError(
+            f"ha.fencing.password_file: the password in {conf.password_file} holds a space "
+            "or '#', which ipmipower's configuration file cannot carry; use tool: ipmitool "
+            "(it reads the file itself)"
+        )
     config_text = tool_for(conf, password, Path(IPMIPOWER_CONFIG)).config_text
     with _private_file(IPMIPOWER_CONFIG, config_text) as config_file:
         tool = tool_for(conf, password, config_file)

@@ -448,6 +448,19 @@ def test_an_empty_password_file(tmp_path: Path) -> None:
         shell.fence(conf, run=Recorder("ipmipower").run)
 
 
+@pytest.mark.parametrize("password", ["a b", "a#b", "a\tb"])
+def test_ipmipower_cannot_carry_every_password(tmp_path: Path, password: str) -> None:
+    path = tmp_path / "pw"
+    path.write_text(password + "\n")
+    path.chmod(0o600)
+    fake = Recorder("ipmipower")
+    with pytest.raises(ConfigError, match="use tool: ipmitool"):
+        shell.fence(FencingConfig("127.0.0.1", "u", path, tool="ipmipower"), run=fake.run)
+    assert fake.calls == []
+    conf = FencingConfig("127.0.0.1", "u", path)
+    assert shell.fence(conf, run=Recorder("ipmitool").run, clock=fake.clock, sleep=fake.sleep).ok
+
+
 def test_the_real_runner_kills_at_the_limit() -> None:
     status, _ = shell.run_command(["sh", "-c", "sleep 30 & sleep 30"], None, 0.3)
     assert status is None
