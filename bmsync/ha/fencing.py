@@ -275,6 +275,9 @@ def read_agent(
             return Reading(Power.OFF)
     elif status == 0:
         return Reading(Power.OFF)
+    elif "Timed out waiting to power OFF" in out:
+        # the agent sent power off and read the status until power_timeout
+        return Reading(Power.ON, f"{agent}: {said}")
     return Reading(
         Power.UNKNOWN,
         f"{agent} failed (exit status {status}) with the BMC at {where}: {said}; "
@@ -397,6 +400,13 @@ class FenceMachine:
                 # accepted; only a status read will tell whether it is off
                 self._off_accepted = True
                 self._then(Action.STATUS, now)
+            elif reading.power is Power.ON:
+                # an agent that waited for the power to go off, in vain
+                self._problem = (
+                    f"the BMC accepted power off but still reports the power on ({reading.problem})"
+                )
+                self._advice = ADVICE_STILL_ON
+                self._then(Action.STATUS, now + POLL_S)
             else:
                 self._problem, self._advice = (
                     f"power off failed: {reading.problem}",

@@ -310,6 +310,18 @@ def test_fence_agent_with_a_wrong_password(bmc: Bmc, tmp_path: Path) -> None:
     assert bmc.power() == "on"
 
 
+def test_fence_agent_with_a_stuck_relay(bmc: Bmc) -> None:
+    need("fence_ipmilan")
+    bmc.stick()
+    outcome = bmc.fence(bmc.conf(method="fence-agent", agent="fence_ipmilan", timeout_s=3))
+    assert not outcome.ok
+    assert outcome.message.startswith(
+        "NOT fenced: the BMC accepted power off but still reports the power on"
+    )
+    assert "stuck relay" in outcome.advice
+    assert bmc.power() == "on"
+
+
 def test_the_command_line(bmc: Bmc, tmp_path: Path) -> None:
     """``bmsync ha fence`` itself: --test, --dry-run, the fence, and exit 10
     when it cannot be confirmed."""

@@ -204,7 +204,8 @@ WARNING = (
             WARNING + "2026 ERROR: Failed: Unable to obtain correct plug status\n",
             Power.UNKNOWN,
         ),
-        (Action.OFF, 1, "ERROR: Failed: Timed out waiting to power OFF\n", Power.UNKNOWN),
+        (Action.OFF, 1, "ERROR: Failed: Timed out waiting to power OFF\n", Power.ON),
+        (Action.OFF, 1, "ERROR: Failed: Unable to obtain correct plug status\n", Power.UNKNOWN),
         (Action.STATUS, None, "", Power.UNKNOWN),
     ],
 )
@@ -275,6 +276,15 @@ def test_the_answer_to_power_off_is_never_trusted() -> None:
     assert script.now - 1000 <= 20 + GRACE_S
     offs = [t for t, a in script.asked if a is Action.OFF]
     assert len(offs) > 1 and all(b - a >= RESEND_S for a, b in itertools.pairwise(offs))
+
+
+def test_an_agent_that_waited_in_vain_for_the_power_to_go_off() -> None:
+    still_on = Reading(Power.ON, "fence_ipmilan: Timed out waiting to power OFF")
+    script = Script({Action.OFF: [still_on], Action.STATUS: [ON]}, took=5.0)
+    outcome = script.run(FenceMachine(5, script.now))
+    assert outcome.message.startswith("NOT fenced: the BMC accepted power off but still reports")
+    assert "Timed out waiting" in outcome.message
+    assert "stuck relay" in outcome.advice
 
 
 def test_a_wrong_password_fails_at_once() -> None:
