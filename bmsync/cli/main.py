@@ -50,8 +50,9 @@ exit codes:
       reset-epoch on an active node
   9   held back: sync is paused, or the resync would go past the
       delete-storm brake (nothing sent; --allow-deletes or 'bmsync resume')
-  10  an HA action was refused or failed (another host holds the VIP, a
-      tool failed)
+  10  an HA action was refused or failed: another host holds the VIP, a
+      tool failed, or 'bmsync ha fence' did NOT fence the peer (or, with
+      --test, could not read its power state): do not take over
   70  internal error
 promote, demote, pause and resume exit 1 when they change nothing.
 'bmsync status': 0 the daemon runs and syncs, 1 it runs but does not sync

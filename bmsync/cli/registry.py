@@ -138,6 +138,20 @@ def _vip_up(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _fence(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="only read the peer's power state (credentials, reachability); change nothing",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the commands it would run (the password file's path, never the "
+        "password); run nothing",
+    )
+
+
 # -- the commands, in the order of 'bmsync --help' ------------------------------
 
 COMMANDS: tuple[Command, ...] = (
@@ -193,7 +207,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "ha",
-        "the HA primitives (floating IP, ...), each runnable by hand",
+        "the HA primitives (floating IP, fencing), each runnable by hand",
         subcommands=(
             Command(
                 "vip",
@@ -212,6 +226,12 @@ COMMANDS: tuple[Command, ...] = (
                         arguments=_dry_run,
                     ),
                 ),
+            ),
+            Command(
+                "fence",
+                "power the peer off through its BMC and confirm it is off (exit 10 if not)",
+                "bmsync.cli.ha:fence",
+                arguments=_fence,
             ),
         ),
     ),

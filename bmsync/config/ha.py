@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from bmsync.config.fencing import fencing_section
 from bmsync.config.model import HaConfig, ServicesConfig, StorageConfig, VipConfig
 from bmsync.config.nodes import (
     Ctx,
@@ -162,4 +163,5 @@ HA_SCHEMA: Schema = {
     # shared storage and the services on it (issue 13)
     "storage": _storage,
     "services": _services,
+    "fencing": fencing_section,
 }

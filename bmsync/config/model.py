@@ -91,12 +91,40 @@ class ServicesConfig:
     timeout_s: float = 300.0
 
 
+# -- ha.fencing (issue 13) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FencingConfig:
+    """How this node powers its peer off: through the peer's BMC (IPMI, with
+    ipmitool or freeIPMI's ipmipower), or with a fence agent (``agent``, a
+    fence_* program of Debian's fence-agents). The password stays in
+    ``password_file`` (mode 0600), never on a command line."""
+
+    address: str
+    user: str
+    password_file: Path
+    method: str = "ipmi"
+    tool: str = "ipmitool"
+    port: int = 623
+    interface: str = "lanplus"
+    cipher_suite: int = 3
+    timeout_s: float = 20.0
+    retries: int = 2
+    agent: str = ""
+
+
+# -- end of ha.fencing -------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class HaConfig:
     vip: VipConfig | None = None
     # shared storage and the services on it (issue 13)
     storage: tuple[StorageConfig, ...] = ()
     services: ServicesConfig | None = None
+    # ha.fencing (issue 13)
+    fencing: FencingConfig | None = None
 
 
 @dataclass(frozen=True)

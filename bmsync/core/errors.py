@@ -23,7 +23,11 @@
     ├── ApplyIncomplete              exit 6   some paths could not be applied
     ├── LocalFsError                 exit 7   reading this node's tree failed
     ├── DaemonNotRunning             exit 3   no daemon on the control socket
-    └── DaemonRefused                exit of the daemon's error   a control request failed
+    ├── DaemonRefused                exit of the daemon's error   a control request failed
+    └── FencingError                 exit 10  the peer was NOT fenced (or, with --test, its
+        │                                     power state could not be read)
+        └── FenceToolMissing                  ipmitool, ipmipower or the fence agent is
+                                              not installed
 
 Every message says what failed, where (file and line, path, host) and what
 to do. Exceptions of dependencies (asyncssh, ``OSError``, yaml) are caught at
@@ -153,3 +157,13 @@ class HaRefused(BmsyncError):
     says what, and what to do."""
 
     exit_code = 10
+
+
+class FencingError(HaRefused):
+    """``bmsync ha fence``: the peer's power off was not confirmed; the
+    message says why and what to do. Never take over while it stands."""
+
+
+class FenceToolMissing(FencingError):
+    """The fencing tool (ipmitool, ipmipower, the fence agent) is not
+    installed."""
