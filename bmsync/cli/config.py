@@ -4,12 +4,13 @@ effective sync rules."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from bmsync.config.model import HaConfig
+from bmsync.config.model import FencingConfig, HaConfig
 from bmsync.config.parse import load as load_config
 from bmsync.core.errors import ConfigError
 
@@ -99,7 +100,27 @@ def _ha_json(ha: HaConfig) -> dict[str, Any] | None:
             "check": list(services.check),
             "timeout_s": services.timeout_s,
         },
+        "fencing": None if ha.fencing is None else _fencing_json(ha.fencing),
     }
+
+
+def _fencing_json(fencing: FencingConfig) -> dict[str, Any]:
+    """The section as given; the password file's path, never its content."""
+    shown = dataclasses.asdict(fencing)
+    shown["password_file"] = str(fencing.password_file)
+    return shown
+
+
+def _fencing_line(fencing: FencingConfig) -> str:
+    if fencing.method == "fence-agent":
+        how = f"the fence agent {fencing.agent}"
+    else:
+        how = f"IPMI ({fencing.tool}, {fencing.interface}, cipher suite {fencing.cipher_suite})"
+    return (
+        f"    fencing: the peer's BMC {fencing.address}:{fencing.port}, user {fencing.user}, "
+        f"password in {fencing.password_file}, through {how}; power off confirmed within "
+        f"{fencing.timeout_s:g} s, {fencing.retries} retr{'y' if fencing.retries == 1 else 'ies'}"
+    )
 
 
 def _print_ha(ha: HaConfig) -> None:
@@ -138,3 +159,7 @@ def _print_ha(ha: HaConfig) -> None:
         ):
             shown = ", ".join(f"'{c}'" for c in commands) if commands else "none"
             print(f"      {step + ':':<6} {shown}")
+    if ha.fencing is None:
+        print("    fencing: none (this node cannot power its peer off)")
+    else:
+        print(_fencing_line(ha.fencing))

@@ -262,7 +262,9 @@ def test_config_check_shows_the_ha_section(tmp_path: Path) -> None:
         },
         "storage": [],
         "services": None,
+        "fencing": None,
     }
+    assert "    fencing: none (this node cannot power its peer off)" in done.stdout
 
 
 # Every ha key given, as the README shows them (issue 13).
@@ -302,9 +304,17 @@ ha:
 
 def test_config_check_round_trips_a_full_ha_section(tmp_path: Path) -> None:
     conf = _receiver_conf(tmp_path)
-    conf.write_text(conf.read_text() + HA_FULL)
+    secret = tmp_path / "ipmi-password"
+    secret.write_text("not shown\n")
+    secret.chmod(0o600)
+    fencing = (
+        "  fencing:\n    address: 10.0.1.2\n    user: admin\n"
+        f"    password_file: {secret}\n    tool: ipmipower\n"
+    )
+    conf.write_text(conf.read_text() + HA_FULL + fencing)
     done = bmsync("-c", str(conf), "config", "check", "--json")
     assert done.returncode == 0, done.stderr
+    assert "not shown" not in done.stdout
     assert json.loads(done.stdout)["ha"] == {
         "vip": {
             "address": "10.0.0.10",
@@ -354,6 +364,19 @@ def test_config_check_round_trips_a_full_ha_section(tmp_path: Path) -> None:
             "check": ["bmctl status"],
             "timeout_s": 300.0,
         },
+        "fencing": {
+            "address": "10.0.1.2",
+            "user": "admin",
+            "password_file": str(secret),
+            "method": "ipmi",
+            "tool": "ipmipower",
+            "port": 623,
+            "interface": "lanplus",
+            "cipher_suite": 3,
+            "timeout_s": 20.0,
+            "retries": 2,
+            "agent": "",
+        },
     }
     done = bmsync("-c", str(conf), "config", "check")
     assert done.returncode == 0, done.stderr
@@ -377,6 +400,11 @@ def test_config_check_round_trips_a_full_ha_section(tmp_path: Path) -> None:
     ]
     line = next(x for x in out if x.startswith("ha:"))
     assert "VIP 10.0.0.10/24 on eth0" in line and "7 gratuitous ARPs 150 ms apart" in line
+    assert (
+        f"    fencing: the peer's BMC 10.0.1.2:623, user admin, password in {secret}, through "
+        "IPMI (ipmipower, lanplus, cipher suite 3); power off confirmed within 20 s, 2 retries"
+    ) in out
+    assert "not shown" not in done.stdout
 
 
 def test_config_check_refuses_cyrus_on_nfs(tmp_path: Path) -> None:
