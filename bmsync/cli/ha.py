@@ -11,6 +11,7 @@ from bmsync.config.model import Config, VipConfig
 from bmsync.core.errors import ConfigError, FencingError
 from bmsync.ha.fence import fence as run_fence
 from bmsync.ha.fencing import planned
+from bmsync.ha.services import commands_of, run_step, shell_argv
 from bmsync.ha.vip_move import down_plan, up_plan, vip_down, vip_up
 
 
@@ -66,4 +67,31 @@ def fence(conf: Config, args: argparse.Namespace) -> int:
         print(f"{outcome.message} (BMC {where}, user {fencing.user}: credentials accepted)")
     else:
         print(outcome.message)
+    return 0
+
+
+def services_start(conf: Config, args: argparse.Namespace) -> int:
+    return _services(conf, args, "start")
+
+
+def services_stop(conf: Config, args: argparse.Namespace) -> int:
+    return _services(conf, args, "stop")
+
+
+def services_check(conf: Config, args: argparse.Namespace) -> int:
+    return _services(conf, args, "check")
+
+
+def _services(conf: Config, args: argparse.Namespace, step: str) -> int:
+    """Run the ``step`` commands of ha.services."""
+    services = conf.ha.services
+    if services is None:
+        raise ConfigError(
+            f"{conf.source}: no 'ha: services:' section; list the start and stop "
+            "commands of what uses the shared data (see README, Configuration)"
+        )
+    if args.dry_run:
+        return _print_plan([shell_argv(command) for command in commands_of(services, step)])
+    for ran in run_step(services, step):
+        print(ran.describe(services.timeout_s))
     return 0

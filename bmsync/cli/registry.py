@@ -207,7 +207,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "ha",
-        "the HA primitives (floating IP, fencing), each runnable by hand",
+        "the HA primitives (floating IP, services, fencing), each runnable by hand",
         subcommands=(
             Command(
                 "vip",
@@ -223,6 +223,30 @@ COMMANDS: tuple[Command, ...] = (
                         "down",
                         "release the VIP here",
                         "bmsync.cli.ha:vip_down_command",
+                        arguments=_dry_run,
+                    ),
+                ),
+            ),
+            Command(
+                "services",
+                "the commands of ha.services, run here",
+                subcommands=(
+                    Command(
+                        "start",
+                        "run the start commands in order, stopping at the first that fails",
+                        "bmsync.cli.ha:services_start",
+                        arguments=_dry_run,
+                    ),
+                    Command(
+                        "stop",
+                        "run the stop commands in order, stopping at the first that fails",
+                        "bmsync.cli.ha:services_stop",
+                        arguments=_dry_run,
+                    ),
+                    Command(
+                        "check",
+                        "run every check command (exit 10 if any fails)",
+                        "bmsync.cli.ha:services_check",
                         arguments=_dry_run,
                     ),
                 ),

@@ -5,12 +5,9 @@ and drive the time."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +18,7 @@ from bmsync.config.model import FencingConfig
 from bmsync.core.errors import ConfigError, FenceToolMissing, FencingError
 from bmsync.ha.fence_tools import IPMIPOWER_CONFIG, needs_password, tool_for
 from bmsync.ha.fencing import FenceMachine, Outcome, Query, Wait
+from bmsync.ha.runner import run_bounded
 
 # (argv, stdin or None, seconds before it is killed) -> (exit status, or
 # None when it was killed at the limit; stdout and stderr together)
@@ -33,17 +31,9 @@ IPMIPOWER_UNSAFE = re.compile(r"[\s#]")
 
 
 def run_command(argv: Sequence[str], stdin: str | None, timeout_s: float) -> tuple[int | None, str]:
-    """Run ``argv`` in a session of its own; past ``timeout_s`` kill that
-    process group (what it started with it: fence agents run ipmitool)."""
+    """``run_bounded``, with what to install when the tool is missing."""
     try:
-        process = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "LC_ALL": "C"},
-        )
+        return run_bounded(argv, stdin, timeout_s)
     except FileNotFoundError as exc:
         package = PACKAGE_OF.get(argv[0], "fence-agents")
         raise FenceToolMissing(
@@ -52,23 +42,6 @@ def run_command(argv: Sequence[str], stdin: str | None, timeout_s: float) -> tup
         ) from exc
     except OSError as exc:
         raise FencingError(f"cannot run {argv[0]}: {exc}") from exc
-    try:
-        out, _ = process.communicate(None if stdin is None else stdin.encode(), timeout_s)
-        status: int | None = process.returncode
-    except subprocess.TimeoutExpired:
-        status = None
-        _kill_group(process)
-        out, _ = process.communicate()
-    finally:
-        if process.returncode is None:  # interrupted: leave nothing behind
-            _kill_group(process)
-            process.wait()
-    return status, out.decode(errors="replace")
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)  # the group of the process started here
 
 
 def read_password(path: Path) -> str:
