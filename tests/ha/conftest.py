@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,17 +114,17 @@ class Cluster:
         ip("link", "set", self.b.iface, "up", netns=self.b.netns)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """bm1 (promoted, active) in one namespace, bm2 (passive) in another,
-    each sshd started; the daemons are the tests' to start."""
+@contextmanager
+def veth_pair(prefix: str, subnet: str) -> Iterator[tuple[tuple[str, str], tuple[str, str]]]:
+    """Two network namespaces joined by a veth pair, SUBNET.1 and SUBNET.2
+    (/24) on its ends: (namespaces, interfaces), named after this process
+    so that runs do not collide; deleted after (by name)."""
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     tag = f"{os.getpid() % 100000}"
-    names = (f"bmA{tag}", f"bmB{tag}")
-    ifaces = (f"bmvA{tag}", f"bmvB{tag}")
+    names = (f"{prefix}A{tag}", f"{prefix}B{tag}")
+    ifaces = (f"{prefix}vA{tag}", f"{prefix}vB{tag}")
     created: list[str] = []
-    nodes: list[Node] = []
     try:
         for ns in names:
             ip("netns", "add", ns)
@@ -134,19 +135,29 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             "peer", "name", ifaces[1], "netns", names[1],
         )  # fmt: skip
         for number, (ns, iface) in enumerate(zip(names, ifaces, strict=True), start=1):
-            ip("addr", "add", f"{SUBNET}.{number}/24", "dev", iface, netns=ns)
+            ip("addr", "add", f"{subnet}.{number}/24", "dev", iface, netns=ns)
             ip("link", "set", iface, "up", netns=ns)
+        yield names, ifaces
+    finally:
+        for ns in created:
+            ip("netns", "del", ns)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """bm1 (promoted, active) in one namespace, bm2 (passive) in another,
+    each sshd started; the daemons are the tests' to start."""
+    with veth_pair("bm", SUBNET) as (names, ifaces):
         a = Node("bm1", names[0], ifaces[0], f"{SUBNET}.1", tmp_path / "bm1")
         b = Node("bm2", names[1], ifaces[1], f"{SUBNET}.2", tmp_path / "bm2")
         nodes = [a, b]
-        a.configure(b, promote=True)
-        b.configure(a)
-        for node in nodes:
-            node.sshd.start()
-        yield Cluster(a, b)
-    finally:
-        for node in nodes:
-            node.stop()
-            node.sshd.stop()
-        for ns in created:
-            ip("netns", "del", ns)
+        try:
+            a.configure(b, promote=True)
+            b.configure(a)
+            for node in nodes:
+                node.sshd.start()
+            yield Cluster(a, b)
+        finally:
+            for node in nodes:
+                node.stop()
+                node.sshd.stop()

@@ -5,7 +5,6 @@ announced by gratuitous ARP (seen in the other node's neighbour table)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bmsync.core.errors import HaRefused
-from tests.ha.conftest import ip
+from tests.ha.conftest import ip, veth_pair
 from tests.sshd import write_config
 
 SUBNET = "10.232.0"
@@ -60,24 +59,9 @@ class Side:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[Side, Side]]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    tag = f"{os.getpid() % 100000}"
-    names, ifaces = (f"bmvA{tag}", f"bmvB{tag}"), (f"vipA{tag}", f"vipB{tag}")
-    created: list[str] = []
-    try:
-        for ns in names:
-            ip("netns", "add", ns)
-            created.append(ns)
-            ip("link", "set", "lo", "up", netns=ns)
-        ip(
-            "link", "add", ifaces[0], "netns", names[0], "type", "veth",
-            "peer", "name", ifaces[1], "netns", names[1],
-        )  # fmt: skip
+    with veth_pair("vip", SUBNET) as (names, ifaces):
         sides = []
         for n, (ns, iface) in enumerate(zip(names, ifaces, strict=True)):
-            ip("addr", "add", f"{SUBNET}.{n + 1}/24", "dev", iface, netns=ns)
-            ip("link", "set", iface, "up", netns=ns)
             root = tmp_path / f"root{n}"
             root.mkdir()
             ha = ("ha:", "  vip:", f"    address: {VIP}", "    prefix: 24")
@@ -88,9 +72,6 @@ def pair(tmp_path: Path) -> Iterator[tuple[Side, Side]]:
             )  # fmt: skip
             sides.append(Side(ns, iface, conf))
         yield sides[0], sides[1]
-    finally:
-        for ns in created:
-            ip("netns", "del", ns)
 
 
 def test_the_vip_answers_from_the_node_that_holds_it(pair: tuple[Side, Side]) -> None:
