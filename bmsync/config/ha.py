@@ -160,7 +160,6 @@ def ha_section(node: yaml.Node, key: str, ctx: Ctx) -> HaConfig:
 
 HA_SCHEMA: Schema = {
     "vip": _vip,
-    # shared storage and the services on it (issue 13)
     "storage": _storage,
     "services": _services,
     "fencing": fencing_section,

@@ -91,9 +91,6 @@ class ServicesConfig:
     timeout_s: float = 300.0
 
 
-# -- ha.fencing (issue 13) ---------------------------------------------------
-
-
 @dataclass(frozen=True)
 class FencingConfig:
     """How this node powers its peer off: through the peer's BMC (IPMI, with
@@ -114,16 +111,11 @@ class FencingConfig:
     agent: str = ""
 
 
-# -- end of ha.fencing -------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class HaConfig:
     vip: VipConfig | None = None
-    # shared storage and the services on it (issue 13)
     storage: tuple[StorageConfig, ...] = ()
     services: ServicesConfig | None = None
-    # ha.fencing (issue 13)
     fencing: FencingConfig | None = None
 
 
