@@ -1,4 +1,5 @@
-"""What a sender may read here: this node's manifest and a file's content.
+"""What a sender may read here: this node's manifest, a file's content,
+and whether the shared storage's devices are mounted here.
 
 Both are read-only and may be of any size, so both are answered as
 iterators, sent a part (or a chunk) at a time and never under the role
@@ -10,14 +11,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import structlog
 
-from bmsync.core.frames import Frame, ManifestPart, ManifestRequest, PutAbort
+from bmsync.core.frames import (
+    DeviceMounts,
+    Frame,
+    ManifestPart,
+    ManifestRequest,
+    MountsReport,
+    MountsRequest,
+    PutAbort,
+)
 from bmsync.core.manifest import Entry, manifest_digest
+from bmsync.core.mounts import holding
 from bmsync.core.paths import basename, parent, show
 from bmsync.fs.confine import Confined, OpFailed, reason
 from bmsync.fs.digests import DigestCache
+from bmsync.fs.mounts import MOUNTINFO, device_here, read_mounts
 from bmsync.fs.scan import scan_tree
 from bmsync.fs.tempfiles import remove_temp
 from bmsync.link.outbox import file_frames
@@ -52,6 +64,24 @@ def manifest(
     if request.expect and manifest_digest(scan.entries) == request.expect:
         return [ManifestPart([], last=True, unchanged=True)]
     return _manifest_parts(scan.entries)
+
+
+def mounts(request: MountsRequest, mountinfo: Path = MOUNTINFO) -> list[Frame]:
+    """Where each device asked is mounted on this node. Each path is
+    resolved here: the same disk may have another name on each node."""
+    here = read_mounts(mountinfo)
+    seen = []
+    for device in request.devices:
+        found = device_here(device)
+        if found.number is None:
+            seen.append(DeviceMounts(device, present=False, problem=found.problem))
+            continue
+        points = [str(m.mount_point) for m in holding(here, found.number)]
+        seen.append(DeviceMounts(device, present=True, mount_points=points))
+    log.info(
+        "mounts_asked", devices=request.devices, mounted=[s.device for s in seen if s.mount_points]
+    )
+    return [MountsReport(seen)]
 
 
 def _remove_leftovers(where: Confined, leftovers: list[bytes]) -> None:

@@ -40,6 +40,7 @@ from bmsync.core.frames import (
     Frame,
     Hello,
     ManifestRequest,
+    MountsRequest,
     Purpose,
     Put,
     PutAbort,
@@ -54,6 +55,7 @@ from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.roles import NodeRole, RefusalCode
 from bmsync.fs.confine import Confined, reason
 from bmsync.fs.digests import DigestCache
+from bmsync.fs.mounts import MOUNTINFO
 from bmsync.fs.tree_writer import TreeWriter
 from bmsync.state.lock import SenderLock
 from bmsync.state.roles import RoleStore
@@ -83,9 +85,12 @@ class Agent:
         state_dir: Path,
         *,
         max_entries: int = MAX_ENTRIES,
+        mountinfo: Path = MOUNTINFO,
     ) -> None:
-        """``max_entries``: the most entries of its tree it lists for a sender."""
+        """``max_entries``: the most entries of its tree it lists for a
+        sender; ``mountinfo``: where this node's mounts are read."""
         self.node = node
+        self.mountinfo = mountinfo
         self.max_entries = max_entries
         self.root = root
         self.syncset = syncset
@@ -106,6 +111,7 @@ class Agent:
         self.finished = False
         reading: dict[type[Any], Handler] = {
             ManifestRequest: self._manifest,
+            MountsRequest: self._mounts,
             Fetch: self._fetch,
             Bye: self._bye,
             Hello: self._second_hello,
@@ -320,6 +326,9 @@ class Agent:
         assert self._where is not None
         writing = self._state is State.WRITING
         return reads.manifest(request, self._where, self._digests, self.max_entries, writing)
+
+    def _mounts(self, request: MountsRequest) -> list[Frame]:
+        return reads.mounts(request, self.mountinfo)
 
     def _fetch(self, frame: Fetch) -> Iterator[Frame]:
         assert self._where is not None

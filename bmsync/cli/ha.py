@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shlex
+from typing import Any
 
-from bmsync.config.model import Config, VipConfig
-from bmsync.core.errors import ConfigError, FencingError
+from bmsync.config.model import Config, StorageConfig, VipConfig
+from bmsync.core.errors import ConfigError, FencingError, HaRefused
 from bmsync.ha.fence import fence as run_fence
 from bmsync.ha.fencing import planned
+from bmsync.ha.peer_mounts import ask_peer
 from bmsync.ha.services import commands_of, run_step, shell_argv
+from bmsync.ha.status import collect
+from bmsync.ha.storage import (
+    StorageTools,
+    mount_plan_lines,
+    mount_storage,
+    unmount_plan_lines,
+    unmount_storage,
+)
+from bmsync.ha.vip import detect_argv, show_argv
 from bmsync.ha.vip_move import down_plan, up_plan, vip_down, vip_up
 
 
@@ -95,3 +107,113 @@ def _services(conf: Config, args: argparse.Namespace, step: str) -> int:
     for ran in run_step(services, step):
         print(ran.describe(services.timeout_s))
     return 0
+
+
+def _storage(conf: Config) -> tuple[StorageConfig, ...]:
+    if not conf.ha.storage:
+        raise ConfigError(
+            f"{conf.source}: no 'ha: storage:' entries; list the devices and mount points "
+            "of the shared storage (see README, Configuration)"
+        )
+    return conf.ha.storage
+
+
+def storage_mount(conf: Config, args: argparse.Namespace) -> int:
+    """Mount ha.storage here, unless the peer has any of it mounted."""
+    entries = _storage(conf)
+    if args.dry_run:
+        host = None if conf.peer is None else conf.peer.host
+        lines = mount_plan_lines(entries, host, StorageTools())
+        for line in lines:
+            print(line)
+        return 10 if any(line.startswith("# refused") for line in lines) else 0
+    asked = [str(e.device) for e in entries if not e.shared]
+    peer = asyncio.run(ask_peer(conf, asked))
+    for line in mount_storage(entries, peer, args.peer_is_down):
+        print(line)
+    return 0
+
+
+def storage_unmount(conf: Config, args: argparse.Namespace) -> int:
+    """Unmount ha.storage here, stopping what holds it."""
+    entries = _storage(conf)
+    if args.dry_run:
+        lines = unmount_plan_lines(entries, StorageTools())
+        for line in lines:
+            print(line)
+        return 10 if any(line.startswith("# refused") for line in lines) else 0
+    for line in unmount_storage(entries, say=print):
+        print(line)
+    return 0
+
+
+def status(conf: Config, args: argparse.Namespace) -> int:
+    """The HA resources as seen from here; exit 10 when a problem needs
+    attention."""
+    ha = conf.ha
+    if args.dry_run:
+        plan: list[list[str]] = []
+        if ha.vip is not None:
+            plan += [show_argv(ha.vip), detect_argv(ha.vip)]
+        if ha.services is not None:
+            plan += [shell_argv(command) for command in ha.services.check]
+        _print_plan(plan)
+        if ha.fencing is not None:
+            for line in planned(ha.fencing, test=True):
+                print(line)
+        print("# and reads /proc/self/mountinfo for the storage")
+        return 0
+    report = collect(conf)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for line in _status_lines(conf, report.as_dict()):
+            print(line)
+    return HaRefused.exit_code if report.problems else 0
+
+
+def _status_lines(conf: Config, report: dict[str, Any]) -> list[str]:
+    lines = [f"node {report['node']}"]
+    vip = report["vip"]
+    if vip is None:
+        lines.append("vip: not configured")
+    elif "error" in vip:
+        lines.append(f"vip {vip['address']} on {vip['interface']}: check failed: {vip['error']}")
+    else:
+        held = "held here" if vip["held"] else "not held here"
+        others = ", ".join(vip["other_macs"]) or "none"
+        lines.append(f"vip {vip['address']} on {vip['interface']}: {held}; other MACs: {others}")
+    if not report["storage"]:
+        lines.append("storage: not configured")
+    for state in report["storage"]:
+        if state["mounted_here"]:
+            how = f"mounted here ({state['fstype']}{', NETWORK' if state['network'] else ''})"
+        elif state["holds"]:
+            how = f"holds {state['holds']} ({state['fstype']}), not the configured device"
+        elif not state["present"]:
+            how = "not mounted; the device is not present on this node"
+        else:
+            how = "not mounted here"
+        lines.append(f"storage {state['mount']} ({state['device']}): {how}")
+    for place in report["cyrus"]:
+        on = "a NETWORK filesystem" if place["network"] else "block storage"
+        lines.append(
+            f"cyrus {place['path']}: on {place['fstype']} at {place['mount_point']} ({on})"
+        )
+    power = report["peer_power"]
+    if power is None:
+        lines.append("peer power: fencing not configured")
+    elif power["read"]:
+        lines.append(f"peer power: {power['power']} ({power['message']})")
+    else:
+        lines.append(f"peer power: cannot read ({power['message']})")
+    services = report["services"]
+    if services is None:
+        lines.append("services: no check commands configured")
+    for service in services or []:
+        lines.append(
+            f"service check '{service['command']}': "
+            + ("ok" if service["ok"] else f"FAILED (status {service['status']})")
+        )
+    lines += [f"problem: {problem}" for problem in report["problems"]]
+    return lines

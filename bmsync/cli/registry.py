@@ -152,6 +152,21 @@ def _fence(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _storage_mount(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--peer-is-down",
+        action="store_true",
+        help="the peer cannot be asked (no peer section, unreachable) because it is powered "
+        "off or fenced: mount anyway (logged); never applies to a peer that answers",
+    )
+    _dry_run(parser)
+
+
+def _status_ha(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    _dry_run(parser)
+
+
 # -- the commands, in the order of 'bmsync --help' ------------------------------
 
 COMMANDS: tuple[Command, ...] = (
@@ -207,7 +222,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "ha",
-        "the HA primitives (floating IP, services, fencing), each runnable by hand",
+        "the HA primitives (floating IP, storage, services, fencing), each runnable by hand",
         subcommands=(
             Command(
                 "vip",
@@ -223,6 +238,24 @@ COMMANDS: tuple[Command, ...] = (
                         "down",
                         "release the VIP here",
                         "bmsync.cli.ha:vip_down_command",
+                        arguments=_dry_run,
+                    ),
+                ),
+            ),
+            Command(
+                "storage",
+                "the shared storage of ha.storage on this node",
+                subcommands=(
+                    Command(
+                        "mount",
+                        "check and mount each entry in order, unless the peer has it mounted",
+                        "bmsync.cli.ha:storage_mount",
+                        arguments=_storage_mount,
+                    ),
+                    Command(
+                        "unmount",
+                        "unmount each entry in reverse order, stopping the processes holding it",
+                        "bmsync.cli.ha:storage_unmount",
                         arguments=_dry_run,
                     ),
                 ),
@@ -256,6 +289,12 @@ COMMANDS: tuple[Command, ...] = (
                 "power the peer off through its BMC and confirm it is off (exit 10 if not)",
                 "bmsync.cli.ha:fence",
                 arguments=_fence,
+            ),
+            Command(
+                "status",
+                "the VIP, the storage, the peer's power and the services, as seen from here",
+                "bmsync.cli.ha:status",
+                arguments=_status_ha,
             ),
         ),
     ),

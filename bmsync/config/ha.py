@@ -85,6 +85,7 @@ STORAGE_SCHEMA: Schema = {
     "options": list_of(_mount_option),
     "fsck": as_bool,
     "shared": as_bool,
+    "kill_grace_s": ranged(as_float, 0, 3600),
 }
 SERVICES_SCHEMA: Schema = {
     "start": _commands,

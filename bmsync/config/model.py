@@ -74,6 +74,9 @@ class StorageConfig:
     # StorageConfig always holds True or False here.
     fsck: bool | None = None
     shared: bool = False  # mounted on both nodes at once: cluster filesystems only
+    # `storage unmount`: how long a process holding the mount has between
+    # SIGTERM and SIGKILL
+    kill_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.fsck is None:

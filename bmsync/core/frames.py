@@ -12,6 +12,7 @@ A session, sender (active node) to agent (passive node)::
     -> Mkdir | PutChunk* (Put | PutAbort) | PutDelta | Symlink | Rename | Delete | SetMeta ...
     -> Commit(batch)              <- Applied(batch, results, failures)
     -> Fetch(path)                <- PutChunk* (Put | PutAbort)   (restoring)
+    -> MountsRequest(devices)     <- MountsReport                  (ha storage mount)
     -> Bye
     any frame that breaks the protocol <- ErrorFrame, then the agent hangs up
 
@@ -35,8 +36,8 @@ from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import check_relpath, show
 from bmsync.core.roles import Refusal, RefusalCode, Role, Stamp, check_epoch
 
-# 2: PutHole (sparse files keep their holes)
-PROTOCOL_VERSION = 2
+# 2: PutHole (sparse files keep their holes); 3: MountsRequest
+PROTOCOL_VERSION = 3
 # A frame holds at most one data chunk plus its metadata; 8 MiB bounds what a
 # hostile or broken peer can make the other side buffer.
 MAX_FRAME_BYTES = 8 * 1024 * 1024
@@ -114,6 +115,52 @@ class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):
     def __post_init__(self) -> None:
         if self.expect and len(self.expect) != DIGEST_SIZE:
             raise ValueError(f"expect is {len(self.expect)} bytes, not a digest")
+
+
+# A mount request names the devices of ha.storage: a few, never thousands.
+MAX_DEVICES = 64
+MAX_DEVICE_PATH = 4096
+
+
+class MountsRequest(msgspec.Struct, frozen=True, tag="mounts?"):
+    """Does the agent's node have these block devices (absolute paths, each
+    resolved there) mounted? Read-only: asked before a node mounts the
+    shared storage, so that it is never mounted on both."""
+
+    devices: list[str]
+
+    def __post_init__(self) -> None:
+        if len(self.devices) > MAX_DEVICES:
+            raise ValueError(f"{len(self.devices)} devices asked; at most {MAX_DEVICES}")
+        for device in self.devices:
+            _check_device_path(device)
+
+
+class DeviceMounts(msgspec.Struct, frozen=True):
+    """``present``: the path names a block device there; ``mount_points``:
+    where it is mounted there (empty: not mounted)."""
+
+    device: str
+    present: bool
+    mount_points: list[str] = []
+    problem: str = ""  # why not present
+
+
+class MountsReport(msgspec.Struct, frozen=True, tag="mounts"):
+    devices: list[DeviceMounts]
+
+    def __post_init__(self) -> None:
+        if len(self.devices) > MAX_DEVICES:
+            raise ValueError(f"{len(self.devices)} devices reported; at most {MAX_DEVICES}")
+        for seen in self.devices:
+            _check_device_path(seen.device)
+            if len(seen.mount_points) > 4 * MAX_DEVICES:
+                raise ValueError(f"{seen.device}: {len(seen.mount_points)} mount points reported")
+
+
+def _check_device_path(device: str) -> None:
+    if not device.startswith("/") or "\0" in device or len(device) > MAX_DEVICE_PATH:
+        raise ValueError(f"{device[:100]!r} is not an absolute device path")
 
 
 class ManifestPart(msgspec.Struct, frozen=True, tag="manifest"):
@@ -295,6 +342,7 @@ class Bye(msgspec.Struct, frozen=True, tag="bye"):
 ToAgent = (
     Hello
     | ManifestRequest
+    | MountsRequest
     | PutChunk
     | PutHole
     | Put
@@ -312,7 +360,7 @@ ToAgent = (
 )
 
 # Every frame: those an agent accepts, and those only an agent sends.
-Frame = ToAgent | Welcome | Refuse | ManifestPart | Applied | ErrorFrame
+Frame = ToAgent | Welcome | Refuse | ManifestPart | MountsReport | Applied | ErrorFrame
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)

@@ -16,26 +16,39 @@ def run_bounded(argv: Sequence[str], stdin: str | None, timeout_s: float) -> tup
     """Run ``argv``; its exit status (None: killed at ``timeout_s``) and its
     output, stdout and stderr together. FileNotFoundError or OSError if it
     cannot start."""
+    status, out, _ = _run(argv, stdin, timeout_s, merge=True)
+    return status, out
+
+
+def run_split(argv: Sequence[str], timeout_s: float | None) -> tuple[int | None, str, str]:
+    """Run ``argv`` (no input; ``timeout_s`` None: as long as it takes); its
+    exit status (None: killed at the limit), stdout and stderr apart."""
+    return _run(argv, None, timeout_s, merge=False)
+
+
+def _run(
+    argv: Sequence[str], stdin: str | None, timeout_s: float | None, merge: bool
+) -> tuple[int | None, str, str]:
     process = subprocess.Popen(
         list(argv),
         stdin=subprocess.DEVNULL if stdin is None else subprocess.PIPE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stderr=subprocess.STDOUT if merge else subprocess.PIPE,
         start_new_session=True,
         env={**os.environ, "LC_ALL": "C"},
     )
     try:
-        out, _ = process.communicate(None if stdin is None else stdin.encode(), timeout_s)
+        out, err = process.communicate(None if stdin is None else stdin.encode(), timeout_s)
         status: int | None = process.returncode
     except subprocess.TimeoutExpired:
         status = None
         _kill_group(process)
-        out, _ = process.communicate()
+        out, err = process.communicate()
     finally:
         if process.returncode is None:  # interrupted: leave nothing behind
             _kill_group(process)
             process.wait()
-    return status, out.decode(errors="replace")
+    return status, out.decode(errors="replace"), (err or b"").decode(errors="replace")
 
 
 def _kill_group(process: subprocess.Popen[bytes]) -> None:

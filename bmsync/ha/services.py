@@ -57,15 +57,15 @@ def shell_argv(command: str) -> list[str]:
     return ["/bin/sh", "-c", command]
 
 
-def run_step(
+def run_commands(
     services: ServicesConfig,
     step: str,
     run: Runner = run_bounded,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[Ran]:
-    """Run ``step``'s commands; what each did. HaRefused when a start or
-    stop command fails (the ones after it are not run) or, for check, when
-    any fails."""
+    """Run ``step``'s commands; what each did. A start or stop stops at the
+    first that fails (the ones after it are not run); check runs them all.
+    HaRefused only when a command cannot be started."""
     done: list[Ran] = []
     for command in commands_of(services, step):
         started = clock()
@@ -84,13 +84,28 @@ def run_step(
         )
         done.append(ran)
         if not ran.ok and step != "check":
-            left = len(commands_of(services, step)) - len(done)
-            raise HaRefused(
-                f"ha.services.{step}: {ran.describe(services.timeout_s)}"
-                + (f"; {left} command(s) after it not run" if left else "")
-                + f". Fix it, then run 'bmsync ha services {step}' again"
-            )
+            break
+    return done
+
+
+def run_step(
+    services: ServicesConfig,
+    step: str,
+    run: Runner = run_bounded,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Ran]:
+    """Run ``step``'s commands; what each did. HaRefused when a start or
+    stop command fails (the ones after it are not run) or, for check, when
+    any fails."""
+    done = run_commands(services, step, run, clock)
     failed = [ran for ran in done if not ran.ok]
+    if failed and step != "check":
+        left = len(commands_of(services, step)) - len(done)
+        raise HaRefused(
+            f"ha.services.{step}: {failed[0].describe(services.timeout_s)}"
+            + (f"; {left} command(s) after it not run" if left else "")
+            + f". Fix it, then run 'bmsync ha services {step}' again"
+        )
     if failed:
         raise HaRefused(
             "ha.services.check: "

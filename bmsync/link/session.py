@@ -38,6 +38,8 @@ from bmsync.core.frames import (
     Hello,
     ManifestPart,
     ManifestRequest,
+    MountsReport,
+    MountsRequest,
     Purpose,
     Put,
     PutAbort,
@@ -180,6 +182,14 @@ class PeerSession:
                 )
             if part.last:
                 return entries
+
+    async def mounts(self, devices: list[str]) -> MountsReport:
+        """Where the peer has each of ``devices`` mounted (read-only)."""
+        await self._channel.send([MountsRequest(devices)])
+        answer = await self._receive()
+        if not isinstance(answer, MountsReport):
+            raise ProtocolError(f"expected MountsReport, the agent sent {type(answer).__name__}")
+        return answer
 
     async def fetch(self, path: bytes) -> list[FileFrame]:
         """The peer's copy of ``path`` as the frames that would write it:

@@ -20,6 +20,7 @@ from bmsync.core.frames import (
     Applied,
     Bye,
     Commit,
+    DeviceMounts,
     ErrorFrame,
     Expect,
     Failure,
@@ -29,6 +30,8 @@ from bmsync.core.frames import (
     Hello,
     ManifestPart,
     ManifestRequest,
+    MountsReport,
+    MountsRequest,
     Purpose,
     Put,
     PutAbort,
@@ -66,6 +69,13 @@ SAMPLES: list[Any] = [
     ManifestRequest(),
     ManifestPart([(b"etc", DIR), (b"etc/a", FILE), (b"etc/l", LINK)], last=False),
     ManifestPart([], last=True),
+    MountsRequest(["/dev/disk/by-uuid/1234", "/dev/loop0"]),
+    MountsReport(
+        [
+            DeviceMounts("/dev/loop0", present=True, mount_points=["/var/spool/cyrus"]),
+            DeviceMounts("/dev/sdz", present=False, problem="no such device"),
+        ]
+    ),
     PutChunk(b"etc/a", 0, b"hel"),
     PutHole(b"etc/a", 3, 1 << 20),
     Put(b"etc/a", 3, b"lo", FILE),
