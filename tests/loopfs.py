@@ -80,3 +80,57 @@ def _unmount(mountpoint: Path) -> None:
             f"{mountpoint} was busy at the end of the test (a descriptor left open): "
             f"{exc.stderr!r}; unmounted lazily"
         ) from exc
+
+
+# mkfs.xfs refuses a filesystem smaller than this (xfsprogs 5.19 and later)
+XFS_MIN_MIB = 300
+
+
+@contextmanager
+def loop_device(image: Path, fstype: str, size_mib: int = 16) -> Iterator[str]:
+    """A loop device holding a new, empty ``fstype`` filesystem (ext4 or
+    xfs; a sparse image), not mounted. At the end, whatever still has it
+    mounted in this mount namespace is unmounted (an assertion error if
+    that needs a lazy unmount), then it is detached and the image removed."""
+    size = max(size_mib, XFS_MIN_MIB) if fstype == "xfs" else size_mib
+    with open(image, "wb") as f:
+        f.truncate(size * 1024 * 1024)
+    mkfs = ["mkfs.xfs", "-q", "-f"] if fstype == "xfs" else [f"mkfs.{fstype}", "-q", "-F"]
+    _run(*mkfs, str(image))
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(image)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    try:
+        yield device
+    finally:
+        try:
+            for point in _mount_points_of(device):
+                _unmount(point)
+        finally:
+            _run("losetup", "-d", device)
+            image.unlink()
+
+
+def _mount_points_of(device: str) -> list[Path]:
+    """Where ``device`` is mounted here, the deepest first."""
+    number = os.stat(device).st_rdev
+    wanted = f"{os.major(number)}:{os.minor(number)}"
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split(" ")
+        if fields[2] == wanted:
+            points.append(Path(fields[4].replace("\\040", " ")))
+    return sorted(points, key=lambda p: len(p.parts), reverse=True)
+
+
+def needs_storage_tools() -> pytest.MarkDecorator:
+    """What the shared-storage tests run: loop devices, both filesystems,
+    fuser, and unshare/nsenter for a peer with a mount table of its own."""
+    tools = ("losetup", "mkfs.ext4", "mkfs.xfs", "xfs_repair", "fuser", "unshare", "nsenter")
+    missing = [t for t in tools if not shutil.which(t)]
+    reason = "needs root" if os.geteuid() != 0 else f"needs {', '.join(missing)}"
+    return pytest.mark.skipif(os.geteuid() != 0 or bool(missing), reason=reason)

@@ -50,9 +50,18 @@ class Sshd:
     process: subprocess.Popen[bytes] | None = None
     address: str = "127.0.0.1"
     netns: str | None = None  # run inside this network namespace
+    # run in a mount namespace of its own (mounts made here afterwards are
+    # not seen there, nor the other way round): a peer node's mount table
+    own_mounts: bool = False
 
     @classmethod
-    def create(cls, base: Path, address: str = "127.0.0.1", netns: str | None = None) -> Sshd:
+    def create(
+        cls,
+        base: Path,
+        address: str = "127.0.0.1",
+        netns: str | None = None,
+        own_mounts: bool = False,
+    ) -> Sshd:
         if not SSHD.exists():
             raise RuntimeError(f"{SSHD} is missing: apt-get install openssh-server")
         base.mkdir(parents=True, exist_ok=True)
@@ -83,6 +92,7 @@ class Sshd:
             authorized,
             address=address,
             netns=netns,
+            own_mounts=own_mounts,
         )
 
     def authorize(self, config: Path, forced: str | None = None) -> None:
@@ -101,6 +111,8 @@ class Sshd:
                 resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
 
         inside = ["ip", "netns", "exec", self.netns] if self.netns else []
+        if self.own_mounts:
+            inside += ["unshare", "--mount", "--propagation", "private", "--"]
         with open(self.base / "sshd.log", "ab") as log:
             self.process = subprocess.Popen(
                 [*inside, str(SSHD), "-D", "-e", "-f", str(self.base / "sshd_config")],
@@ -137,6 +149,16 @@ class Sshd:
 
     def log(self) -> str:
         return (self.base / "sshd.log").read_text(errors="replace")
+
+    def in_mount_namespace(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in sshd's mount namespace (``own_mounts``)."""
+        assert self.process is not None and self.own_mounts
+        return subprocess.run(
+            ["nsenter", "-t", str(self.process.pid), "-m", "--", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
 
 def copy_tree(src: Path, dst: Path) -> None:

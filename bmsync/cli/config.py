@@ -89,6 +89,7 @@ def _ha_json(ha: HaConfig) -> dict[str, Any] | None:
                 "options": list(s.options),
                 "fsck": s.fsck,
                 "shared": s.shared,
+                "kill_grace_s": s.kill_grace_s,
             }
             for s in ha.storage
         ],
@@ -143,7 +144,8 @@ def _print_ha(ha: HaConfig) -> None:
             options = ",".join(s.options) or "defaults"
             print(
                 f"      {number}. {s.mount}: {s.device} {s.fstype}, options {options}, "
-                f"fsck {'yes' if s.fsck else 'no'}, shared {'yes' if s.shared else 'no'}"
+                f"fsck {'yes' if s.fsck else 'no'}, shared {'yes' if s.shared else 'no'}, "
+                f"holders killed {s.kill_grace_s:g} s after SIGTERM"
             )
     else:
         print("    storage: none (nothing mounted on promotion)")

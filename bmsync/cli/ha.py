@@ -129,8 +129,7 @@ def storage_mount(conf: Config, args: argparse.Namespace) -> int:
         return 10 if any(line.startswith("# refused") for line in lines) else 0
     asked = [str(e.device) for e in entries if not e.shared]
     peer = asyncio.run(ask_peer(conf, asked))
-    for line in mount_storage(entries, peer, args.peer_is_down):
-        print(line)
+    mount_storage(entries, peer, args.peer_is_down, say=_say)
     return 0
 
 
@@ -142,9 +141,12 @@ def storage_unmount(conf: Config, args: argparse.Namespace) -> int:
         for line in lines:
             print(line)
         return 10 if any(line.startswith("# refused") for line in lines) else 0
-    for line in unmount_storage(entries, say=print):
-        print(line)
+    unmount_storage(entries, say=_say)
     return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
 
 
 def status(conf: Config, args: argparse.Namespace) -> int:

@@ -140,29 +140,28 @@ def mount_storage(
     entries: tuple[StorageConfig, ...],
     peer: PeerReport,
     peer_is_down: bool,
+    say: Callable[[str], None],
     tools: StorageTools | None = None,
-) -> list[str]:
-    """Mount every entry in order; what was done, a line per entry.
-    HaRefused if the plan refuses (nothing is done) or a step fails (what
-    this run mounted is unmounted again)."""
+) -> None:
+    """Mount every entry in order; ``say`` gets what was done, a line per
+    entry, as it is done. HaRefused if the plan refuses (nothing is done)
+    or a step fails (what this run mounted is unmounted again)."""
     tools = tools or StorageTools()
     plan = plan_mount(entries, _devices(entries, tools), tools.mounts(), peer, peer_is_down)
     if plan.refused:
         raise _refusal("nothing mounted", plan.refused)
     if plan.peer_assumed_down:
         log.warning("peer_assumed_down", reason=plan.peer_assumed_down, flag="--peer-is-down")
-    done: list[str] = []
     mounted: list[StorageConfig] = []
     for step in plan.steps:
         if isinstance(step, AlreadyMounted):
-            done.append(f"{step.entry.mount}: {step.entry.device} already mounted; nothing to do")
+            say(f"{step.entry.mount}: {step.entry.device} already mounted; nothing to do")
             continue
         try:
-            done.append(_mount_one(step, tools))
+            say(_mount_one(step, tools))
         except HaRefused as exc:
             raise HaRefused(f"{exc}; {_undo(mounted, tools)}") from exc
         mounted.append(step.entry)
-    return done
 
 
 def _mount_one(step: ToMount, tools: StorageTools) -> str:
@@ -266,18 +265,18 @@ def unmount_storage(
     entries: tuple[StorageConfig, ...],
     say: Callable[[str], None],
     tools: StorageTools | None = None,
-) -> list[str]:
-    """Unmount every entry in reverse order; what was done, a line per
-    mount. ``say`` gets each holder as it is signalled. HaRefused if the
+) -> None:
+    """Unmount every entry in reverse order; ``say`` gets what was done, a
+    line per mount, and each holder as it is signalled. HaRefused if the
     plan refuses (nothing is done) or a mount stays busy."""
     tools = tools or StorageTools()
     plan = plan_unmount(entries, _devices(entries, tools), tools.mounts())
     if plan.refused:
         raise _refusal("nothing unmounted", plan.refused)
-    done = [f"{e.mount}: not mounted; nothing to do" for e in plan.not_mounted]
+    for entry in plan.not_mounted:
+        say(f"{entry.mount}: not mounted; nothing to do")
     for step in plan.steps:
-        done.append(_unmount_one(step, say, tools))
-    return done
+        say(_unmount_one(step, say, tools))
 
 
 def _unmount_one(step: Unmount, say: Callable[[str], None], tools: StorageTools) -> str:

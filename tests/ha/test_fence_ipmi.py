@@ -8,6 +8,7 @@ argv bmsync runs."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -365,3 +366,33 @@ def test_the_command_line(bmc: Bmc, tmp_path: Path) -> None:
     assert done.returncode == 0
     assert done.stdout.startswith("peer fenced: power off confirmed after ")
     assert bmc.power() == "off"
+
+
+def test_status_reads_the_peer_power_and_flags_a_bmc_it_cannot_read(
+    bmc: Bmc, tmp_path: Path
+) -> None:
+    config = tmp_path / "bmsync.yaml"
+    config.write_text(
+        f"node: bm1\nstate_dir: {tmp_path}\nha:\n  fencing:\n    address: 127.0.0.1\n"
+        f"    port: {bmc.port}\n    user: u\n    password_file: {bmc.password_file}\n"
+        "    timeout_s: 5\n    retries: 1\n"
+    )
+
+    def status() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bmsync", "-c", str(config), "ha", "status", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    done = status()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["peer_power"]["power"] == "on"
+    assert bmc.power_changes() == []  # only read
+    bmc.freeze()
+    done = status()
+    assert done.returncode == 10
+    report = json.loads(done.stdout)
+    assert report["peer_power"]["read"] is False
+    assert any("the peer's BMC cannot be read" in p for p in report["problems"])

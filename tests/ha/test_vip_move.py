@@ -5,6 +5,7 @@ announced by gratuitous ARP (seen in the other node's neighbour table)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -159,3 +160,28 @@ def test_no_vip_configured_is_a_config_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "no 'ha: vip:' section" in done.stderr
+
+
+def test_status_shows_who_holds_the_vip(pair: tuple[Side, Side]) -> None:
+    a, b = pair
+    assert a.bmsync("ha", "vip", "up").returncode == 0
+    shown = a.bmsync("ha", "status", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert json.loads(shown.stdout)["vip"] == {
+        "address": VIP,
+        "interface": a.iface,
+        "held": True,
+        "other_macs": [],
+    }
+    shown = b.bmsync("ha", "status", "--json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert json.loads(shown.stdout)["vip"]["held"] is False
+    assert json.loads(shown.stdout)["vip"]["other_macs"] == [a.mac()]
+    text = b.bmsync("ha", "status")
+    assert f"vip {VIP} on {b.iface}: not held here; other MACs: {a.mac()}" in text.stdout
+
+    # both hold it (b forced it): each side's status says so, and exits 10
+    assert b.bmsync("ha", "vip", "up", "--force").returncode == 0
+    shown = a.bmsync("ha", "status")
+    assert shown.returncode == HaRefused.exit_code
+    assert f"problem: VIP {VIP} is held here and also answers from {b.mac()}" in shown.stdout

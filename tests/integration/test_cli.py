@@ -287,6 +287,7 @@ ha:
       fstype: xfs
       options: [noatime, nodiratime]
       fsck: false
+      kill_grace_s: 30
     - device: /dev/drbd0
       mount: /var/lib/cyrus
       fstype: ocfs2
@@ -332,6 +333,7 @@ def test_config_check_round_trips_a_full_ha_section(tmp_path: Path) -> None:
                 "options": ["noatime"],
                 "fsck": True,
                 "shared": False,
+                "kill_grace_s": 10.0,
             },
             {
                 "device": "/dev/disk/by-uuid/77aa",
@@ -340,6 +342,7 @@ def test_config_check_round_trips_a_full_ha_section(tmp_path: Path) -> None:
                 "options": ["noatime", "nodiratime"],
                 "fsck": False,
                 "shared": False,
+                "kill_grace_s": 30.0,
             },
             {
                 "device": "/dev/drbd0",
@@ -348,6 +351,7 @@ def test_config_check_round_trips_a_full_ha_section(tmp_path: Path) -> None:
                 "options": [],
                 "fsck": False,
                 "shared": True,
+                "kill_grace_s": 10.0,
             },
             {
                 "device": "/dev/sdd1",
@@ -356,6 +360,7 @@ def test_config_check_round_trips_a_full_ha_section(tmp_path: Path) -> None:
                 "options": [],
                 "fsck": False,
                 "shared": False,
+                "kill_grace_s": 10.0,
             },
         ],
         "services": {
@@ -386,11 +391,13 @@ def test_config_check_round_trips_a_full_ha_section(tmp_path: Path) -> None:
     )
     assert out[first + 1 : first + 5] == [
         "      1. /var/spool/cyrus: /dev/disk/by-uuid/5d1e2f3a-0b6e-4c1d-9f00-1a2b3c4d5e6f ext4, "
-        "options noatime, fsck yes, shared no",
+        "options noatime, fsck yes, shared no, holders killed 10 s after SIGTERM",
         "      2. /var/spool/cyrus/meta: /dev/disk/by-uuid/77aa xfs, "
-        "options noatime,nodiratime, fsck no, shared no",
-        "      3. /var/lib/cyrus: /dev/drbd0 ocfs2, options defaults, fsck no, shared yes",
-        "      4. /srv/archive: /dev/sdd1 btrfs, options defaults, fsck no, shared no",
+        "options noatime,nodiratime, fsck no, shared no, holders killed 30 s after SIGTERM",
+        "      3. /var/lib/cyrus: /dev/drbd0 ocfs2, options defaults, fsck no, shared yes, "
+        "holders killed 10 s after SIGTERM",
+        "      4. /srv/archive: /dev/sdd1 btrfs, options defaults, fsck no, shared no, "
+        "holders killed 10 s after SIGTERM",
     ]
     assert out[first + 5 :][:4] == [
         "    services (each command within 300 s):",
