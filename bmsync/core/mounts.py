@@ -61,7 +61,10 @@ def parse_mountinfo(text: str, where: str = "/proc/self/mountinfo") -> list[Moun
     hides an earlier one). LocalFsError naming the line if one is not in the
     format of proc(5)."""
     mounts = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # lines end with "\n" only: the kernel escapes no other line break (a
+    # carriage return or U+2028 in a directory name is written as is), so
+    # str.splitlines() would cut such a mount point in two
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         fields = line.split(" ")

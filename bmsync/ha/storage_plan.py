@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from bmsync.config.model import StorageConfig
-from bmsync.core.mounts import DeviceHere, Mount, holding, under, visible_at
+from bmsync.core.mounts import DeviceHere, DeviceNumber, Mount, holding, under, visible_at
 
 Argv = list[str]
 
@@ -225,24 +225,34 @@ def plan_unmount(
     mount of each entry's device here (the deepest first), and the entry's
     mount point itself when its device is no longer present (a storage that
     went away). A mount under one of them that is not being unmounted
-    refuses the plan: the kernel would report the mount busy."""
+    refuses the plan: the kernel would report the mount busy; so does
+    another device mounted over one of them: umount would remove it."""
     steps: list[Unmount] = []
     not_mounted: list[StorageConfig] = []
+    refused: list[Refused] = []
     for entry in reversed(entries):
         mount_point = PurePosixPath(entry.mount)
         number = devices[str(entry.device)].number
         if number is not None:
             points = [m.mount_point for m in holding(here, number)]
+            for over in _mounted_over(here, points, number):
+                refused.append(
+                    Refused(
+                        entry,
+                        f"{over.mount_point}: {over.source} ({over.fstype}) is mounted over "
+                        f"{entry.device}; unmount it first ('umount {over.mount_point}')",
+                    )
+                )
         else:
             seen = visible_at(here, mount_point)
             points = [mount_point] if seen is not None and seen.fstype == entry.fstype else []
-        points = sorted(set(points), key=lambda p: len(p.parts), reverse=True)
+        # a device mounted twice on one point is unmounted twice (stable sort)
+        points = sorted(points, key=lambda p: len(p.parts), reverse=True)
         if not points:
             not_mounted.append(entry)
         steps += [Unmount(entry, point) for point in points]
-    refused = []
     going = {step.mount_point for step in steps}
-    for step in steps:
+    for step in dict.fromkeys(steps):  # a point unmounted twice is judged once
         others = [
             m.mount_point for m in under(here, step.mount_point) if m.mount_point not in going
         ]
@@ -257,3 +267,16 @@ def plan_unmount(
                 )
             )
     return UnmountPlan(steps, not_mounted, refused)
+
+
+def _mounted_over(
+    here: list[Mount], points: list[PurePosixPath], number: DeviceNumber
+) -> list[Mount]:
+    """The mounts of other devices made on one of ``points`` after the
+    device: ``umount`` there would remove them instead of the device."""
+    over = []
+    for point in dict.fromkeys(points):
+        at_point = [m for m in here if m.mount_point == point]
+        first = next(i for i, m in enumerate(at_point) if m.holds(number))
+        over += [m for m in at_point[first + 1 :] if not m.holds(number)]
+    return over

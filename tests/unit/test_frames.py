@@ -16,6 +16,8 @@ from bmsync.core.errors import ProtocolError
 from bmsync.core.frames import (
     BASE_MISMATCH,
     HOLE_MAX_BYTES,
+    MAX_DEVICE_PATH,
+    MAX_DEVICES,
     MAX_FRAME_BYTES,
     Applied,
     Bye,
@@ -531,3 +533,78 @@ def test_a_frame_is_decoded_in_place_not_copied() -> None:
     decoder.feed(encode(PutChunk(b"etc/big", 0, b"x" * 8_000_000)))
     peak = traced_peak(decoder.next_frame)
     assert 8_000_000 <= peak < 8_500_000  # the chunk's data, once
+
+
+# -- ha storage: which devices the peer has mounted --------------------------
+
+
+@pytest.mark.parametrize("bad", ["dev/sdb", "", "/dev/sd\0b", "/" + "d" * MAX_DEVICE_PATH])
+def test_a_mounts_request_for_a_device_not_an_absolute_path_is_refused(bad: str) -> None:
+    fields = raw(MountsRequest(["/dev/sdb"]))
+    fields["devices"] = ["/dev/sda", bad]
+    with pytest.raises(ProtocolError, match="not an absolute device path"):
+        decode_body(body_of(fields))
+    with pytest.raises(ProtocolError, match="not an absolute device path"):
+        decode_body(body_of(fields), to_agent=True)
+
+
+@pytest.mark.parametrize("bad", ["dev/sdb", "/dev/sd\0b"])
+def test_a_mounts_report_on_a_device_not_an_absolute_path_is_refused(bad: str) -> None:
+    fields = raw(MountsReport([DeviceMounts("/dev/sdb", present=False)]))
+    fields["devices"][0]["device"] = bad
+    with pytest.raises(ProtocolError, match="not an absolute device path"):
+        decode_body(body_of(fields))
+
+
+def test_more_devices_than_allowed_are_refused() -> None:
+    many = [f"/dev/sd{i}" for i in range(MAX_DEVICES + 1)]
+    fields = raw(MountsRequest(["/dev/sda"]))
+    fields["devices"] = many
+    with pytest.raises(ProtocolError, match=f"at most {MAX_DEVICES}"):
+        decode_body(body_of(fields))
+    assert decode_body(encode(MountsRequest(many[:MAX_DEVICES]))[4:]) == MountsRequest(
+        many[:MAX_DEVICES]
+    )
+    fields = raw(MountsReport([]))
+    fields["devices"] = [raw_device(path) for path in many]
+    with pytest.raises(ProtocolError, match=f"at most {MAX_DEVICES}"):
+        decode_body(body_of(fields))
+
+
+def raw_device(path: str) -> dict[str, Any]:
+    return {"device": path, "present": True, "mount_points": [], "problem": ""}
+
+
+def test_a_device_on_too_many_mount_points_is_refused() -> None:
+    fields = raw(MountsReport([DeviceMounts("/dev/sdb", present=True)]))
+    fields["devices"][0]["mount_points"] = [f"/mnt/{i}" for i in range(4 * MAX_DEVICES + 1)]
+    with pytest.raises(ProtocolError, match="mount points reported"):
+        decode_body(body_of(fields))
+
+
+def test_mounts_frames_round_trip_with_unusual_names() -> None:
+    request = MountsRequest(["/dev/disk/by-label/my disk", "/dev/mapper/vg-caf\u00e9"])
+    report = MountsReport(
+        [
+            DeviceMounts(
+                "/dev/disk/by-label/my disk",
+                present=True,
+                mount_points=["/var/spool/cyrus", "/srv/a b\tc"],
+            ),
+            DeviceMounts("/dev/mapper/vg-caf\u00e9", present=False, problem="not a block device"),
+        ]
+    )
+    for frame in (request, report, MountsRequest([]), MountsReport([])):
+        decoded = decode_body(encode(frame)[4:])
+        assert decoded == frame
+        assert type(decoded) is type(frame)
+    assert decode_body(encode(request)[4:], to_agent=True) == request
+    with pytest.raises(ProtocolError, match="the agent does not accept MountsReport"):
+        decode_body(encode(report)[4:], to_agent=True)
+
+
+def test_a_device_missing_from_a_report_entry_is_malformed() -> None:
+    fields = raw(MountsReport([DeviceMounts("/dev/sdb", present=True)]))
+    del fields["devices"][0]["present"]
+    with pytest.raises(ProtocolError, match="malformed frame"):
+        decode_body(body_of(fields))
