@@ -40,6 +40,7 @@ class MountState:
     holds: str = ""  # what is mounted on the mount point (its source), if anything
     fstype: str = ""  # of what is mounted there
     network: bool = False  # a network or FUSE filesystem
+    shared: bool = False  # a cluster filesystem, mounted on both nodes
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,7 @@ def storage_states(
                 holds="" if seen is None else seen.source,
                 fstype="" if seen is None else seen.fstype,
                 network=seen is not None and seen.network,
+                shared=entry.shared,
             )
         )
     return states
@@ -118,9 +120,12 @@ def problems(report: HaReport) -> list[str]:
                 f"{state.mount} holds {state.holds}, not {state.device}: "
                 "unmount it or correct ha.storage"
             )
-    mounted = [s.mount for s in report.storage if s.mounted_here]
-    if mounted and len(mounted) < len(report.storage):
-        missing = [s.mount for s in report.storage if not s.mounted_here]
+    # a cluster filesystem (shared) is mounted on both nodes: not a sign of
+    # which node holds the resources
+    exclusive = [s for s in report.storage if not s.shared]
+    mounted = [s.mount for s in exclusive if s.mounted_here]
+    if mounted and len(mounted) < len(exclusive):
+        missing = [s.mount for s in exclusive if not s.mounted_here]
         found.append(
             f"storage half mounted: {', '.join(mounted)} mounted, {', '.join(missing)} not; "
             "run 'bmsync ha storage mount' (or unmount) to finish"

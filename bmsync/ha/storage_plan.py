@@ -99,8 +99,8 @@ def fsck_verdict(entry: StorageConfig, status: int | None, output: str) -> str |
         return None
     if status is not None and status & 8:
         return (
-            "the check could not run (is the device in use, on this node or the peer?); "
-            "see its output"
+            f"the check of {device} could not run (see its output: a wrong fstype, or the "
+            "device in use on this node or the peer?)"
         )
     return (
         "errors the automatic check must not fix: unmounted on both nodes, run "

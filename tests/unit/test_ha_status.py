@@ -4,6 +4,7 @@ administrator must look at (a clean passive node has none)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,23 @@ def test_half_mounted_storage() -> None:
     assert "/var/spool/cyrus mounted" in problem
     assert "/var/spool/cyrus/meta not" in problem
     assert "bmsync ha storage mount" in problem
+
+
+def test_a_cluster_filesystem_mounted_on_both_nodes_holds_no_resource() -> None:
+    """gfs2/ocfs2 (shared: true) is mounted on the passive node too: neither
+    half-mounted storage nor a sign that this node holds the resources."""
+    shared = StorageConfig(Path("/dev/disk/by-uuid/0b6e"), Path("/var/spool/cyrus"), "gfs2")
+    shared = replace(shared, shared=True)
+    line = "40 22 253:0 / /var/spool/cyrus rw - gfs2 /dev/mapper/cyrus rw\n"
+    found = HaReport("bm2")
+    found.storage = storage_states(
+        (shared, META),
+        mounts(line),
+        {str(shared.device): DeviceHere((253, 0)), str(META.device): DeviceHere((253, 1))},
+    )
+    found.services = service_states(FAILING)
+    assert found.storage[0].mounted_here and found.storage[0].shared
+    assert problems(found) == []
 
 
 def test_cyrus_on_a_network_filesystem() -> None:

@@ -276,8 +276,8 @@ def test_fsck_errors_left_refuse_with_the_command_to_run_by_hand(status: int | N
 def test_fsck_that_could_not_run_refuses(status: int) -> None:
     verdict = fsck_verdict(EXT4, status, "/dev/sdb1 is in use.")
     assert verdict is not None
-    assert "could not run" in verdict
-    assert "in use" in verdict
+    assert f"the check of {EXT4.device} could not run" in verdict
+    assert "wrong fstype" in verdict and "in use" in verdict
 
 
 def test_xfs_clean_may_mount_damage_refuses() -> None:
