@@ -21,6 +21,17 @@ def _run(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, timeout=60)
 
 
+def _attach(image: Path) -> str:
+    """A free loop device holding ``image``: its path."""
+    return subprocess.run(
+        ["losetup", "--find", "--show", str(image)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+
+
 def needs_loop_devices() -> pytest.MarkDecorator:
     missing = [t for t in ("losetup", "mkfs.ext4", "mount", "umount") if not shutil.which(t)]
     reason = "needs root" if os.geteuid() != 0 else f"needs {', '.join(missing)}"
@@ -49,13 +60,7 @@ def loop_ext4(image: Path, mountpoint: Path, size_kib: int = 4096) -> Iterator[L
         f.truncate(size_kib * 1024)
     # -m 0: no blocks reserved for root (the tests run as root and fill it)
     _run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(image)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.strip()
+    device = _attach(image)
     try:
         _run("mount", "-t", "ext4", device, str(mountpoint))
         try:
@@ -97,13 +102,7 @@ def loop_device(image: Path, fstype: str, size_mib: int = 16) -> Iterator[str]:
         f.truncate(size * 1024 * 1024)
     mkfs = ["mkfs.xfs", "-q", "-f"] if fstype == "xfs" else [f"mkfs.{fstype}", "-q", "-F"]
     _run(*mkfs, str(image))
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(image)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.strip()
+    device = _attach(image)
     try:
         yield device
     finally:
