@@ -23,7 +23,8 @@ from bmsync.state.roles import RoleStore
 # `bmsync status` exit codes: running and syncing; running but not syncing.
 STATUS_SYNCING = 0
 STATUS_NOT_SYNCING = 1
-HEALTHY = {"syncing", "reconciling"}
+# exit 0 from `bmsync status`: syncing, or the passive node standing by
+HEALTHY = {"syncing", "reconciling", "standby"}
 
 
 def run(conf: Config, args: argparse.Namespace) -> int:
@@ -180,6 +181,8 @@ def _role_line(s: dict[str, Any]) -> str:
 def _human(s: dict[str, Any]) -> str:
     lines = [f"bmsync on {s['node']}: {s['state']} -> {s['peer']} (pid {s['pid']})"]
     lines.append(f"  role            {_role_line(s)}")
+    if s["state"] == "standby":
+        lines.append("  standby         this node is passive: it syncs once promoted")
     if s["state"] in ("suspended", "maintenance"):
         lines.append(f"  suspended       since {s['since']}: {s['reason']}")
     if s["state"] == "degraded":

@@ -69,8 +69,13 @@ def _change_role(conf: Config, change: str) -> int:
     with contextlib.suppress(DaemonNotRunning):
         answer = asyncio.run(control.request(conf.control_socket, "role", DEMOTE_WAIT_S + 10))
         check(answer)
-        if answer["state"] == "stopped":
-            print("  the daemon here finished the batch in flight and stopped sending")
+        if answer.get("stopped"):
+            print(
+                "  the daemon here finished the batch in flight, stopped sending and stands by "
+                "(it syncs from here again once promoted)"
+            )
+        elif after.role is Role.ACTIVE:
+            print("  the daemon here syncs from this node now")
     return 0
 
 

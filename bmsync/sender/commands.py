@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from bmsync.core.errors import BmsyncError, NotActive, PeerUnreachable, SyncPaused
 from bmsync.core.guard import GuardState
+from bmsync.core.roles import Role
 
 if TYPE_CHECKING:
     from bmsync.sender.daemon import Daemon
@@ -69,12 +70,12 @@ class Commands:
         """`bmsync promote` / `demote` changed the persisted role."""
         daemon = self._daemon
         daemon.link.check_role()
-        if daemon.signals.stopping.is_set():
+        if daemon.link.guard.role.role is not Role.ACTIVE:
             # demoted: answer once nothing more is sent (the batch in
             # flight finished, the session closed)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(daemon.sending_stopped.wait(), DEMOTE_WAIT_S)
-            return {"ok": True, "state": "stopped", "stopped": daemon.sending_stopped.is_set()}
+            return self._answer(changed=True, stopped=daemon.sending_stopped.is_set())
         return self._answer(changed=True)
 
     async def _resume(self, request: Request) -> Answer:

@@ -1,4 +1,9 @@
-"""``bmsync run``: the real-time sync daemon on the active node.
+"""``bmsync run``: the real-time sync daemon, on both nodes.
+
+On the active node it syncs; on the passive one it stands by (state
+``standby``: nothing watched, nothing sent) until a promotion, after which
+it syncs from there within a second; a demotion takes it back to standby
+once the batch in flight is done. The same unit runs on both nodes.
 
 Wiring (README, "How it works")::
 
@@ -39,6 +44,7 @@ from bmsync.core.frames import BASE_MISMATCH
 from bmsync.core.ops import PutFile
 from bmsync.core.paths import show
 from bmsync.core.retries import Retries
+from bmsync.core.roles import Role
 from bmsync.fs.bases import BaseStore
 from bmsync.fs.digests import DigestCache
 from bmsync.fs.files import release_free_memory
@@ -59,10 +65,12 @@ from bmsync.service.notify import Notifier
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.journal import ManifestStore
 from bmsync.state.records import BackupLog
-from bmsync.state.roles import require_active
 
 log = structlog.get_logger("bmsync.daemon")
 
+# A standby daemon reads role.json this often, in case a promotion's
+# message to the control socket was lost.
+STANDBY_CHECK_S = 0.5
 # A batch this large (bytes of files read, or operations) leaves freed
 # buffers behind; they go back to the system when the daemon is next idle.
 TRIM_AFTER_BYTES = 1 << 20
@@ -114,6 +122,8 @@ class Daemon:
         # facts the state is derived from (see ``state``)
         self._reconciling = False
         self._stopped = False
+        self._standby = False  # passive: waiting for a promotion
+        self._watching = False
         self._told_systemd = ""
         self.changes = Changes(config, clock, self.signals.wake)
         self._trim_pending = False  # large buffers freed since the last idle
@@ -127,6 +137,7 @@ class Daemon:
         """Derived from what is true, never set by a step of the loop."""
         return derive_state(
             stopped=self._stopped,
+            standby=self._standby,
             guard=self.link.guard,
             paused=self.hold.paused_reason is not None,
             connected=self.link.connected,
@@ -172,7 +183,8 @@ class Daemon:
             if self.link.session is not None:
                 self._spawn(self.link.close())
             self.signals.wake.set()
-        self.changes.watch()
+        if self._watching:
+            self.changes.watch()
         self.request_reconcile()
 
     def request_reconcile(self) -> None:
@@ -184,7 +196,6 @@ class Daemon:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         ensure_state_dir(self.config.state_dir)
-        require_active(self.link.guard.role)
         await self._control.start()
         for signum, handler in (
             (signal.SIGTERM, self.stop),
@@ -192,19 +203,27 @@ class Daemon:
             (signal.SIGHUP, self.reload),
         ):
             loop.add_signal_handler(signum, handler)
-        self.changes.watch()
         # the stored manifest's digest, worked out while SSH connects
         self.view.load_stored_digest()
         if self._notifier.watchdog_interval_s is not None:
             self._spawn(self._watchdog_pings(self._notifier.watchdog_interval_s))
         if self.config.ha.vip is not None:
             self._spawn(self.link.watch_vip(self.config.ha.vip))
-        log.info("daemon_started", node=self.config.node, pid=os.getpid())
-        # Up and watching: every change from now on is kept. The peer's
-        # state is STATUS= and `bmsync status`, never a reason to hold the
-        # start (the peer is down exactly when a failover happened).
-        self._notifier.ready(f"watching; {self.state}")
-        self._told_systemd = f"watching; {self.state}"
+        log.info(
+            "daemon_started",
+            node=self.config.node,
+            pid=os.getpid(),
+            role=str(self.link.guard.role.role),
+        )
+        if self.link.guard.role.role is Role.ACTIVE:
+            self._watch()
+        else:
+            self._standby = True
+        # Up (and, active, watching: every change from now on is kept). The
+        # peer's state is STATUS= and `bmsync status`, never a reason to
+        # hold the start (the peer is down exactly when a failover happened).
+        self._notifier.ready(f"started; {self.state}")
+        self._told_systemd = f"started; {self.state}"
         try:
             await self._main()
         finally:
@@ -242,11 +261,23 @@ class Daemon:
             self._notifier.ping()
             await asyncio.sleep(interval_s)
 
+    def _watch(self) -> None:
+        """Start watching the tree; what changed before is found by the
+        reconcile that follows."""
+        self.changes.watch()
+        self._watching = True
+        self._reconcile_wanted = True
+
     async def _main(self) -> None:
         stopping = self.signals.stopping
         while not stopping.is_set():
+            self.link.check_role()
+            if self.link.guard.role.role is not Role.ACTIVE:
+                await self._stand_by()
+                continue
+            if not self._watching:
+                self._watch()
             try:
-                self.link.check_role()
                 session = await self.link.open()
                 await self._serve(session)
             except (SplitBrainSuspected, Suspended) as exc:
@@ -264,8 +295,33 @@ class Daemon:
                 await self.link.back_off()
                 self._reconcile_wanted = True
 
+    async def _stand_by(self) -> None:
+        """Passive: nothing watched, nothing sent, until promoted (told by
+        the control socket, or seen in role.json) or stopped."""
+        if self._watching:
+            self.changes.stop()
+            self._watching = False
+        await self.link.close()
+        self._standby = True
+        self.sending_stopped.set()
+        role = self.link.guard.role
+        log.info("standby", node=self.config.node, epoch=role.epoch)
+        try:
+            while not self.signals.stopping.is_set():
+                self.tell_systemd()
+                self.signals.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.signals.wake.wait(), STANDBY_CHECK_S)
+                self.link.check_role()
+                if self.link.guard.role.role is Role.ACTIVE:
+                    log.info("promoted_syncing", epoch=self.link.guard.role.epoch)
+                    self.sending_stopped.clear()
+                    return
+        finally:
+            self._standby = False
+
     async def _serve(self, session: PeerSession) -> None:
-        """Sync until stopped; raises when the link is lost."""
+        """Sync until stopped or demoted; raises when the link is lost."""
         lost = asyncio.ensure_future(session.wait_lost())
         lost.add_done_callback(lambda _: self.signals.wake.set())
         try:
@@ -275,6 +331,8 @@ class Daemon:
                         await session.why_lost()  # a refusal mid-session, if it said so
                     raise _LinkLost("the SSH session to the agent ended")
                 self.link.check_role()
+                if self.link.guard.role.role is not Role.ACTIVE:
+                    return  # demoted: the batch in flight was the last
                 if not self.link.guard.may_send:
                     raise Suspended(self.link.guard.reason or "the guard forbids sending")
                 if self.hold.paused_reason is not None:  # no writes at all, not even a reconcile

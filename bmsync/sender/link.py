@@ -226,8 +226,7 @@ class Link:
     def _role_changed(self, role: NodeRole) -> None:
         self._observe(RoleChanged(role))
         if role.role is not Role.ACTIVE:
-            log.warning("demoted", epoch=role.epoch)
-            self._signals.stop()
+            log.warning("demoted", epoch=role.epoch)  # the daemon stands by
         self._signals.ask_now()
 
     def force(self, reason: str) -> bool:

@@ -41,6 +41,7 @@ class State(enum.StrEnum):
     DISCONNECTED = "disconnected"
     SUSPENDED = "suspended"  # the guard: a split-brain is suspected
     MAINTENANCE = "maintenance"
+    STANDBY = "standby"  # the passive node: it syncs once promoted
     STOPPED = "stopped"
 
 
@@ -71,6 +72,7 @@ def iso(wall: float | None) -> str | None:
 def derive_state(
     *,
     stopped: bool,
+    standby: bool,
     guard: Guard,
     paused: bool,
     connected: bool,
@@ -81,6 +83,8 @@ def derive_state(
         return State.STOPPED
     if guard.state is GuardState.MAINTENANCE:
         return State.MAINTENANCE
+    if standby:
+        return State.STANDBY
     if guard.state is GuardState.SUSPENDED:
         return State.SUSPENDED
     if paused:
@@ -125,6 +129,8 @@ def systemd_line(state: State, config: Config, guard: Guard, why: str | None, de
         detail = why or ""
     elif state in (State.SYNCING, State.RECONCILING) and config.peer is not None:
         detail = f"to {config.peer.host}"
+    elif state is State.STANDBY:
+        detail = "passive; syncs from here once promoted"
     return f"{state}: {detail}" if detail else str(state)
 
 

@@ -50,15 +50,51 @@ def test_a_passive_node_refuses_to_send(pair: Pair) -> None:
     RoleStore(pair.base / "state1", "bm1").save(
         RoleStore(pair.base / "state1", "bm1").load().demote(), "test"
     )
-    for command in (("resync",), ("run",)):
-        done = pair.bmsync(*command)
-        assert done.returncode == NOT_ACTIVE, done.stderr
-        assert "bm1 is passive" in done.stderr and "bmsync promote" in done.stderr
-    assert not (pair.passive / "etc").exists()
+    done = pair.bmsync("resync")
+    assert done.returncode == NOT_ACTIVE, done.stderr
+    assert "bm1 is passive" in done.stderr and "bmsync promote" in done.stderr
     assert pair.bmsync("resync", "--dry-run").returncode == 0  # comparing writes nothing
+    assert not (pair.passive / "etc").exists()
     assert pair.bmsync("promote").returncode == 0  # the advice, followed
     assert pair.bmsync("resync").returncode == 0
     assert (pair.passive / "etc" / "a.conf").read_text() == "x\n"
+
+
+def test_the_daemon_of_a_passive_node_stands_by_until_promoted(pair: Pair) -> None:
+    """`bmsync run` runs on both nodes: passive, it sends nothing (state
+    standby, `bmsync status` exit 0); promoted, it syncs from there without
+    a restart; demoted, it stands by again once its batch is done."""
+    (pair.active / "etc").mkdir()
+    (pair.active / "etc" / "a.conf").write_text("x\n")
+    store = RoleStore(pair.base / "state1", "bm1")
+    store.save(store.load().demote(), "test")
+    daemon = RunningDaemon(pair)
+    try:
+        status = daemon.wait_state("standby", timeout_s=30)
+        assert status["role"] == "passive"
+        shown = pair.bmsync("status")
+        assert shown.returncode == 0, shown.stdout
+        assert "this node is passive: it syncs once promoted" in shown.stdout
+        (pair.active / "etc" / "b.conf").write_text("changed while passive\n")
+        time.sleep(1)  # many batch windows: a passive node must still send nothing
+        assert not (pair.passive / "etc").exists()
+
+        done = pair.bmsync("promote")
+        assert done.returncode == 0, done.stderr
+        assert "the daemon here syncs from this node now" in done.stdout
+        daemon.wait_state("syncing", timeout_s=30)
+        converge(pair, timeout_s=30)  # what changed while passive is found too
+
+        done = pair.bmsync("demote")
+        assert done.returncode == 0, done.stderr
+        assert "stopped sending and stands by" in done.stdout
+        assert daemon.status()["state"] == "standby"
+        (pair.active / "etc" / "c.conf").write_text("after the demotion\n")
+        time.sleep(1)
+        assert not (pair.passive / "etc" / "c.conf").exists()
+        assert daemon.process is not None and daemon.process.poll() is None  # still running
+    finally:
+        assert daemon.stop() == 0
 
 
 def test_a_damaged_role_file_is_an_error_not_a_reset(pair: Pair) -> None:
@@ -88,11 +124,12 @@ def test_both_promoted_neither_writes_and_both_say_why(pair: Pair) -> None:
 
         # evidence: bm2 demoted, then bm1 promoted above it by an operator
         assert pair.bmsync("demote", conf=pair.passive_conf).returncode == 0
-        assert pair.bmsync("demote").returncode == 0  # the daemon stops: bm1 is passive now
-        assert daemon.process.wait(timeout=10) == 0
+        assert pair.bmsync("demote").returncode == 0  # the daemon stands by: bm1 is passive
+        daemon.wait_state("standby", timeout_s=10)
+        assert "epoch 2" in pair.bmsync("promote").stdout  # syncs again, without a restart
+        daemon.wait_state("syncing", timeout_s=10)
     finally:
         daemon.stop()
-    assert "epoch 2" in pair.bmsync("promote").stdout
     daemon = RunningDaemon(pair)
     try:
         daemon.wait_state("syncing", timeout_s=10)
