@@ -21,9 +21,11 @@ created it: mount namespaces by their files, processes by namespace or pid.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -360,7 +362,7 @@ def device_in_use(device: str) -> bool:
     try:
         fd = os.open(device, os.O_RDONLY | os.O_EXCL)
     except OSError as exc:
-        if exc.errno == 16:  # EBUSY
+        if exc.errno == errno.EBUSY:
             return True
         raise
     os.close(fd)
@@ -376,8 +378,6 @@ def wait_for(what: str, condition: Callable[[], bool], deadline_s: float = DEADL
 
 
 def _free_udp_port() -> int:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
