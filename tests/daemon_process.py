@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,18 @@ class DaemonProcess:
         env: dict[str, str] | None = None,
         log_level: str = "info",
         name: str = "bmsync",
+        launcher: Sequence[str] = (),
     ) -> None:
         """``netns``: run the daemon inside that network namespace (its CLI
-        still reaches it through the control socket, from outside)."""
+        still reaches it through the control socket, from outside).
+        ``launcher``: instead, an argv prefix that runs it inside a test node
+        (``nsenter --net=... --mount=...``, tests/ha/nodes.py): ``ip netns
+        exec`` would give it a mount namespace of its own, not the node's."""
+        assert not (netns and launcher), "netns or launcher, not both"
         self.conf = conf
         self.log_path = log_path
         self.netns = netns
+        self.launcher = tuple(launcher)
         self.env = env
         self.log_level = log_level
         self.name = name
@@ -46,7 +53,7 @@ class DaemonProcess:
         return [sys.executable, "-m", "bmsync", "-c", str(self.conf), *args]
 
     def start(self) -> DaemonProcess:
-        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else list(self.launcher)
         self.started_wall = time.time()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(

@@ -53,6 +53,9 @@ class Sshd:
     # run in a mount namespace of its own (mounts made here afterwards are
     # not seen there, nor the other way round): a peer node's mount table
     own_mounts: bool = False
+    # instead of netns: an argv prefix that runs sshd inside a test node
+    # (``nsenter --net=... --mount=...``, tests/ha/nodes.py)
+    launcher: tuple[str, ...] = ()
 
     @classmethod
     def create(
@@ -110,10 +113,12 @@ class Sshd:
                 hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
                 resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, hard))
 
-        inside = ["ip", "netns", "exec", self.netns] if self.netns else []
+        inside = ["ip", "netns", "exec", self.netns] if self.netns else list(self.launcher)
         if self.own_mounts:
             inside += ["unshare", "--mount", "--propagation", "private", "--"]
         with open(self.base / "sshd.log", "ab") as log:
+            # a restarted sshd appends: only what this one writes counts
+            logged_before = log.tell()
             self.process = subprocess.Popen(
                 [*inside, str(SSHD), "-D", "-e", "-f", str(self.base / "sshd_config")],
                 stdout=subprocess.DEVNULL,
@@ -124,8 +129,9 @@ class Sshd:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sshd exited: {(self.base / 'sshd.log').read_text()}")
-            if self.netns is not None:  # not reachable from here: its own log says
-                if f"Server listening on {self.address} port {self.port}" in self.log():
+            if self.netns is not None or self.launcher:  # not reachable from here: its log says
+                listening = f"Server listening on {self.address} port {self.port}".encode()
+                if listening in (self.base / "sshd.log").read_bytes()[logged_before:]:
                     return
                 time.sleep(0.05)
                 continue

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.daemon_process import DaemonProcess
+from tests.ha.nodes import Pair, two_nodes
 from tests.sshd import Sshd, write_config
 
 SUBNET = "10.231.0"
@@ -161,3 +162,19 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             for node in nodes:
                 node.stop()
                 node.sshd.stop()
+
+
+NODES_SUBNET = "10.232.0"
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    """Two nodes as two machines (tests/ha/nodes.py): bm1 (promoted) and
+    bm2, each a network namespace plus one persistent mount namespace, its
+    sshd running, shared ext4 loop devices mounted by neither, and a
+    simulated BMC that the other node fences it through; no daemon."""
+    with (
+        veth_pair("tn", NODES_SUBNET) as (names, ifaces),
+        two_nodes(tmp_path, names, ifaces, NODES_SUBNET) as nodes,
+    ):
+        yield nodes
