@@ -29,7 +29,7 @@ from bmsync.agent import reads
 from bmsync.agent.admission import Admission, Rejection
 from bmsync.agent.backups import Backups
 from bmsync.agent.bounds import HELD, BatchBounds
-from bmsync.core.errors import ProtocolError, RoleStateError
+from bmsync.core.errors import HaRefused, ProtocolError, RoleStateError
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
@@ -38,6 +38,8 @@ from bmsync.core.frames import (
     Expect,
     Fetch,
     Frame,
+    HaAnswer,
+    HaRequest,
     Hello,
     ManifestRequest,
     MountsRequest,
@@ -58,17 +60,20 @@ from bmsync.fs.digests import DigestCache
 from bmsync.fs.mounts import MOUNTINFO
 from bmsync.fs.tree_writer import TreeWriter
 from bmsync.state.lock import SenderLock
+from bmsync.state.operation import OperationLock
 from bmsync.state.roles import RoleStore
 
 log = structlog.get_logger("bmsync.agent")
 
 Handler = Callable[[Any], list[Frame] | Iterator[Frame]]
+HaStep = Callable[[HaRequest], HaAnswer]
 
 
 class State(enum.Enum):
     NEW = "new"  # before Hello (or after a Hello refused)
     READING = "reading"  # Hello purpose 'read': manifests and files out
     WRITING = "writing"  # Hello purpose 'write', the writer accepted
+    HA = "ha"  # Hello purpose 'ha': an HA operation's steps for this node
     ENDED = "ended"  # the writer refused mid-session: nothing more is taken
 
 
@@ -86,10 +91,14 @@ class Agent:
         *,
         max_entries: int = MAX_ENTRIES,
         mountinfo: Path = MOUNTINFO,
+        ha: HaStep | None = None,
     ) -> None:
         """``max_entries``: the most entries of its tree it lists for a
-        sender; ``mountinfo``: where this node's mounts are read."""
+        sender; ``mountinfo``: where this node's mounts are read; ``ha``:
+        runs an HA operation's step here (None: this agent runs none)."""
         self.node = node
+        self._ha = ha
+        self._operation = OperationLock(state_dir)
         self.mountinfo = mountinfo
         self.max_entries = max_entries
         self.root = root
@@ -140,6 +149,7 @@ class Agent:
             State.NEW: {Hello: self._hello},
             State.READING: {**reading, **dict.fromkeys(writes, self._read_only)},
             State.WRITING: {**reading, **writes},
+            State.HA: {HaRequest: self._ha_step, Bye: self._bye, Hello: self._second_hello},
             State.ENDED: {},
         }
 
@@ -229,6 +239,7 @@ class Agent:
             self._where.close()
             self._where = None
         self._lock.release()
+        self._operation.release()
 
     def _refuse(self, reason: str, code: RefusalCode, me: NodeRole | None = None) -> list[Frame]:
         log.warning("session_refused", reason=reason, code=str(code))
@@ -270,6 +281,10 @@ class Agent:
                 "check peer.host and each node's 'node:'",
                 RefusalCode.INCOMPATIBLE,
             )
+        if hello.purpose == Purpose.HA:
+            refused = self._take_operation(hello)
+            if refused:
+                return refused
         if hello.purpose == Purpose.WRITE:
             try:
                 judged = self._admission.admit(hello, self.wakes)
@@ -303,6 +318,8 @@ class Agent:
         if hello.purpose == Purpose.WRITE:
             self._state = State.WRITING
             self._new_batch()
+        elif hello.purpose == Purpose.HA:
+            self._state = State.HA
         else:
             self._state = State.READING
         log.info("session_started", peer=hello.node, purpose=str(hello.purpose))
@@ -316,6 +333,21 @@ class Agent:
                 me.highest_seen.node,
             )
         ]
+
+    def _take_operation(self, hello: Hello) -> list[Frame]:
+        """An HA session holds this node's operation lock: the refusal if
+        it cannot run HA steps or another operation runs here."""
+        if self._ha is None:
+            return self._refuse(f"{self.node}'s agent runs no HA steps", RefusalCode.INCOMPATIBLE)
+        try:
+            self._operation.acquire(f"steps asked by {hello.node}")
+        except HaRefused as exc:
+            return self._refuse(str(exc), RefusalCode.BUSY)
+        return []
+
+    def _ha_step(self, request: HaRequest) -> list[Frame]:
+        assert self._ha is not None
+        return [self._ha(request)]
 
     def _second_hello(self, _: Hello) -> list[Frame]:
         raise ProtocolError("second Hello in one session")

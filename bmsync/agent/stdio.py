@@ -25,7 +25,7 @@ from bmsync.agent.receiver import Agent
 from bmsync.config.model import Config
 from bmsync.config.parse import load as load_config
 from bmsync.core.errors import BmsyncError, LocalFsError, ProtocolError
-from bmsync.core.frames import ErrorFrame, Frame, FrameDecoder, encode
+from bmsync.core.frames import ErrorFrame, Frame, FrameDecoder, HaAnswer, HaRequest, encode
 from bmsync.fs.confine import reason
 from bmsync.fs.files import write_all
 from bmsync.state.directory import ensure_state_dir
@@ -151,12 +151,27 @@ def serve(agent: Agent, read: Callable[[], bytes | None], write: Callable[[bytes
 def make_agent(config: Config) -> Agent:
     """An agent from this node's own configuration."""
     ensure_state_dir(config.state_dir)
+
+    def ha_step(request: HaRequest) -> HaAnswer:
+        # loaded only for an HA step: a sync session never loads asyncssh
+        from bmsync.ha.actions import perform
+
+        log.info("ha_step_asked", action=str(request.action), operation=request.operation)
+        try:
+            # the whole file: a step may talk to the peer (the agent's own
+            # reading of it leaves the peer section out)
+            full = load_config(config.source)
+        except BmsyncError as exc:
+            return HaAnswer(False, error=str(exc), exit_code=exc.exit_code)
+        return perform(full, request.action, request.operation)
+
     return Agent(
         config.node,
         config.sync.root,
         config.syncset(),
         config.state_dir,
         max_entries=config.sync.max_entries,
+        ha=ha_step,
     )
 
 

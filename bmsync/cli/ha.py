@@ -7,13 +7,17 @@ import argparse
 import asyncio
 import json
 import shlex
+import time
 from typing import Any
 
 from bmsync.config.model import Config, StorageConfig, VipConfig
 from bmsync.core.errors import ConfigError, FencingError, HaRefused
+from bmsync.core.frames import HaAnswer
 from bmsync.ha.fence import fence as run_fence
 from bmsync.ha.fencing import planned
+from bmsync.ha.operation import Operation, Record, run_plan
 from bmsync.ha.peer_mounts import ask_peer
+from bmsync.ha.plans import Step, switchover_plan
 from bmsync.ha.services import commands_of, run_step, shell_argv
 from bmsync.ha.status import collect
 from bmsync.ha.storage import (
@@ -219,3 +223,28 @@ def _status_lines(conf: Config, report: dict[str, Any]) -> list[str]:
         )
     lines += [f"problem: {problem}" for problem in report["problems"]]
     return lines
+
+
+def switchover(conf: Config, args: argparse.Namespace) -> int:
+    """Move the active role, the storage, the VIP and the services from the
+    active node to the passive one, both up (run on either)."""
+    return asyncio.run(_switchover(conf, args.dry_run))
+
+
+async def _switchover(conf: Config, dry_run: bool) -> int:
+    async with Operation(conf) as operation:
+        here, peer = await operation.facts("switchover")
+        plan = switchover_plan(here, peer)
+        if dry_run:
+            for line in plan.lines():
+                print(line)
+            return 0
+        record = Record(conf.state_dir, plan, time.time)
+
+        async def execute(step: Step) -> HaAnswer:
+            return await operation.execute(step, plan.name)
+
+        await run_plan(plan, execute, _say, record)
+    new = plan.steps[-2].node
+    print(f"{plan.name}: done; {new} is the active node, syncing to {plan.steps[0].node}")
+    return 0

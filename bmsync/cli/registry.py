@@ -162,6 +162,14 @@ def _storage_mount(parser: argparse.ArgumentParser) -> None:
     _dry_run(parser)
 
 
+def _plan_dry_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (each step, its node and its undo) and run none of it",
+    )
+
+
 def _status_ha(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     _dry_run(parser)
@@ -222,7 +230,8 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "ha",
-        "the HA primitives (floating IP, storage, services, fencing), each runnable by hand",
+        "the HA primitives (floating IP, storage, services, fencing), each runnable by hand, "
+        "and the operations built on them (switchover)",
         subcommands=(
             Command(
                 "vip",
@@ -289,6 +298,13 @@ COMMANDS: tuple[Command, ...] = (
                 "power the peer off through its BMC and confirm it is off (exit 10 if not)",
                 "bmsync.cli.ha:fence",
                 arguments=_fence,
+            ),
+            Command(
+                "switchover",
+                "move the active role, storage, VIP and services to the passive node, both up "
+                "(planned; run on either node)",
+                "bmsync.cli.ha:switchover",
+                arguments=_plan_dry_run,
             ),
             Command(
                 "status",

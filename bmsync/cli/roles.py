@@ -14,17 +14,13 @@ import structlog
 from bmsync.cli.daemon_client import NOTHING_CHANGED, check
 from bmsync.config.model import Config
 from bmsync.core.errors import DaemonNotRunning, UsageError
-from bmsync.core.roles import AlreadyActive, NodeRole, Role
-from bmsync.sender.commands import DEMOTE_WAIT_S
 from bmsync.service import control
+from bmsync.service.roles import DEMOTE_WAIT_S, END_SESSION_WAIT_S, change_role
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.lock import SenderLock
 from bmsync.state.roles import RoleStore
 
 log = structlog.get_logger("bmsync.cli")
-
-# How long `bmsync promote` waits for the writing session it ends.
-END_SESSION_WAIT_S = 10.0
 
 
 def promote(conf: Config, args: argparse.Namespace) -> int:
@@ -36,47 +32,11 @@ def demote(conf: Config, args: argparse.Namespace) -> int:
 
 
 def _change_role(conf: Config, change: str) -> int:
-    """``bmsync promote`` / ``bmsync demote``: the persisted role (under the
-    role lock, so no write of the agent's falls after it), then the writing
-    session on this node (if any) is ended, then the daemon (if any) told."""
-    ensure_state_dir(conf.state_dir)
-    store = RoleStore(conf.state_dir, conf.node)
-    before = store.load_record(lenient=change == "demote")[0]
-    if change == "demote" and before.role is Role.PASSIVE:
-        print(f"bmsync on {conf.node}: already passive at epoch {before.epoch}; nothing changed")
-        return NOTHING_CHANGED
-    try:
-        after = store.update(
-            NodeRole.promote if change == "promote" else NodeRole.demote,
-            f"{_now()} bmsync {change}",
-            lenient=change == "demote",  # always safe: this node stops sending
-        )
-    except AlreadyActive:
-        print(
-            f"bmsync on {conf.node}: already active at epoch {before.epoch}, above every "
-            f"promotion seen ({before.highest_seen}); nothing changed"
-        )
-        return NOTHING_CHANGED
-    print(
-        f"bmsync on {conf.node}: {after.role} at epoch {after.epoch} "
-        f"(highest seen: {after.highest_seen})"
-    )
-    if after.role is Role.ACTIVE:
-        # a writer accepted here before must not write once this node is active
-        ended = SenderLock(conf.state_dir).end_session(END_SESSION_WAIT_S)
-        if ended is not None:
-            print(f"  {ended}")
-    with contextlib.suppress(DaemonNotRunning):
-        answer = asyncio.run(control.request(conf.control_socket, "role", DEMOTE_WAIT_S + 10))
-        check(answer)
-        if answer.get("stopped"):
-            print(
-                "  the daemon here finished the batch in flight, stopped sending and stands by "
-                "(it syncs from here again once promoted)"
-            )
-        elif after.role is Role.ACTIVE:
-            print("  the daemon here syncs from this node now")
-    return 0
+    """``bmsync promote`` / ``bmsync demote`` (see ``service.roles``)."""
+    done = change_role(conf, change)
+    for line in done.lines:
+        print(line)
+    return 0 if done.changed else NOTHING_CHANGED
 
 
 def reset_epoch(conf: Config, args: argparse.Namespace) -> int:

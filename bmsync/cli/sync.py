@@ -23,10 +23,10 @@ from bmsync.fs.bases import BaseStore
 from bmsync.fs.digests import DigestCache
 from bmsync.link.session import PeerSession
 from bmsync.link.ssh import connect
+from bmsync.link.verify import verify as verify_with_peer
 from bmsync.sender.peer_view import PeerView
 from bmsync.sender.pipeline import Pipeline
 from bmsync.sender.reconcile import reconcile
-from bmsync.sender.reconcile import verify as verify_with_peer
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.roles import RoleStore, require_active
 

@@ -13,6 +13,12 @@ A session, sender (active node) to agent (passive node)::
     -> Commit(batch)              <- Applied(batch, results, failures)
     -> Fetch(path)                <- PutChunk* (Put | PutAbort)   (restoring)
     -> MountsRequest(devices)     <- MountsReport                  (ha storage mount)
+
+An HA operation (switchover) opens a session of purpose ``ha`` and sends
+its steps for the agent's node, one at a time::
+
+    -> Hello(purpose=ha)          <- Welcome | Refuse (another operation runs there)
+    -> HaRequest(action)          <- HaAnswer
     -> Bye
     any frame that breaks the protocol <- ErrorFrame, then the agent hangs up
 
@@ -49,6 +55,24 @@ _LENGTH = struct.Struct(">I")
 class Purpose(enum.StrEnum):
     WRITE = "write"  # resync: takes the agent's lock
     READ = "read"  # verify, dry runs: manifest only, never writes
+    HA = "ha"  # an HA operation's steps on this node (HaRequest); takes its operation lock
+
+
+class HaAction(enum.StrEnum):
+    """What an HA operation may ask the peer's agent to do: this list and
+    nothing else (the agent never runs a command it is sent)."""
+
+    STATUS = "status"  # this node's facts (NodeFacts); changes nothing
+    DRAIN = "drain"  # the daemon syncs everything, pauses, and the peer is verified
+    RESUME = "resume"  # the daemon's pause is lifted
+    SERVICES_STOP = "services-stop"
+    SERVICES_START = "services-start"
+    VIP_DOWN = "vip-down"
+    VIP_UP = "vip-up"
+    STORAGE_UNMOUNT = "storage-unmount"
+    STORAGE_MOUNT = "storage-mount"
+    DEMOTE = "demote"
+    PROMOTE = "promote"
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello"):
@@ -115,6 +139,46 @@ class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):
     def __post_init__(self) -> None:
         if self.expect and len(self.expect) != DIGEST_SIZE:
             raise ValueError(f"expect is {len(self.expect)} bytes, not a digest")
+
+
+class HaRequest(msgspec.Struct, frozen=True, tag="ha?"):
+    """One step of an HA operation, run by the agent's node (a session of
+    purpose ``ha``). ``operation``: what it is part of, for the logs."""
+
+    action: HaAction
+    operation: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.operation) > 200:
+            raise ValueError("operation is longer than 200 characters")
+
+
+class NodeFacts(msgspec.Struct, frozen=True):
+    """A node as its HA steps see it."""
+
+    node: str
+    role: Role
+    epoch: int
+    stale: bool
+    daemon: str  # the daemon's state, "stopped" when none answers
+    paused: bool
+    maintenance: bool
+    vip_held: bool | None = None  # None: no ha.vip, or the check failed
+    mounted: list[str] = []  # the ha.storage mount points mounted there
+
+    def __post_init__(self) -> None:
+        check_epoch(self.epoch, "NodeFacts epoch")
+
+
+class HaAnswer(msgspec.Struct, frozen=True, tag="ha"):
+    """What the step did (``lines``), or why it failed (``error``, with
+    the exit code bmsync's CLI would have given); the node's facts after."""
+
+    ok: bool
+    lines: list[str] = []
+    error: str = ""
+    exit_code: int = 0
+    facts: NodeFacts | None = None
 
 
 # A mount request names the devices of ha.storage: a few, never thousands.
@@ -343,6 +407,7 @@ ToAgent = (
     Hello
     | ManifestRequest
     | MountsRequest
+    | HaRequest
     | PutChunk
     | PutHole
     | Put
@@ -360,7 +425,7 @@ ToAgent = (
 )
 
 # Every frame: those an agent accepts, and those only an agent sends.
-Frame = ToAgent | Welcome | Refuse | ManifestPart | MountsReport | Applied | ErrorFrame
+Frame = ToAgent | Welcome | Refuse | ManifestPart | MountsReport | HaAnswer | Applied | ErrorFrame
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)

@@ -38,7 +38,7 @@ does: first its action, then, for each suspicion (column), its next state:
     maintenance-off       .           .     .             .           .              maintenance-off
     forced                -           -s    -             -           -              forced
     role-active           .           -     .             .           .              role
-    role-stale            .           .     .             .           .              role
+    role-stale            .           +     .             .           .              role
     role-passive          .           -     .             -           .              role
 
 Events (``Event``), from observations:
@@ -179,7 +179,7 @@ TABLE: dict[Event, Row] = {
     Event.MAINTENANCE_OFF:       Row((_K, _K, _K, _K, _K), _A.MAINTENANCE_OFF),
     Event.FORCED:                Row((_C, _S, _C, _C, _C), _A.FORCED),
     Event.ROLE_ACTIVE:           Row((_K, _C, _K, _K, _K), _A.ROLE),
-    Event.ROLE_STALE:            Row((_K, _K, _K, _K, _K), _A.ROLE),
+    Event.ROLE_STALE:            Row((_K, _R, _K, _K, _K), _A.ROLE),
     Event.ROLE_PASSIVE:          Row((_K, _C, _K, _C, _K), _A.ROLE),
 }
 # fmt: on

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import enum
 
-from bmsync.core.observations import Observation, VipCheckFailed, VipSeen
+from bmsync.core.observations import Observation, RoleChanged, VipCheckFailed, VipSeen
 from bmsync.core.roles import NodeRole, Refusal, Role
 
 
@@ -81,4 +81,6 @@ def why(what: Suspicion, obs: Observation, me: NodeRole) -> str:
             return "this node is active but does not hold the VIP"
         case VipCheckFailed(reason=reason):
             return f"the VIP check cannot run, so a split-brain cannot be ruled out: {reason}"
+        case RoleChanged() if what is Suspicion.STALE:
+            return f"this node is stale: it has seen {me.highest_seen}, above its own {me.stamp}"
     raise AssertionError(f"nothing raises {what} on {obs}")

@@ -35,6 +35,9 @@ from bmsync.core.frames import (
     Failure,
     Fetch,
     Frame,
+    HaAction,
+    HaAnswer,
+    HaRequest,
     Hello,
     ManifestPart,
     ManifestRequest,
@@ -182,6 +185,15 @@ class PeerSession:
                 )
             if part.last:
                 return entries
+
+    async def ha_step(self, action: HaAction, operation: str) -> HaAnswer:
+        """Run one step of an HA operation on the peer (a session of
+        purpose ``ha``); what it did, or why it failed."""
+        await self._channel.send([HaRequest(action, operation)])
+        answer = await self._receive()
+        if not isinstance(answer, HaAnswer):
+            raise ProtocolError(f"expected HaAnswer, the agent sent {type(answer).__name__}")
+        return answer
 
     async def mounts(self, devices: list[str]) -> MountsReport:
         """Where the peer has each of ``devices`` mounted (read-only)."""

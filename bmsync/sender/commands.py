@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 from bmsync.core.errors import BmsyncError, NotActive, PeerUnreachable, SyncPaused
 from bmsync.core.guard import GuardState
 from bmsync.core.roles import Role
+from bmsync.service.roles import DEMOTE_WAIT_S
 
 if TYPE_CHECKING:
     from bmsync.sender.daemon import Daemon
 
 # How long `bmsync demote` waits for the batch in flight before answering.
-DEMOTE_WAIT_S = 30.0
 
 Request = dict[str, Any]
 Answer = dict[str, Any]

@@ -22,13 +22,13 @@ from bmsync.core.errors import LocalFsError
 from bmsync.core.excludes import SyncSet
 from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Op
-from bmsync.core.paths import is_within
 from bmsync.core.planner import plan
 from bmsync.core.tree import plan_changes
 from bmsync.fs.digests import DigestCache
 from bmsync.fs.files import open_root
 from bmsync.fs.scan import Scan, scan_paths, scan_tree
 from bmsync.link.session import Outcome, PeerSession, Progress
+from bmsync.link.verify import peer_scope
 from bmsync.sender.found import LinkGroups, UnsupportedFiles
 from bmsync.sender.peer_view import PeerView
 
@@ -170,15 +170,6 @@ class Pipeline:
             brake.sent(deletes)
         self.view.record(outcome.results)
         return outcome
-
-
-def peer_scope(peer: Mapping[bytes, Entry], scan: Scan) -> Mapping[bytes, Entry]:
-    """The peer's manifest minus what the planner must not delete: copies of
-    sync paths missing here, and paths this node failed to read."""
-    keep = [*scan.missing_tops, *scan.unsupported, *(p for p, _ in scan.problems)]
-    if not keep:
-        return peer
-    return {p: e for p, e in peer.items() if not any(is_within(p, k) for k in keep)}
 
 
 def _merge(scan: Scan, more: Scan) -> None:

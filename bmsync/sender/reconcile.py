@@ -17,12 +17,11 @@ from pathlib import Path
 
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import BASE_MISMATCH, Failure
-from bmsync.core.manifest import Entry, differences
+from bmsync.core.manifest import Entry
 from bmsync.core.ops import Op
-from bmsync.fs.scan import Scan, scan_tree
 from bmsync.link.session import PeerSession, Progress
 from bmsync.sender.peer_view import Expected, PeerView
-from bmsync.sender.pipeline import Brake, Halted, Pipeline, peer_scope
+from bmsync.sender.pipeline import Brake, Halted, Pipeline
 
 # Passes before a resync gives up chasing a tree that keeps changing.
 MAX_PASSES = 3
@@ -133,24 +132,3 @@ async def resync(session: PeerSession, root: Path, syncset: SyncSet) -> ResyncRe
     """A reconcile with nothing known of the peer beforehand and nothing
     kept after (no record on disk, no delta bases, no brake)."""
     return await reconcile(Pipeline(root, syncset, PeerView(root, None, None)), session)
-
-
-async def verify(
-    session: PeerSession, root: Path, syncset: SyncSet
-) -> tuple[list[tuple[bytes, list[str]]], Scan]:
-    """Differences between this node's tree and the peer's, path by path:
-    every file on both sides is read (no digest cache)."""
-    fetched = await session.fetch_manifest(fresh=True)
-    scan = scan_tree(root, syncset)
-    peer = peer_scope(fetched, scan)
-    found = []
-    for path in sorted(scan.entries.keys() | peer.keys()):
-        what = differences(scan.entries.get(path), peer.get(path))
-        if what:
-            found.append((path, what))
-    for path in scan.unsupported:
-        # skipped, so the peer keeps what it had there: not the same tree
-        if (theirs := fetched.get(path)) is not None:
-            kind = theirs.kind.name.lower()
-            found.append((path, [f"a FIFO, socket or device node here, a {kind} on the peer"]))
-    return found, scan
