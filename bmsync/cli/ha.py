@@ -164,6 +164,8 @@ def status(conf: Config, args: argparse.Namespace) -> int:
         if ha.services is not None:
             plan += [shell_argv(command) for command in ha.services.check]
         _print_plan(plan)
+        if conf.peer is not None:
+            print(f"# and asks the peer's agent ({conf.peer.host}) its role, read-only")
         if ha.fencing is not None:
             for line in planned(ha.fencing, test=True):
                 print(line)
@@ -179,7 +181,25 @@ def status(conf: Config, args: argparse.Namespace) -> int:
 
 
 def _status_lines(conf: Config, report: dict[str, Any]) -> list[str]:
-    lines = [f"node {report['node']}"]
+    role = report["role"]
+    lines = [
+        f"node {report['node']}: {role['role']} at epoch {role['epoch']}"
+        + (f" (STALE: {role['highest_seen']} seen)" if role["stale"] else "")
+    ]
+    peer = report["peer"]
+    if peer is None:
+        lines.append("peer: no peer section")
+    elif peer["reachable"]:
+        lines.append(f"peer {peer['node']}: {peer['role']} at epoch {peer['epoch']}")
+    else:
+        lines.append(f"peer {peer['node']}: cannot be asked ({peer['error']})")
+    last = report["last_operation"]
+    if last is not None:
+        lines.append(f"last operation: {last['operation']}, {last['result']} ({last['started']})")
+        for step in last["steps"]:
+            how = "ok" if step["ok"] else f"FAILED: {step['error']}"
+            undo = "undo " if step["undo"] else ""
+            lines.append(f"  {undo}{step['node']} {step['action']}: {how} ({step['seconds']} s)")
     vip = report["vip"]
     if vip is None:
         lines.append("vip: not configured")

@@ -1,5 +1,6 @@
 """``bmsync ha status``: the HA resources as this node sees them: the VIP
-(held here, other MACs answering for it), each mount of ``ha.storage``
+(held here, other MACs answering for it), both nodes' roles and epochs,
+the last HA operation and its steps, each mount of ``ha.storage``
 (mounted here, which filesystem, on a network filesystem or not), where
 cyrus's data lives, the peer's power state read from its BMC, and the
 services' check commands.
@@ -21,14 +22,19 @@ from typing import Any
 
 from bmsync.config.model import Config, StorageConfig
 from bmsync.core.errors import BmsyncError
+from bmsync.core.frames import Purpose
 from bmsync.core.mounts import DeviceHere, Mount, containing, visible_at
 from bmsync.core.observations import VipCheckFailed, VipSeen
 from bmsync.core.storage import CYRUS_PATHS
 from bmsync.fs.mounts import device_here, read_mounts
 from bmsync.ha.fence import fence
 from bmsync.ha.fencing import Outcome
+from bmsync.ha.operation import last_operation
 from bmsync.ha.services import Ran, run_commands
 from bmsync.ha.vip import observe_vip
+from bmsync.link.session import PeerSession
+from bmsync.link.ssh import connect
+from bmsync.state.roles import RoleStore
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,9 @@ class PlaceState:
 @dataclass
 class HaReport:
     node: str
+    role: dict[str, Any] = field(default_factory=dict)  # this node's role and epoch
+    peer: dict[str, Any] | None = None  # the peer's, from its agent (None: no peer section)
+    last_operation: dict[str, Any] | None = None  # state_dir/last-operation.json
     vip: dict[str, Any] | None = None
     storage: list[MountState] = field(default_factory=list)
     cyrus: list[PlaceState] = field(default_factory=list)
@@ -105,6 +114,18 @@ def cyrus_places(mounts: list[Mount]) -> list[PlaceState]:
 def problems(report: HaReport) -> list[str]:
     """What needs an administrator's eyes, each with what to do."""
     found = []
+    peer = report.peer or {}
+    if report.role.get("role") == "active" and peer.get("role") == "active":
+        found.append(
+            f"both {report.node} and {peer['node']} are active: 'bmsync status' on each "
+            "says which one to demote"
+        )
+    if (report.last_operation or {}).get("result", "done") not in ("done", "running"):
+        last = report.last_operation or {}
+        found.append(
+            f"the last operation ({last.get('operation')}) {last.get('result')}: see its steps "
+            "below, and the README's 'Switchover' for how to leave that state"
+        )
     vip = report.vip or {}
     if "error" in vip:
         found.append(f"VIP check failed: {vip['error']}")
@@ -179,6 +200,32 @@ class StatusTools:
     device: Callable[[str], DeviceHere] = device_here
     fence_test: Callable[[Config], Outcome] = lambda conf: _fence_test(conf)
     services_check: Callable[[Config], list[Ran]] = lambda conf: _services_check(conf)
+    peer_role: Callable[[Config], dict[str, Any]] = lambda conf: asyncio.run(_peer_role(conf))
+
+
+async def _peer_role(conf: Config) -> dict[str, Any]:
+    """The peer's role and epoch, as its agent says at a read-only
+    handshake; or why it could not be asked."""
+    peer = conf.require_peer()
+    where = f"{peer.user}@{peer.host}:{peer.port}"
+    me = RoleStore(conf.state_dir, conf.node).load_record(lenient=True)[0]
+    try:
+        channel = await connect(peer)
+    except BmsyncError as exc:
+        return {"node": where, "reachable": False, "error": str(exc)}
+    session = PeerSession(channel, conf.node, me.epoch, me.role)
+    try:
+        welcome = await asyncio.wait_for(session.open(Purpose.READ), peer.connect_timeout_s)
+    except (BmsyncError, TimeoutError) as exc:
+        return {"node": where, "reachable": False, "error": str(exc) or "no answer"}
+    finally:
+        await session.close()
+    return {
+        "node": welcome.node,
+        "reachable": True,
+        "role": str(welcome.role),
+        "epoch": welcome.epoch,
+    }
 
 
 def _fence_test(conf: Config) -> Outcome:
@@ -197,6 +244,16 @@ def collect(conf: Config, tools: StatusTools | None = None) -> HaReport:
     tools = tools or StatusTools()
     ha = conf.ha
     report = HaReport(conf.node)
+    role = RoleStore(conf.state_dir, conf.node).load_record(lenient=True)[0]
+    report.role = {
+        "role": str(role.role),
+        "epoch": role.epoch,
+        "highest_seen": str(role.highest_seen),
+        "stale": role.is_stale(),
+    }
+    if conf.peer is not None:
+        report.peer = tools.peer_role(conf)
+    report.last_operation = last_operation(conf.state_dir)
     if ha.vip is not None:
         seen = asyncio.run(observe_vip(ha.vip))
         report.vip = vip_state(ha.vip.address, ha.vip.interface, seen)

@@ -98,6 +98,15 @@ def test_switchover_and_back(pair: Pair) -> None:
     synced(b, a, "after.conf", "an edit on the new active\n")
     record = json.loads((b.state / "last-operation.json").read_text())
     assert record["result"] == "done" and len(record["steps"]) == 10
+    code, report = b.ha_status()
+    assert code == 0, report["problems"]
+    assert (report["role"]["role"], report["role"]["epoch"]) == ("active", 2)
+    assert (report["peer"]["node"], report["peer"]["role"]) == ("bm1", "passive")
+    assert report["last_operation"]["operation"] == "switchover bm1 -> bm2"
+    shown = b.bmsync("ha", "status")
+    assert "node bm2: active at epoch 2" in shown.stdout
+    assert "peer bm1: passive at epoch 1" in shown.stdout
+    assert "last operation: switchover bm1 -> bm2, done" in shown.stdout
 
     back = a.bmsync("ha", "switchover", timeout_s=300)  # from the node that is passive now
     assert_ok(back)
@@ -134,6 +143,9 @@ def test_a_failing_step_is_undone_and_says_where_each_node_stands(pair: Pair) ->
     assert record["result"] == "failed at step 8"
     undone = [s["action"] for s in record["steps"] if s["undo"]]
     assert undone[:4] == ["services-stop", "vip-down", "storage-unmount", "promote"]
+    code, report = a.ha_status()
+    assert code == HaRefused.exit_code
+    assert any("failed at step 8" in problem for problem in report["problems"])
 
 
 def test_two_operations_never_overlap(pair: Pair) -> None:
