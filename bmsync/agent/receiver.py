@@ -33,6 +33,7 @@ from bmsync.core.errors import HaRefused, ProtocolError, RoleStateError
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
+    REMOTE_ACTIONS,
     Bye,
     Commit,
     Expect,
@@ -347,6 +348,8 @@ class Agent:
 
     def _ha_step(self, request: HaRequest) -> list[Frame]:
         assert self._ha is not None
+        if request.action not in REMOTE_ACTIONS:
+            raise ProtocolError(f"{request.action} is not a step a peer may ask of this node")
         return [self._ha(request)]
 
     def _second_hello(self, _: Hello) -> list[Frame]:

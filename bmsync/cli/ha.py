@@ -10,14 +10,17 @@ import shlex
 import time
 from typing import Any
 
+import structlog
+
 from bmsync.config.model import Config, StorageConfig, VipConfig
-from bmsync.core.errors import ConfigError, FencingError, HaRefused
+from bmsync.core.errors import ConfigError, FencingError, HaRefused, UsageError
 from bmsync.core.frames import HaAnswer
+from bmsync.ha.actions import node_facts, perform, tell_daemon_fenced
 from bmsync.ha.fence import fence as run_fence
 from bmsync.ha.fencing import planned
-from bmsync.ha.operation import Operation, Record, run_plan
+from bmsync.ha.operation import Operation, Record, peer_answers, run_plan
 from bmsync.ha.peer_mounts import ask_peer
-from bmsync.ha.plans import Step, switchover_plan
+from bmsync.ha.plans import Step, switchover_plan, takeover_plan
 from bmsync.ha.services import commands_of, run_step, shell_argv
 from bmsync.ha.status import collect
 from bmsync.ha.storage import (
@@ -29,6 +32,9 @@ from bmsync.ha.storage import (
 )
 from bmsync.ha.vip import detect_argv, show_argv
 from bmsync.ha.vip_move import down_plan, up_plan, vip_down, vip_up
+from bmsync.state.operation import OperationLock
+
+log = structlog.get_logger("bmsync.ha")
 
 
 def _vip(conf: Config) -> VipConfig:
@@ -83,6 +89,7 @@ def fence(conf: Config, args: argparse.Namespace) -> int:
         print(f"{outcome.message} (BMC {where}, user {fencing.user}: credentials accepted)")
     else:
         print(outcome.message)
+        tell_daemon_fenced(conf)
     return 0
 
 
@@ -267,4 +274,60 @@ async def _switchover(conf: Config, dry_run: bool) -> int:
         await run_plan(plan, execute, _say, record)
     new = plan.steps[-2].node
     print(f"{plan.name}: done; {new} is the active node, syncing to {plan.steps[0].node}")
+    return 0
+
+
+def takeover(conf: Config, args: argparse.Namespace) -> int:
+    """The peer is lost: fence it, then take the storage, the VIP, the
+    services and the active role here (run on the passive node)."""
+    if args.peer_is_powered_off and not args.reason.strip():
+        raise UsageError(
+            'bmsync ha takeover --peer-is-powered-off needs --reason "...": say how you know '
+            "the peer is off (it is logged and kept in role.json)"
+        )
+    return asyncio.run(_takeover(conf, args))
+
+
+async def _takeover(conf: Config, args: argparse.Namespace) -> int:
+    peer = conf.require_peer()
+    fencing = conf.ha.fencing is not None
+    if not fencing and not args.peer_is_powered_off:
+        raise HaRefused(
+            f"{conf.source} has no ha.fencing: without fencing nothing proves {peer.host} is "
+            "off, and two nodes writing one storage corrupt it (no changeover without "
+            "STONITH). Configure ha.fencing (README, 'Fencing the peer'); or, once you have "
+            f"checked yourself that {peer.host} is powered off: bmsync ha takeover "
+            '--peer-is-powered-off --reason "..."'
+        )
+    answered = await peer_answers(conf)
+    if answered is not None:
+        if not args.force or not fencing:
+            raise HaRefused(
+                f"the peer {answered} answers: it is not lost. 'bmsync ha switchover' hands "
+                "over with both nodes up"
+                + ("; 'bmsync ha takeover --force' fences it anyway" if fencing else "")
+            )
+        log.warning("takeover_forced", peer=answered)
+    operation = f"takeover from {peer.host} by {conf.node}"
+    if args.peer_is_powered_off:
+        operation += f"; the operator says {peer.host} is powered off: {args.reason}"
+        log.warning("peer_declared_powered_off", peer=peer.host, reason=args.reason)
+    lock = OperationLock(conf.state_dir)
+    lock.acquire("a takeover run here")
+    try:
+        here = await asyncio.to_thread(node_facts, conf)
+        plan = takeover_plan(here, peer.host, fencing)
+        if args.dry_run:
+            for line in plan.lines():
+                print(line)
+            return 0
+        record = Record(conf.state_dir, plan, time.time)
+
+        async def execute(step: Step) -> HaAnswer:
+            return await asyncio.to_thread(perform, conf, step.action, operation)
+
+        await run_plan(plan, execute, _say, record)
+    finally:
+        lock.release()
+    print(f"{plan.name}: done; {conf.node} is the active node")
     return 0

@@ -170,6 +170,21 @@ def _plan_dry_run(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _takeover(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="fence the peer even though its agent still answers (logged)",
+    )
+    parser.add_argument(
+        "--peer-is-powered-off",
+        action="store_true",
+        help="without ha.fencing: you checked that the peer is off (needs --reason)",
+    )
+    parser.add_argument("--reason", default="", help="how you know (logged, kept in role.json)")
+    _plan_dry_run(parser)
+
+
 def _status_ha(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     _dry_run(parser)
@@ -231,7 +246,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "ha",
         "the HA primitives (floating IP, storage, services, fencing), each runnable by hand, "
-        "and the operations built on them (switchover)",
+        "and the operations built on them (switchover, takeover)",
         subcommands=(
             Command(
                 "vip",
@@ -305,6 +320,13 @@ COMMANDS: tuple[Command, ...] = (
                 "(planned; run on either node)",
                 "bmsync.cli.ha:switchover",
                 arguments=_plan_dry_run,
+            ),
+            Command(
+                "takeover",
+                "the peer is lost: fence it, then take the storage, VIP, services and the "
+                "active role here",
+                "bmsync.cli.ha:takeover",
+                arguments=_takeover,
             ),
             Command(
                 "status",

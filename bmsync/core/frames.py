@@ -73,6 +73,13 @@ class HaAction(enum.StrEnum):
     STORAGE_MOUNT = "storage-mount"
     DEMOTE = "demote"
     PROMOTE = "promote"
+    # a takeover's, on the node taking over only: an agent refuses them
+    FENCE_PEER = "fence-peer"
+    STORAGE_MOUNT_PEER_DOWN = "storage-mount-peer-down"
+
+
+# What a peer may ask of an agent: a takeover's own steps never travel.
+REMOTE_ACTIONS = frozenset(HaAction) - {HaAction.FENCE_PEER, HaAction.STORAGE_MOUNT_PEER_DOWN}
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello"):

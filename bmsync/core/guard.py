@@ -33,7 +33,7 @@ does: first its action, then, for each suspicion (column), its next state:
     vip-missing           .           .     .             +           -              vip-doubtful
     vip-elsewhere-missing .           .     +             +           -              vip-doubtful
     vip-check-failed      .           .     .             .           +              vip-doubtful
-    fenced                -           -s    -v            -v          .              fenced
+    fenced                -           -s    -             -v          .              fenced
     maintenance-on        .           .     .             .           .              maintenance-on
     maintenance-off       .           .     .             .           .              maintenance-off
     forced                -           -s    -             -           -              forced
@@ -63,7 +63,9 @@ Events (``Event``), from observations:
 Actions: welcomed (record the peer and what it has seen; this node learns
 that stamp), refused (the same, by ``NodeRole.learn``), vip-clean and
 vip-doubtful (record whether the VIP check showed nothing wrong), fenced
-(a fenced peer clears the VIP's doubt only when no VIP is configured),
+(a fenced peer clears the VIP's doubt only when no VIP is configured; it
+clears vip-elsewhere outright: the other MAC seen was the peer's, now off,
+and any other host answering is raised again by the next VIP check),
 maintenance-on/-off (the switch), forced (record the operator's reason),
 role (take the new role), none.
 """
@@ -174,7 +176,7 @@ TABLE: dict[Event, Row] = {
     Event.VIP_MISSING:           Row((_K, _K, _K, _R, _C), _A.VIP_DOUBTFUL),
     Event.VIP_ELSEWHERE_MISSING: Row((_K, _K, _R, _R, _C), _A.VIP_DOUBTFUL),
     Event.VIP_CHECK_FAILED:      Row((_K, _K, _K, _K, _R), _A.VIP_DOUBTFUL),
-    Event.FENCED:                Row((_C, _S, _V, _V, _K), _A.FENCED),
+    Event.FENCED:                Row((_C, _S, _C, _V, _K), _A.FENCED),
     Event.MAINTENANCE_ON:        Row((_K, _K, _K, _K, _K), _A.MAINTENANCE_ON),
     Event.MAINTENANCE_OFF:       Row((_K, _K, _K, _K, _K), _A.MAINTENANCE_OFF),
     Event.FORCED:                Row((_C, _S, _C, _C, _C), _A.FORCED),

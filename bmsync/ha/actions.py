@@ -11,6 +11,7 @@ in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import PurePosixPath
@@ -18,16 +19,18 @@ from pathlib import PurePosixPath
 import structlog
 
 from bmsync.config.model import Config
-from bmsync.core.errors import BmsyncError, DaemonNotRunning, HaRefused
+from bmsync.core.errors import BmsyncError, DaemonNotRunning, FencingError, HaRefused
 from bmsync.core.frames import HaAction, HaAnswer, NodeFacts, Purpose
 from bmsync.core.mounts import visible_at
 from bmsync.core.paths import show
 from bmsync.core.roles import Role
 from bmsync.fs.mounts import device_here, read_mounts
+from bmsync.ha.fence import fence
 from bmsync.ha.peer_mounts import ask_peer
 from bmsync.ha.runner import run_bounded
 from bmsync.ha.services import run_step
 from bmsync.ha.storage import mount_storage, unmount_storage
+from bmsync.ha.storage_plan import PeerUnknown
 from bmsync.ha.vip_move import held_prefixes, vip_commands, vip_down, vip_up
 from bmsync.link.session import PeerSession
 from bmsync.link.ssh import connect
@@ -231,6 +234,35 @@ def _mount(conf: Config, operation: str, say: Say) -> None:
     mount_storage(conf.ha.storage, peer, peer_is_down=False, say=say)
 
 
+def _fence_peer(conf: Config, operation: str, say: Say) -> None:
+    if conf.ha.fencing is None:
+        raise HaRefused(f"no ha.fencing on {conf.node}: the peer cannot be fenced from here")
+    outcome = fence(conf.ha.fencing)
+    if not outcome.ok:
+        raise FencingError(f"{outcome.message}; {outcome.advice}")
+    say(outcome.message)
+    tell_daemon_fenced(conf)
+
+
+def tell_daemon_fenced(conf: Config) -> None:
+    """The daemon's guard takes a confirmed fence as evidence: what only
+    the peer could clear (it holding the VIP, say) is cleared."""
+    peer = conf.peer.host if conf.peer is not None else "the peer"
+    with contextlib.suppress(DaemonNotRunning):
+        answer = asyncio.run(
+            control.request(conf.control_socket, "fenced", CONTROL_TIMEOUT_S, peer=peer)
+        )
+        check_answer(answer)
+
+
+def _mount_peer_down(conf: Config, operation: str, say: Say) -> None:
+    if not conf.ha.storage:
+        say(f"no ha.storage on {conf.node}: nothing to mount")
+        return
+    down = PeerUnknown(f"the peer is down ({operation})")
+    mount_storage(conf.ha.storage, down, peer_is_down=True, say=say)
+
+
 def _role(change: str) -> Callable[[Config, str, Say], None]:
     def run(conf: Config, operation: str, say: Say) -> None:
         done = change_role(conf, change, operation)
@@ -255,4 +287,6 @@ STEPS: dict[HaAction, Callable[[Config, str, Say], None]] = {
     HaAction.STORAGE_MOUNT: _mount,
     HaAction.DEMOTE: _role("demote"),
     HaAction.PROMOTE: _role("promote"),
+    HaAction.FENCE_PEER: _fence_peer,
+    HaAction.STORAGE_MOUNT_PEER_DOWN: _mount_peer_down,
 }

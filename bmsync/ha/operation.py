@@ -19,7 +19,7 @@ import msgspec
 import structlog
 
 from bmsync.config.model import Config
-from bmsync.core.errors import HaRefused
+from bmsync.core.errors import BmsyncError, HaRefused
 from bmsync.core.frames import HaAction, HaAnswer, NodeFacts, Purpose
 from bmsync.fs.atomic import write_atomic
 from bmsync.ha.actions import node_facts, perform
@@ -225,3 +225,24 @@ class Operation:
             return await asyncio.to_thread(perform, self.conf, step.action, operation)
         assert self.session is not None
         return await self.session.ha_step(step.action, operation)
+
+
+async def peer_answers(conf: Config) -> str | None:
+    """The peer's node id if its agent answers a read-only handshake within
+    the connect timeout; None if it cannot be reached."""
+    peer = conf.require_peer()
+    me = RoleStore(conf.state_dir, conf.node).load_record(lenient=True)[0]
+    try:
+        channel = await connect(peer)
+    except BmsyncError as exc:
+        log.info("peer_unreachable", error=str(exc))
+        return None
+    session = PeerSession(channel, conf.node, me.epoch, me.role)
+    try:
+        welcome = await asyncio.wait_for(session.open(Purpose.READ), peer.connect_timeout_s)
+    except (BmsyncError, TimeoutError) as exc:
+        log.info("peer_unreachable", error=str(exc) or "no answer")
+        return None
+    finally:
+        await session.close()
+    return welcome.node

@@ -38,6 +38,8 @@ UNDO: dict[HaAction, HaAction | None] = {
     HaAction.STORAGE_MOUNT: HaAction.STORAGE_UNMOUNT,
     HaAction.DEMOTE: HaAction.PROMOTE,
     HaAction.PROMOTE: HaAction.DEMOTE,
+    HaAction.FENCE_PEER: None,  # a powered-off peer is not powered on again
+    HaAction.STORAGE_MOUNT_PEER_DOWN: HaAction.STORAGE_UNMOUNT,
 }
 
 WHAT: dict[HaAction, str] = {
@@ -52,6 +54,8 @@ WHAT: dict[HaAction, str] = {
     HaAction.STORAGE_MOUNT: "mount the shared storage (checked, once the peer says it has none)",
     HaAction.DEMOTE: "demote: passive, its daemon stands by",
     HaAction.PROMOTE: "promote at a new epoch: its daemon syncs from there",
+    HaAction.FENCE_PEER: "fence the peer: power it off through its BMC, confirmed off",
+    HaAction.STORAGE_MOUNT_PEER_DOWN: "mount the shared storage (checked; the peer is down)",
 }
 
 
@@ -129,3 +133,27 @@ def _daemon_advice(facts: NodeFacts) -> str:
     if facts.daemon == "stopped":
         return f"Start it ('systemctl start bmsync' on {facts.node})"
     return f"See why with 'bmsync status' on {facts.node} and clear it"
+
+
+def takeover_plan(here: NodeFacts, peer: str, fencing: bool) -> Plan:
+    """The takeover by this (passive) node of a peer that is lost: fence it
+    first when fencing is configured (else the operator has said it is
+    powered off), then the storage, the VIP, the services, the promotion."""
+    if here.maintenance:
+        raise HaRefused(
+            f"{here.node} is in maintenance: no HA operation runs until 'bmsync maintenance off'"
+        )
+    if here.role is Role.ACTIVE and not here.stale:
+        raise HaRefused(
+            f"{here.node} is the active node already (epoch {here.epoch}): nothing to take over"
+        )
+    me = here.node
+    fence = (Step(me, HaAction.FENCE_PEER),) if fencing else ()
+    steps = (
+        *fence,
+        Step(me, HaAction.STORAGE_MOUNT_PEER_DOWN),
+        Step(me, HaAction.VIP_UP),
+        Step(me, HaAction.SERVICES_START),
+        Step(me, HaAction.PROMOTE),
+    )
+    return Plan(f"takeover from {peer} by {me}", steps)

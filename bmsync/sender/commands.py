@@ -31,6 +31,7 @@ class Commands:
             "pause": self._pause,
             "resume": self._resume,
             "role": self._role,
+            "fenced": self._fenced,
             "resync": self._resync,
         }
 
@@ -77,6 +78,13 @@ class Commands:
                 await asyncio.wait_for(daemon.sending_stopped.wait(), DEMOTE_WAIT_S)
             return self._answer(changed=True, stopped=daemon.sending_stopped.is_set())
         return self._answer(changed=True)
+
+    async def _fenced(self, request: Request) -> Answer:
+        """`bmsync ha fence` (or a takeover) confirmed the peer powered off:
+        evidence that clears what only the peer could have cleared."""
+        before = self._daemon.link.guard.suspicions
+        self._daemon.link.fenced(str(request.get("peer") or "the peer"))
+        return self._answer(changed=self._daemon.link.guard.suspicions != before)
 
     async def _resume(self, request: Request) -> Answer:
         if request.get("force"):

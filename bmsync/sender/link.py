@@ -20,6 +20,7 @@ from bmsync.core.guard import Guard, GuardState
 from bmsync.core.observations import (
     ForcedResume,
     Observation,
+    PeerFenced,
     PeerLost,
     PeerWelcomed,
     RoleChanged,
@@ -229,6 +230,12 @@ class Link:
             log.warning("demoted", epoch=role.epoch)  # the daemon stands by
         self._signals.ask_now()
 
+    def fenced(self, peer: str) -> None:
+        """The peer was powered off, confirmed by its BMC."""
+        self._observe(PeerFenced(peer))
+        log.warning("peer_fenced", peer=peer, state=str(self.guard.state))
+        self._signals.ask_now()
+
     def force(self, reason: str) -> bool:
         """``resume --force``: clear the suspicions without evidence (never
         a stale node's: its peer refuses it anyway). True if that changed
@@ -253,7 +260,15 @@ class Link:
         failed: str | None = None  # the last check's failure, logged once
         while True:
             vip = self.config.ha.vip or vip  # removing it takes a restart
+            before = self.guard.role
             seen = await observe_vip(vip, self._run)
+            self.check_role()
+            after = self.guard.role
+            if (after.role, after.epoch) != (before.role, before.epoch):
+                # made under the old role (the check takes seconds): judged
+                # under the new one it would mislead; check again at once
+                log.info("vip_check_discarded", why="the role changed during the check")
+                continue
             if isinstance(seen, VipCheckFailed) and seen.reason != failed:
                 self._error(f"VIP check: {seen.reason}")
             failed = seen.reason if isinstance(seen, VipCheckFailed) else None
