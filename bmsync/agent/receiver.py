@@ -162,10 +162,14 @@ class Agent:
         handler = self._table[self._state].get(type(frame))
         if handler is None:
             name = type(frame).__name__
-            if type(frame) not in self._table[State.WRITING]:
+            if not any(type(frame) in table for table in self._table.values()):
                 raise ProtocolError(f"the agent does not accept {name} frames")
             if self._state is State.NEW:
                 raise ProtocolError(f"{name} before Hello")
+            if self._state is State.HA:
+                raise ProtocolError(f"{name} in an HA session, which takes HaRequest and Bye only")
+            if isinstance(frame, HaRequest):
+                raise ProtocolError(f"{name} outside an HA session (a Hello of purpose 'ha')")
             raise ProtocolError(f"{name} after this node ended the writing session")
         if self._state is State.WRITING and isinstance(frame, HELD):
             self._bounds.hold(frame)
