@@ -244,3 +244,16 @@ def test_an_ha_answer_sent_to_the_agent_is_refused_at_decoding(node: HaNode) -> 
     (reply,) = node.send(HaAnswer(ok=True))
     assert isinstance(reply, ErrorFrame)
     assert "the agent does not accept HaAnswer frames" in reply.message
+
+
+@pytest.mark.parametrize("action", [HaAction.FENCE_PEER, HaAction.STORAGE_MOUNT_PEER_DOWN])
+def test_a_takeovers_own_steps_are_never_run_for_a_peer(
+    node: HaNode, ha: FakeHa, action: HaAction
+) -> None:
+    """A peer cannot make this node fence it back, nor mount the storage
+    as if the peer were down."""
+    node.send(hello())
+    (reply,) = node.send(HaRequest(action, "takeover"))
+    assert isinstance(reply, ErrorFrame)
+    assert f"{action} is not a step a peer may ask of this node" in reply.message
+    assert ha.asked == []

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from bmsync.core.errors import HaRefused
 from bmsync.core.frames import HaAction, NodeFacts
 from bmsync.core.roles import Role
-from bmsync.ha.plans import UNDO, WHAT, Plan, Step, switchover_plan
+from bmsync.ha.plans import UNDO, WHAT, Plan, Step, switchover_plan, takeover_plan
 
 
 def facts(
@@ -153,10 +153,43 @@ def test_undo_of_undo_is_the_action_itself_for_reversible_pairs(action: HaAction
     if action is HaAction.DRAIN:
         # resume lifts the pause drain left; nothing undoes a resume
         assert undo is HaAction.RESUME and back is None
+    elif action is HaAction.STORAGE_MOUNT_PEER_DOWN:
+        # a takeover's mount is undone by the plain unmount, whose undo is
+        # the mount that asks the peer first
+        assert undo is HaAction.STORAGE_UNMOUNT and back is HaAction.STORAGE_MOUNT
     else:
         assert back is action
 
 
-def test_drain_is_the_only_one_way_undo() -> None:
+def test_the_one_way_undos() -> None:
     one_way = {a for a, u in UNDO.items() if u is not None and UNDO[u] is not a}
-    assert one_way == {HaAction.DRAIN}
+    assert one_way == {HaAction.DRAIN, HaAction.STORAGE_MOUNT_PEER_DOWN}
+    assert UNDO[HaAction.FENCE_PEER] is None  # a fenced peer is not powered on again
+
+
+def test_takeover_fences_first_then_takes_everything_here() -> None:
+    plan = takeover_plan(PASSIVE, "10.0.0.1", fencing=True)
+    assert plan.name == "takeover from 10.0.0.1 by bm2"
+    assert [(s.node, s.action) for s in plan.steps] == [
+        ("bm2", HaAction.FENCE_PEER),
+        ("bm2", HaAction.STORAGE_MOUNT_PEER_DOWN),
+        ("bm2", HaAction.VIP_UP),
+        ("bm2", HaAction.SERVICES_START),
+        ("bm2", HaAction.PROMOTE),
+    ]
+    assert "[undo" not in plan.lines()[1]  # a fence is not undone
+
+
+def test_takeover_without_fencing_has_no_fence_step() -> None:
+    plan = takeover_plan(PASSIVE, "10.0.0.1", fencing=False)
+    assert HaAction.FENCE_PEER not in [s.action for s in plan.steps]
+    assert len(plan.steps) == 4
+
+
+def test_takeover_is_refused_on_the_active_node_and_in_maintenance() -> None:
+    with pytest.raises(HaRefused, match="is the active node already"):
+        takeover_plan(ACTIVE, "10.0.0.2", fencing=True)
+    with pytest.raises(HaRefused, match="maintenance"):
+        takeover_plan(facts("bm2", Role.PASSIVE, maintenance=True), "10.0.0.1", fencing=True)
+    stale = facts("bm1", Role.ACTIVE, stale=True)
+    assert takeover_plan(stale, "10.0.0.2", fencing=True).steps  # a stale active may take over
