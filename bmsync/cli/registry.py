@@ -318,20 +318,20 @@ COMMANDS: tuple[Command, ...] = (
                 "switchover",
                 "move the active role, storage, VIP and services to the passive node, both up "
                 "(planned; run on either node)",
-                "bmsync.cli.ha:switchover",
+                "bmsync.cli.ha_operations:switchover",
                 arguments=_plan_dry_run,
             ),
             Command(
                 "takeover",
                 "the peer is lost: fence it, then take the storage, VIP, services and the "
                 "active role here",
-                "bmsync.cli.ha:takeover",
+                "bmsync.cli.ha_operations:takeover",
                 arguments=_takeover,
             ),
             Command(
                 "status",
                 "the VIP, the storage, the peer's power and the services, as seen from here",
-                "bmsync.cli.ha:status",
+                "bmsync.cli.ha_status:status",
                 arguments=_status_ha,
             ),
         ),

@@ -466,3 +466,33 @@ def two_nodes(
         for node in nodes:
             node.boot()
         yield Pair(a, b, devices, mounts, vip)
+
+
+def assert_ok(done: subprocess.CompletedProcess[str]) -> None:
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+
+
+def role_of(node: Node) -> tuple[str, int]:
+    """(role, epoch) as ``bmsync status`` on ``node`` says."""
+    status = json.loads(node.bmsync("status", "--json").stdout)
+    return status["role"], status["epoch"]
+
+
+def holds_vip(node: Node, vip: str) -> bool:
+    shown = node.run("ip", "-o", "-4", "addr", "show", "dev", node.iface)
+    return f" {vip}/" in shown.stdout
+
+
+def active_at_start(pair: Pair, services: bool = False) -> None:
+    """bm1 holds the storage and the VIP (and, ``services``, has started
+    them) and syncs to bm2; both daemons run."""
+    a, b = pair.nodes()
+    assert_ok(a.bmsync("ha", "storage", "mount"))
+    assert_ok(a.bmsync("ha", "vip", "up"))  # the guard: an active node holds the VIP
+    if services:
+        assert_ok(a.bmsync("ha", "services", "start"))
+    for node in (a, b):
+        node.start()
+    assert a.daemon is not None and b.daemon is not None
+    a.daemon.wait_state("syncing", 30)
+    b.daemon.wait_state("standby", 30)

@@ -11,13 +11,18 @@ import subprocess
 from pathlib import Path
 
 from bmsync.core.errors import HaRefused
-from tests.ha.nodes import Node, Pair, needs_two_nodes, wait_for
+from tests.ha.nodes import (
+    Node,
+    Pair,
+    active_at_start,
+    assert_ok,
+    holds_vip,
+    needs_two_nodes,
+    role_of,
+    wait_for,
+)
 
 pytestmark = needs_two_nodes()
-
-
-def assert_ok(done: subprocess.CompletedProcess[str]) -> None:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
 
 
 def add_services(node: Node, start: str = "") -> Path:
@@ -37,30 +42,6 @@ def add_services(node: Node, start: str = "") -> Path:
     return marks
 
 
-def role(node: Node) -> tuple[str, int, str]:
-    done = node.bmsync("status", "--json")
-    status = json.loads(done.stdout)
-    return status["role"], status["epoch"], status["state"]
-
-
-def holds_vip(node: Node, vip: str) -> bool:
-    shown = node.run("ip", "-o", "-4", "addr", "show", "dev", node.iface)
-    return f" {vip}/" in shown.stdout
-
-
-def active_at_start(pair: Pair) -> None:
-    """bm1 holds everything and syncs to bm2, both daemons running."""
-    a, b = pair.nodes()
-    assert_ok(a.bmsync("ha", "storage", "mount"))
-    assert_ok(a.bmsync("ha", "vip", "up"))  # the guard: an active node holds the VIP
-    assert_ok(a.bmsync("ha", "services", "start"))
-    for node in (a, b):
-        node.start()
-    assert a.daemon is not None and b.daemon is not None
-    a.daemon.wait_state("syncing", 30)
-    b.daemon.wait_state("standby", 30)
-
-
 def synced(source: Node, target: Node, name: str, text: str) -> None:
     (source.root / name).write_text(text)
     wait_for(
@@ -72,7 +53,7 @@ def synced(source: Node, target: Node, name: str, text: str) -> None:
 def test_switchover_and_back(pair: Pair) -> None:
     a, b = pair.nodes()
     marks = {node.name: add_services(node) for node in (a, b)}
-    active_at_start(pair)
+    active_at_start(pair, services=True)
     synced(a, b, "before.conf", "from bm1\n")
 
     planned = b.bmsync("ha", "switchover", "--dry-run")
@@ -81,14 +62,14 @@ def test_switchover_and_back(pair: Pair) -> None:
     assert lines[0].startswith("switchover bm1 -> bm2, 10 steps")
     assert "bm1: final sync to the peer, pause sync, final check" in lines[1]
     assert "bm2: promote at a new epoch" in lines[9]
-    assert role(a)[:2] == ("active", 1)  # a dry run changes nothing
+    assert role_of(a) == ("active", 1)  # a dry run changes nothing
 
     done = b.bmsync("ha", "switchover", timeout_s=300)  # run on the passive node
     assert_ok(done)
     assert "[10/10] bm1: lift the pause of sync" in done.stdout
     assert "switchover bm1 -> bm2: done; bm2 is the active node, syncing to bm1" in done.stdout
-    assert role(b)[:2] == ("active", 2)
-    assert role(a)[:2] == ("passive", 1)
+    assert role_of(b) == ("active", 2)
+    assert role_of(a) == ("passive", 1)
     assert holds_vip(b, pair.vip) and not holds_vip(a, pair.vip)
     assert all(b.mounted_here().values()) and not any(a.mounted_here().values())
     assert marks["bm1"].read_text() == "stopped\n" and marks["bm2"].read_text() == "started\n"
@@ -110,7 +91,7 @@ def test_switchover_and_back(pair: Pair) -> None:
 
     back = a.bmsync("ha", "switchover", timeout_s=300)  # from the node that is passive now
     assert_ok(back)
-    assert role(a)[:2] == ("active", 3) and role(b)[:2] == ("passive", 2)
+    assert role_of(a) == ("active", 3) and role_of(b) == ("passive", 2)
     assert holds_vip(a, pair.vip) and all(a.mounted_here().values())
     a.daemon.wait_state("syncing", 30)
     synced(a, b, "back.conf", "bm1 again\n")
@@ -120,7 +101,7 @@ def test_a_failing_step_is_undone_and_says_where_each_node_stands(pair: Pair) ->
     a, b = pair.nodes()
     add_services(a)
     add_services(b, start="echo will not start; exit 3")
-    active_at_start(pair)
+    active_at_start(pair, services=True)
 
     done = a.bmsync("ha", "switchover", timeout_s=300)
     assert done.returncode == HaRefused.exit_code, done.stdout + done.stderr
@@ -133,7 +114,7 @@ def test_a_failing_step_is_undone_and_says_where_each_node_stands(pair: Pair) ->
     assert "bm1: promote at a new epoch" in done.stderr
     assert "Now: " in done.stderr and "bm1 active at epoch 2" in done.stderr
     # bm1 holds everything again, at a new epoch, and syncs
-    assert role(a)[:2] == ("active", 2) and role(b)[0] == "passive"
+    assert role_of(a) == ("active", 2) and role_of(b)[0] == "passive"
     assert holds_vip(a, pair.vip) and not holds_vip(b, pair.vip)
     assert all(a.mounted_here().values()) and not any(b.mounted_here().values())
     assert a.daemon is not None
@@ -152,7 +133,7 @@ def test_two_operations_never_overlap(pair: Pair) -> None:
     a, b = pair.nodes()
     for node in (a, b):
         add_services(node)
-    active_at_start(pair)
+    active_at_start(pair, services=True)
     lock = (b.state / "operation.lock").open("a+")
     holder = subprocess.Popen(
         [*b.enter(), "flock", "-x", str(b.state / "operation.lock"), "sleep", "60"]
@@ -162,7 +143,7 @@ def test_two_operations_never_overlap(pair: Pair) -> None:
         done = a.bmsync("ha", "switchover")
         assert done.returncode != 0
         assert "another HA operation runs on this node" in done.stderr
-        assert role(a)[:2] == ("active", 1)  # nothing done
+        assert role_of(a) == ("active", 1)  # nothing done
     finally:
         holder.kill()
         holder.wait()

@@ -11,37 +11,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 
 from bmsync.core.errors import HaRefused
-from tests.ha.nodes import Node, Pair, needs_two_nodes, wait_for
+from tests.ha.nodes import (
+    Node,
+    Pair,
+    active_at_start,
+    assert_ok,
+    holds_vip,
+    needs_two_nodes,
+    role_of,
+    wait_for,
+)
 
 pytestmark = needs_two_nodes()
-
-
-def assert_ok(done: subprocess.CompletedProcess[str]) -> None:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
-
-
-def role(node: Node) -> tuple[str, int]:
-    status = json.loads(node.bmsync("status", "--json").stdout)
-    return status["role"], status["epoch"]
-
-
-def holds_vip(node: Node, vip: str) -> bool:
-    shown = node.run("ip", "-o", "-4", "addr", "show", "dev", node.iface)
-    return f" {vip}/" in shown.stdout
-
-
-def active_at_start(pair: Pair) -> None:
-    a, b = pair.nodes()
-    assert_ok(a.bmsync("ha", "storage", "mount"))
-    assert_ok(a.bmsync("ha", "vip", "up"))
-    for node in (a, b):
-        node.start()
-    assert a.daemon is not None and b.daemon is not None
-    a.daemon.wait_state("syncing", 30)
-    b.daemon.wait_state("standby", 30)
 
 
 def freeze(node: Node) -> None:
@@ -62,7 +45,7 @@ def test_takeover_of_a_frozen_active(pair: Pair) -> None:
     assert "peer fenced: power off confirmed" in done.stdout
     assert "is the active node" in done.stdout
     assert a.bmc.power() == "off" and not a.alive()  # fenced: nothing of bm1 runs
-    assert role(b) == ("active", 2)
+    assert role_of(b) == ("active", 2)
     assert all(b.mounted_here().values())
     assert holds_vip(b, pair.vip)
     assert b.daemon is not None
@@ -72,7 +55,7 @@ def test_takeover_of_a_frozen_active(pair: Pair) -> None:
     (b.root / "on-bm2.conf").write_text("written on the new active\n")
     a.bmc.power_on()
     a.boot()
-    assert role(a) == ("active", 1)
+    assert role_of(a) == ("active", 1)
     assert not any(a.mounted_here().values()) and not holds_vip(a, pair.vip)
     (a.root / "old.conf").write_text("the old active must not send this\n")
     daemon = a.start()
@@ -95,12 +78,12 @@ def test_takeover_is_refused_while_the_peer_answers(pair: Pair) -> None:
     assert done.returncode == HaRefused.exit_code, done.stdout + done.stderr
     assert "the peer bm1 answers: it is not lost" in done.stderr
     assert "'bmsync ha switchover'" in done.stderr and "--force" in done.stderr
-    assert role(b) == ("passive", 0) and a.bmc.power() == "on"
+    assert role_of(b) == ("passive", 0) and a.bmc.power() == "on"
 
     forced = b.bmsync("ha", "takeover", "--force", timeout_s=300)
     assert_ok(forced)
     assert "takeover_forced" in forced.stderr
-    assert a.bmc.power() == "off" and role(b) == ("active", 2)
+    assert a.bmc.power() == "off" and role_of(b) == ("active", 2)
 
 
 def test_no_takeover_when_the_bmc_refuses(pair: Pair) -> None:
@@ -112,7 +95,7 @@ def test_no_takeover_when_the_bmc_refuses(pair: Pair) -> None:
     assert done.returncode == HaRefused.exit_code, done.stdout + done.stderr
     assert "failed at step 1/5 (bm2: fence the peer" in done.stderr
     assert "NOT fenced" in done.stderr
-    assert role(b) == ("passive", 0)
+    assert role_of(b) == ("passive", 0)
     assert not any(b.mounted_here().values()) and not holds_vip(b, pair.vip)
     assert a.bmc.power() == "on"
     code, report = b.ha_status()
@@ -132,7 +115,7 @@ def test_without_fencing_the_operator_must_say_the_peer_is_off(pair: Pair) -> No
     done = b.bmsync("ha", "takeover")
     assert done.returncode == HaRefused.exit_code, done.stdout + done.stderr
     assert "has no ha.fencing" in done.stderr and "--peer-is-powered-off" in done.stderr
-    assert role(b) == ("passive", 0)
+    assert role_of(b) == ("passive", 0)
     no_reason = b.bmsync("ha", "takeover", "--peer-is-powered-off")
     assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
 
@@ -140,6 +123,6 @@ def test_without_fencing_the_operator_must_say_the_peer_is_off(pair: Pair) -> No
     done = b.bmsync("ha", "takeover", "--peer-is-powered-off", "--reason", said, timeout_s=300)
     assert_ok(done)
     assert "peer_declared_powered_off" in done.stderr
-    assert role(b) == ("active", 2)
+    assert role_of(b) == ("active", 2)
     record = json.loads((b.state / "role.json").read_text())
     assert said in record["changed"]

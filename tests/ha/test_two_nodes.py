@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bmsync.core.errors import HaRefused
-from tests.ha.nodes import Node, Pair, device_in_use, needs_two_nodes, wait_for
+from tests.ha.nodes import Node, Pair, assert_ok, device_in_use, needs_two_nodes, wait_for
 
 pytestmark = needs_two_nodes()
 
@@ -35,10 +35,6 @@ def exited(process: subprocess.Popen[bytes]) -> Callable[[], bool]:
 
 def mount(node: Node, *extra: str) -> subprocess.CompletedProcess[str]:
     return node.bmsync("ha", "storage", "mount", *extra)
-
-
-def assert_ok(done: subprocess.CompletedProcess[str]) -> None:
-    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
 
 
 def test_each_node_mounts_the_shared_storage_in_its_own_namespace_only(pair: Pair) -> None:
