@@ -19,7 +19,8 @@ from bmsync.core.errors import AuthRefused, HostKeyMismatch, PeerRefused
 from bmsync.core.frames import Purpose
 from bmsync.link.session import PeerSession
 from bmsync.link.ssh import connect
-from bmsync.sender.reconcile import resync, verify
+from bmsync.link.verify import verify
+from bmsync.sender.reconcile import resync
 from tests.helpers import walk, whole_root
 from tests.integration.trees import populate_odd
 from tests.sshd import copy_tree
