@@ -243,8 +243,8 @@ class Agent:
         if self._where is not None:
             self._where.close()
             self._where = None
-        self._lock.release()
         self._operation.release()
+        self._lock.release()  # last: whoever waits for the session's end goes on
 
     def _refuse(self, reason: str, code: RefusalCode, me: NodeRole | None = None) -> list[Frame]:
         log.warning("session_refused", reason=reason, code=str(code))

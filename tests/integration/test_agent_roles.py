@@ -100,11 +100,13 @@ def test_promote_wakes_an_idle_agent_process_and_waits_for_its_end(tmp_path: Pat
         )
         assert done.returncode == 0, done.stderr
         assert "the writing session of bm1 epoch 1" in done.stdout and "has ended" in done.stdout
-        assert agent.poll() is not None  # ended before promote returned
+        # the session ended before promote returned: its lock is free (the
+        # process itself may still be tearing its interpreter down)
+        with open(tmp_path / "state" / LOCK_NAME, "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         refusal = read_frame(agent.stdout.fileno())
         assert isinstance(refusal, Refuse) and refusal.code == RefusalCode.RECEIVER_ACTIVE
-        with open(tmp_path / "state" / LOCK_NAME, "rb") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free
+        assert agent.wait(timeout=30) == 0
     finally:
         if agent.poll() is None:
             agent.send_signal(signal.SIGKILL)
