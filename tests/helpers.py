@@ -13,9 +13,10 @@ from pathlib import Path
 import xxhash
 
 from bmsync.agent.receiver import Agent
+from bmsync.core.codec import FrameDecoder, encode
 from bmsync.core.errors import RemoteProtocolError
 from bmsync.core.excludes import Rule, SyncSet
-from bmsync.core.frames import Frame, FrameDecoder, encode
+from bmsync.core.frames import Frame
 
 RECEIVE_WAIT_S = 30.0
 

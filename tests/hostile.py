@@ -28,6 +28,7 @@ from pathlib import Path
 
 import msgspec
 
+from bmsync.core.codec import FrameDecoder, encode
 from bmsync.core.delta import MAX_DELTA_OPS, Copy, DeltaOp, Literal
 from bmsync.core.frames import (
     MAX_FRAME_BYTES,
@@ -39,12 +40,10 @@ from bmsync.core.frames import (
     Expect,
     Fetch,
     Frame,
-    FrameDecoder,
     Hello,
     ManifestRequest,
     Purpose,
     PutChunk,
-    encode,
 )
 from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind, digest_bytes
 from bmsync.core.ops import SetMeta

@@ -15,15 +15,8 @@ from pathlib import Path
 
 import structlog
 
-from bmsync.core.frames import (
-    DeviceMounts,
-    Frame,
-    ManifestPart,
-    ManifestRequest,
-    MountsReport,
-    MountsRequest,
-    PutAbort,
-)
+from bmsync.core.frames import Frame, ManifestPart, ManifestRequest, PutAbort
+from bmsync.core.ha_frames import DeviceMounts, MountsReport, MountsRequest
 from bmsync.core.manifest import Entry, manifest_digest
 from bmsync.core.mounts import holding
 from bmsync.core.paths import basename, parent, show

@@ -33,17 +33,13 @@ from bmsync.core.errors import HaRefused, ProtocolError, RoleStateError
 from bmsync.core.excludes import SyncSet
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
-    REMOTE_ACTIONS,
     Bye,
     Commit,
     Expect,
     Fetch,
     Frame,
-    HaAnswer,
-    HaRequest,
     Hello,
     ManifestRequest,
-    MountsRequest,
     Purpose,
     Put,
     PutAbort,
@@ -53,6 +49,7 @@ from bmsync.core.frames import (
     Refuse,
     Welcome,
 )
+from bmsync.core.ha_frames import REMOTE_ACTIONS, HaAnswer, HaRequest, MountsRequest
 from bmsync.core.manifest import MAX_ENTRIES
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.roles import NodeRole, RefusalCode

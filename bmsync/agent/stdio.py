@@ -24,8 +24,10 @@ import structlog
 from bmsync.agent.receiver import Agent
 from bmsync.config.model import Config
 from bmsync.config.parse import load as load_config
+from bmsync.core.codec import FrameDecoder, encode
 from bmsync.core.errors import BmsyncError, LocalFsError, ProtocolError
-from bmsync.core.frames import ErrorFrame, Frame, FrameDecoder, HaAnswer, HaRequest, encode
+from bmsync.core.frames import ErrorFrame, Frame
+from bmsync.core.ha_frames import HaAnswer, HaRequest
 from bmsync.fs.confine import reason
 from bmsync.fs.files import write_all
 from bmsync.state.directory import ensure_state_dir

@@ -12,7 +12,7 @@ import structlog
 from bmsync.cli.ha import say_now
 from bmsync.config.model import Config
 from bmsync.core.errors import HaRefused, UsageError
-from bmsync.core.frames import HaAnswer
+from bmsync.core.ha_frames import HaAnswer
 from bmsync.ha.actions import node_facts, perform
 from bmsync.ha.operation import Operation, Record, peer_answers, run_plan
 from bmsync.ha.plans import Step, switchover_plan, takeover_plan

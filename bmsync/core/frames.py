@@ -1,9 +1,9 @@
-"""Protocol frames and their codec (sans I/O).
+"""Protocol frames (sans I/O); their codec is ``codec``, the frames of the
+HA side are in ``ha_frames``.
 
-On the wire a frame is a 4-byte big-endian length followed by that many
-bytes of msgpack: a map whose ``type`` key names the frame. Every frame is a
-frozen ``msgspec.Struct``; decoding validates types, and the frames that
-carry paths validate them too, so a decoded frame is well formed.
+Every frame is a frozen ``msgspec.Struct`` with a ``type`` tag; decoding
+validates types, and the frames that carry paths validate them too, so a
+decoded frame is well formed.
 
 A session, sender (active node) to agent (passive node)::
 
@@ -13,6 +13,8 @@ A session, sender (active node) to agent (passive node)::
     -> Commit(batch)              <- Applied(batch, results, failures)
     -> Fetch(path)                <- PutChunk* (Put | PutAbort)   (restoring)
     -> MountsRequest(devices)     <- MountsReport                  (ha storage mount)
+    -> Bye
+    any frame that breaks the protocol <- ErrorFrame, then the agent hangs up
 
 An HA operation (switchover) opens a session of purpose ``ha`` and sends
 its steps for the agent's node, one at a time::
@@ -20,7 +22,6 @@ its steps for the agent's node, one at a time::
     -> Hello(purpose=ha)          <- Welcome | Refuse (another operation runs there)
     -> HaRequest(action)          <- HaAnswer
     -> Bye
-    any frame that breaks the protocol <- ErrorFrame, then the agent hangs up
 
 The sender does not wait between frames: ops and commits are pipelined and
 the ``Applied`` answers come back in order.
@@ -29,14 +30,13 @@ the ``Applied`` answers come back in order.
 from __future__ import annotations
 
 import enum
-import struct
-import typing
 from typing import Annotated
 
 import msgspec
 
 from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS, DeltaOp
 from bmsync.core.errors import ProtocolError
+from bmsync.core.ha_frames import HaAnswer, HaRequest, MountsReport, MountsRequest
 from bmsync.core.manifest import DIGEST_SIZE, Entry, check_entry
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink
 from bmsync.core.paths import check_relpath, show
@@ -49,37 +49,12 @@ PROTOCOL_VERSION = 3
 MAX_FRAME_BYTES = 8 * 1024 * 1024
 # Files travel in chunks of this size, so memory stays flat for any file.
 CHUNK_BYTES = 1024 * 1024
-_LENGTH = struct.Struct(">I")
 
 
 class Purpose(enum.StrEnum):
     WRITE = "write"  # resync: takes the agent's lock
     READ = "read"  # verify, dry runs: manifest only, never writes
     HA = "ha"  # an HA operation's steps on this node (HaRequest); takes its operation lock
-
-
-class HaAction(enum.StrEnum):
-    """What an HA operation may ask the peer's agent to do: this list and
-    nothing else (the agent never runs a command it is sent)."""
-
-    STATUS = "status"  # this node's facts (NodeFacts); changes nothing
-    DRAIN = "drain"  # the daemon syncs everything, pauses, and the peer is verified
-    RESUME = "resume"  # the daemon's pause is lifted
-    SERVICES_STOP = "services-stop"
-    SERVICES_START = "services-start"
-    VIP_DOWN = "vip-down"
-    VIP_UP = "vip-up"
-    STORAGE_UNMOUNT = "storage-unmount"
-    STORAGE_MOUNT = "storage-mount"
-    DEMOTE = "demote"
-    PROMOTE = "promote"
-    # a takeover's, on the node taking over only: an agent refuses them
-    FENCE_PEER = "fence-peer"
-    STORAGE_MOUNT_PEER_DOWN = "storage-mount-peer-down"
-
-
-# What a peer may ask of an agent: a takeover's own steps never travel.
-REMOTE_ACTIONS = frozenset(HaAction) - {HaAction.FENCE_PEER, HaAction.STORAGE_MOUNT_PEER_DOWN}
 
 
 class Hello(msgspec.Struct, frozen=True, tag="hello"):
@@ -146,92 +121,6 @@ class ManifestRequest(msgspec.Struct, frozen=True, tag="manifest?"):
     def __post_init__(self) -> None:
         if self.expect and len(self.expect) != DIGEST_SIZE:
             raise ValueError(f"expect is {len(self.expect)} bytes, not a digest")
-
-
-class HaRequest(msgspec.Struct, frozen=True, tag="ha?"):
-    """One step of an HA operation, run by the agent's node (a session of
-    purpose ``ha``). ``operation``: what it is part of, for the logs."""
-
-    action: HaAction
-    operation: str = ""
-
-    def __post_init__(self) -> None:
-        if len(self.operation) > 200:
-            raise ValueError("operation is longer than 200 characters")
-
-
-class NodeFacts(msgspec.Struct, frozen=True):
-    """A node as its HA steps see it."""
-
-    node: str
-    role: Role
-    epoch: int
-    stale: bool
-    daemon: str  # the daemon's state, "stopped" when none answers
-    paused: bool
-    maintenance: bool
-    vip_held: bool | None = None  # None: no ha.vip, or the check failed
-    mounted: list[str] = []  # the ha.storage mount points mounted there
-
-    def __post_init__(self) -> None:
-        check_epoch(self.epoch, "NodeFacts epoch")
-
-
-class HaAnswer(msgspec.Struct, frozen=True, tag="ha"):
-    """What the step did (``lines``), or why it failed (``error``, with
-    the exit code bmsync's CLI would have given); the node's facts after."""
-
-    ok: bool
-    lines: list[str] = []
-    error: str = ""
-    exit_code: int = 0
-    facts: NodeFacts | None = None
-
-
-# A mount request names the devices of ha.storage: a few, never thousands.
-MAX_DEVICES = 64
-MAX_DEVICE_PATH = 4096
-
-
-class MountsRequest(msgspec.Struct, frozen=True, tag="mounts?"):
-    """Does the agent's node have these block devices (absolute paths, each
-    resolved there) mounted? Read-only: asked before a node mounts the
-    shared storage, so that it is never mounted on both."""
-
-    devices: list[str]
-
-    def __post_init__(self) -> None:
-        if len(self.devices) > MAX_DEVICES:
-            raise ValueError(f"{len(self.devices)} devices asked; at most {MAX_DEVICES}")
-        for device in self.devices:
-            _check_device_path(device)
-
-
-class DeviceMounts(msgspec.Struct, frozen=True):
-    """``present``: the path names a block device there; ``mount_points``:
-    where it is mounted there (empty: not mounted)."""
-
-    device: str
-    present: bool
-    mount_points: list[str] = []
-    problem: str = ""  # why not present
-
-
-class MountsReport(msgspec.Struct, frozen=True, tag="mounts"):
-    devices: list[DeviceMounts]
-
-    def __post_init__(self) -> None:
-        if len(self.devices) > MAX_DEVICES:
-            raise ValueError(f"{len(self.devices)} devices reported; at most {MAX_DEVICES}")
-        for seen in self.devices:
-            _check_device_path(seen.device)
-            if len(seen.mount_points) > 4 * MAX_DEVICES:
-                raise ValueError(f"{seen.device}: {len(seen.mount_points)} mount points reported")
-
-
-def _check_device_path(device: str) -> None:
-    if not device.startswith("/") or "\0" in device or len(device) > MAX_DEVICE_PATH:
-        raise ValueError(f"{device[:100]!r} is not an absolute device path")
 
 
 class ManifestPart(msgspec.Struct, frozen=True, tag="manifest"):
@@ -433,87 +322,3 @@ ToAgent = (
 
 # Every frame: those an agent accepts, and those only an agent sends.
 Frame = ToAgent | Welcome | Refuse | ManifestPart | MountsReport | HaAnswer | Applied | ErrorFrame
-
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Frame)
-_agent_decoder = msgspec.msgpack.Decoder(ToAgent)
-
-
-class _Tagged(msgspec.Struct):
-    """Just a frame's ``type`` (msgspec skips every other field unbuilt)."""
-
-    type: str = ""
-
-
-_NAMES = {t.__struct_config__.tag: t.__name__ for t in typing.get_args(Frame)}
-_TO_AGENT = {t.__struct_config__.tag for t in typing.get_args(ToAgent)}
-
-
-def encode(frame: Frame) -> bytes:
-    body = _encoder.encode(frame)
-    if len(body) > MAX_FRAME_BYTES:
-        raise ProtocolError(
-            f"{type(frame).__name__} frame of {len(body)} bytes exceeds "
-            f"the {MAX_FRAME_BYTES}-byte limit"
-        )
-    return _LENGTH.pack(len(body)) + body
-
-
-def decode_body(body: bytes | memoryview, *, to_agent: bool = False) -> Frame:
-    """One frame's body; ``to_agent``: only the frames an agent accepts."""
-    try:
-        frame: Frame = (_agent_decoder if to_agent else _decoder).decode(body)
-    except (msgspec.MsgspecError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        # msgspec reports invalid UTF-8 in a str field as UnicodeDecodeError
-        if to_agent:
-            _refuse_not_to_agent(body)
-        raise ProtocolError(f"malformed frame: {exc}") from exc
-    return frame
-
-
-def _refuse_not_to_agent(body: bytes | memoryview) -> None:
-    """A frame of a known type that only agents send: say so."""
-    try:
-        tag = msgspec.msgpack.decode(body, type=_Tagged).type
-    except (msgspec.MsgspecError, UnicodeDecodeError, ValueError, RecursionError):
-        return
-    if tag in _NAMES and tag not in _TO_AGENT:
-        raise ProtocolError(f"the agent does not accept {_NAMES[tag]} frames")
-
-
-class FrameDecoder:
-    """Bytes in, frames out: ``feed`` what arrived, then ``next_frame``
-    until it returns ``None``. Any defect raises ``ProtocolError``.
-    ``to_agent``: the agent's end, which decodes only ``ToAgent`` frames.
-
-    What it holds is bounded: the bytes of at most one frame
-    (``max_frame_bytes``) plus what was fed since; a body is decoded in
-    place, never copied."""
-
-    def __init__(self, max_frame_bytes: int = MAX_FRAME_BYTES, *, to_agent: bool = False) -> None:
-        self._buffer = bytearray()
-        self._max = max_frame_bytes
-        self._to_agent = to_agent
-
-    def feed(self, data: bytes) -> None:
-        self._buffer += data
-
-    @property
-    def pending(self) -> int:
-        """Bytes received but not yet part of a whole frame."""
-        return len(self._buffer)
-
-    def next_frame(self) -> Frame | None:
-        if len(self._buffer) < _LENGTH.size:
-            return None
-        (length,) = _LENGTH.unpack_from(self._buffer)
-        if length > self._max:
-            raise ProtocolError(f"frame length {length} exceeds the {self._max}-byte limit")
-        end = _LENGTH.size + length
-        if len(self._buffer) < end:
-            return None
-        try:
-            with memoryview(self._buffer) as view, view[_LENGTH.size : end] as body:
-                return decode_body(body, to_agent=self._to_agent)
-        finally:
-            del self._buffer[:end]

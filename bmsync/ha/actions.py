@@ -20,7 +20,8 @@ import structlog
 
 from bmsync.config.model import Config
 from bmsync.core.errors import BmsyncError, DaemonNotRunning, FencingError, HaRefused
-from bmsync.core.frames import HaAction, HaAnswer, NodeFacts, Purpose
+from bmsync.core.frames import Purpose
+from bmsync.core.ha_frames import HaAction, HaAnswer, NodeFacts
 from bmsync.core.mounts import visible_at
 from bmsync.core.paths import show
 from bmsync.core.roles import Role

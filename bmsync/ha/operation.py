@@ -20,7 +20,8 @@ import structlog
 
 from bmsync.config.model import Config
 from bmsync.core.errors import BmsyncError, HaRefused
-from bmsync.core.frames import HaAction, HaAnswer, NodeFacts, Purpose
+from bmsync.core.frames import Purpose
+from bmsync.core.ha_frames import HaAction, HaAnswer, NodeFacts
 from bmsync.fs.atomic import write_atomic
 from bmsync.ha.actions import node_facts, perform
 from bmsync.ha.plans import WHAT, Plan, Step

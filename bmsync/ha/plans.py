@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bmsync.core.errors import HaRefused
-from bmsync.core.frames import HaAction, NodeFacts
+from bmsync.core.ha_frames import HaAction, NodeFacts
 from bmsync.core.roles import Role
 
 UNDO: dict[HaAction, HaAction | None] = {

@@ -35,14 +35,9 @@ from bmsync.core.frames import (
     Failure,
     Fetch,
     Frame,
-    HaAction,
-    HaAnswer,
-    HaRequest,
     Hello,
     ManifestPart,
     ManifestRequest,
-    MountsReport,
-    MountsRequest,
     Purpose,
     Put,
     PutAbort,
@@ -51,6 +46,7 @@ from bmsync.core.frames import (
     Refuse,
     Welcome,
 )
+from bmsync.core.ha_frames import HaAction, HaAnswer, HaRequest, MountsReport, MountsRequest
 from bmsync.core.manifest import MAX_ENTRIES, Entry, Kind
 from bmsync.core.ops import Delete, Op, PutFile
 from bmsync.core.paths import show

@@ -20,6 +20,7 @@ import asyncssh
 import structlog
 
 from bmsync.config.model import PeerConfig
+from bmsync.core.codec import FrameDecoder, encode
 from bmsync.core.errors import (
     AgentFailed,
     AuthRefused,
@@ -29,7 +30,7 @@ from bmsync.core.errors import (
     RemoteProtocolError,
     TransportError,
 )
-from bmsync.core.frames import ErrorFrame, Frame, FrameDecoder, encode
+from bmsync.core.frames import ErrorFrame, Frame
 
 log = structlog.get_logger("bmsync.transport")
 

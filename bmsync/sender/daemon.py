@@ -38,16 +38,11 @@ import structlog
 
 from bmsync.config import parse as config_module
 from bmsync.config.model import Config
-from bmsync.core.batcher import Batch
 from bmsync.core.errors import BmsyncError, ConfigError, PeerUnreachable, SplitBrainSuspected
-from bmsync.core.frames import BASE_MISMATCH
-from bmsync.core.ops import PutFile
-from bmsync.core.paths import show
 from bmsync.core.retries import Retries
 from bmsync.core.roles import Role
 from bmsync.fs.bases import BaseStore
 from bmsync.fs.digests import DigestCache
-from bmsync.fs.files import release_free_memory
 from bmsync.ha.vip import Runner, run_command
 from bmsync.link.session import PeerSession
 from bmsync.link.ssh import connect as ssh_connect
@@ -57,9 +52,9 @@ from bmsync.sender.hold import Hold
 from bmsync.sender.link import Connect, Link, Signals, Suspended
 from bmsync.sender.outcomes import Outcomes
 from bmsync.sender.peer_view import PeerView
-from bmsync.sender.pipeline import Halted, Pipeline
-from bmsync.sender.reconcile import reconcile
+from bmsync.sender.pipeline import Pipeline
 from bmsync.sender.status import State, Stats, StatusView, derive_state, systemd_line
+from bmsync.sender.steps import Steps
 from bmsync.service.control import ControlServer
 from bmsync.service.notify import Notifier
 from bmsync.state.directory import ensure_state_dir
@@ -71,10 +66,6 @@ log = structlog.get_logger("bmsync.daemon")
 # A standby daemon reads role.json this often, in case a promotion's
 # message to the control socket was lost.
 STANDBY_CHECK_S = 0.5
-# A batch this large (bytes of files read, or operations) leaves freed
-# buffers behind; they go back to the system when the daemon is next idle.
-TRIM_AFTER_BYTES = 1 << 20
-TRIM_AFTER_OPS = 1000
 
 
 class _LinkLost(Exception):
@@ -120,16 +111,24 @@ class Daemon:
         self.commands = Commands(self)
         self._control = ControlServer(config.control_socket, self.commands.handle)
         # facts the state is derived from (see ``state``)
-        self._reconciling = False
         self._stopped = False
         self._standby = False  # passive: waiting for a promotion
         self._watching = False
         self._told_systemd = ""
         self.changes = Changes(config, clock, self.signals.wake)
-        self._trim_pending = False  # large buffers freed since the last idle
+        self.steps = Steps(
+            pipeline=self.pipeline,
+            view=self.view,
+            changes=self.changes,
+            outcomes=self.outcomes,
+            hold=self.hold,
+            stats=self.stats,
+            clock=clock,
+            stopping=self.signals.stopping.is_set,
+            tell_systemd=self.tell_systemd,
+        )
         self.sending_stopped = asyncio.Event()  # the session is closed for good
         self._reconcile_wanted = True
-        self._inflight_oldest: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -142,7 +141,7 @@ class Daemon:
             paused=self.hold.paused_reason is not None,
             connected=self.link.connected,
             retries=self.retries,
-            reconciling=self._reconciling,
+            reconciling=self.steps.reconciling,
         )
 
     def tell_systemd(self, detail: str = "") -> None:
@@ -159,7 +158,7 @@ class Daemon:
             self.state,
             self.config,
             now=self._clock(),
-            oldest=(self.changes.batcher.oldest(), self._inflight_oldest),
+            oldest=(self.changes.batcher.oldest(), self.steps.inflight_oldest),
             queued=self.changes.batcher.queued,
             unsupported=self.pipeline.unsupported.paths(),
         )
@@ -354,16 +353,14 @@ class Daemon:
                 if batch.rescan:
                     self._reconcile_wanted = True
                     continue
-                await self._apply(session, batch)
+                await self.steps.apply(session, batch)
         finally:
             lost.cancel()
 
     async def _idle(self, timeout_s: float | None) -> None:
         self.signals.wake.clear()  # before any await: a wake-up from then on counts
-        if self._trim_pending and timeout_s is None:
-            await self.view.bases_copied()  # its buffers are freed too
-            self._trim_pending = False
-            release_free_memory()
+        if timeout_s is None:
+            await self.steps.trim()
         self.tell_systemd()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.signals.wake.wait(), timeout_s)
@@ -378,71 +375,7 @@ class Daemon:
 
     async def _reconcile(self, session: PeerSession) -> None:
         self._reconcile_wanted = False
-        self._trim_pending = True
-        self._reconciling = True
-        self.tell_systemd()
-        try:
-            await self._reconcile_now(session)
-        except BaseException as exc:
-            self.outcomes.answer_resyncs(exc)
-            raise
-        finally:
-            self._reconciling = False
-
-    async def _reconcile_now(self, session: PeerSession) -> None:
-        await self.changes.reconciling()
-        started = self._clock()
-        await self.view.bases_copied()
-        report = await reconcile(
-            self.pipeline,
-            session,
-            expected=await self.view.expected(session.peer.node if session.peer else ""),
-            brake=self.hold.for_reconcile(),
-            stopping=self.signals.stopping.is_set,
-        )
-        self._trim_pending |= self.view.copy_bases(report.sent)
-        answer = self.outcomes.reconciled(report, started)
-        self.pipeline.unsupported.update(report.unsupported)
-        self.pipeline.links.replace(report.links)
-        if report.halted is not None:
-            self.hold.pause(report.halted, held={})
-            self.tell_systemd()
-        self.outcomes.answer_resyncs(answer)
-
-    # -- batches -------------------------------------------------------------------
-
-    async def _apply(self, session: PeerSession, batch: Batch) -> None:
-        started = self._clock()
-        await self.view.bases_copied()
-        self._inflight_oldest = batch.oldest_s
-        try:
-            with self.pipeline.opened() as root_fd:
-                result = await self.pipeline.batch(session, root_fd, batch.paths, self.hold)
-        except BaseException:
-            self.changes.requeue(batch)  # not acknowledged (the link died under it)
-            raise
-        finally:
-            self._inflight_oldest = None
-        for path, reason in result.scan.problems:
-            self.stats.error(f"{show(path)}: {reason}")
-        changed, ops, outcome = result.changed, result.ops, result.sent
-        if outcome is None:
-            self.outcomes.in_sync(changed)
-        elif isinstance(outcome, Halted):
-            self.hold.pause(outcome.reason, held=changed)
-            self.tell_systemd()
-        else:
-            read = sum(op.entry.size for op in ops if isinstance(op, PutFile))
-            if read >= TRIM_AFTER_BYTES or len(ops) >= TRIM_AFTER_OPS:
-                self._trim_pending = True
-            self._trim_pending |= self.view.copy_bases(outcome.results)
-            for path in outcome.changing:
-                self.changes.add(path, settled=False)
-            for failure in outcome.failures:
-                if failure.code == BASE_MISMATCH:  # the peer's copy was not our base: send it whole
-                    log.info("delta_base_stale", path=show(failure.path))
-                    self.changes.add(failure.path, settled=True)
-            self.outcomes.batch(changed, ops, outcome, started)
+        await self.steps.reconcile(session)
 
 
 def run_daemon(config: Config, environ: dict[str, str]) -> int:

@@ -10,18 +10,9 @@ import msgspec
 
 from bmsync.agent.receiver import Agent
 from bmsync.agent.stdio import AgentConnection
+from bmsync.core.codec import FrameDecoder, encode
 from bmsync.core.excludes import Rule, SyncSet
-from bmsync.core.frames import (
-    PROTOCOL_VERSION,
-    Applied,
-    Commit,
-    Frame,
-    FrameDecoder,
-    Hello,
-    Purpose,
-    Welcome,
-    encode,
-)
+from bmsync.core.frames import PROTOCOL_VERSION, Applied, Commit, Frame, Hello, Purpose, Welcome
 from bmsync.core.manifest import Entry, Kind, digest_bytes
 from bmsync.core.roles import Role
 

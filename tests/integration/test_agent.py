@@ -14,6 +14,7 @@ import pytest
 
 from bmsync.agent.bounds import MAX_BATCH_HELD_BYTES, MAX_BATCH_RECORDS
 from bmsync.agent.stdio import FLUSH_BYTES, AgentConnection
+from bmsync.core.codec import FrameDecoder, encode
 from bmsync.core.delta import Copy, Literal, make_delta
 from bmsync.core.excludes import Rule, SyncSet
 from bmsync.core.frames import (
@@ -26,7 +27,6 @@ from bmsync.core.frames import (
     Expect,
     Fetch,
     Frame,
-    FrameDecoder,
     Hello,
     ManifestPart,
     ManifestRequest,
@@ -38,7 +38,6 @@ from bmsync.core.frames import (
     PutHole,
     Refuse,
     Welcome,
-    encode,
 )
 from bmsync.core.manifest import Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta

@@ -15,24 +15,20 @@ from structlog.testing import capture_logs
 
 from bmsync.agent.receiver import Agent
 from bmsync.agent.stdio import AgentConnection
+from bmsync.core.codec import FrameDecoder, encode
 from bmsync.core.errors import ProtocolError
 from bmsync.core.frames import (
     PROTOCOL_VERSION,
     Bye,
     ErrorFrame,
     Frame,
-    FrameDecoder,
-    HaAction,
-    HaAnswer,
-    HaRequest,
     Hello,
     ManifestRequest,
-    NodeFacts,
     Purpose,
     Refuse,
     Welcome,
-    encode,
 )
+from bmsync.core.ha_frames import HaAction, HaAnswer, HaRequest, NodeFacts
 from bmsync.core.ops import Mkdir
 from bmsync.core.roles import RefusalCode, Role
 from bmsync.state.operation import LOCK_NAME

@@ -14,18 +14,8 @@ from pathlib import Path
 
 from bmsync.agent.receiver import Agent
 from bmsync.agent.stdio import AgentConnection
-from bmsync.core.frames import (
-    PROTOCOL_VERSION,
-    Commit,
-    Frame,
-    FrameDecoder,
-    Hello,
-    Purpose,
-    Put,
-    Refuse,
-    Welcome,
-    encode,
-)
+from bmsync.core.codec import FrameDecoder, encode
+from bmsync.core.frames import PROTOCOL_VERSION, Commit, Frame, Hello, Purpose, Put, Refuse, Welcome
 from bmsync.core.manifest import Entry, Kind
 from bmsync.core.ops import Mkdir
 from bmsync.core.roles import NodeRole, RefusalCode, Role, Stamp

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from bmsync.agent.receiver import Agent
 from bmsync.agent.stdio import AgentConnection
-from bmsync.core.frames import PROTOCOL_VERSION, ErrorFrame, Hello, Purpose, Refuse, Welcome, encode
+from bmsync.core.codec import encode
+from bmsync.core.frames import PROTOCOL_VERSION, ErrorFrame, Hello, Purpose, Refuse, Welcome
 from bmsync.core.roles import MAX_EPOCH, NodeRole, RefusalCode, Role, Stamp
 from bmsync.state.lock import LOCK_NAME
 from bmsync.state.roles import RoleStore

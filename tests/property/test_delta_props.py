@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bmsync.core.codec import decode_body
 from bmsync.core.delta import (
     DELTA_MAX_BYTES,
     MAX_DELTA_OPS,
@@ -27,7 +28,7 @@ from bmsync.core.delta import (
     make_delta_within,
 )
 from bmsync.core.errors import ProtocolError
-from bmsync.core.frames import PutDelta, decode_body
+from bmsync.core.frames import PutDelta
 from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind
 
 lines = st.lists(st.binary(max_size=40).filter(lambda b: b"\n" not in b), max_size=300)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from bmsync.core.codec import FrameDecoder, decode_body, encode
 from bmsync.core.errors import ProtocolError
 from bmsync.core.frames import (
     Applied,
@@ -18,7 +19,6 @@ from bmsync.core.frames import (
     ErrorFrame,
     Failure,
     Frame,
-    FrameDecoder,
     Hello,
     ManifestPart,
     ManifestRequest,
@@ -27,8 +27,6 @@ from bmsync.core.frames import (
     PutChunk,
     Refuse,
     Welcome,
-    decode_body,
-    encode,
 )
 from bmsync.core.manifest import DIGEST_SIZE, Entry, Kind
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink

@@ -11,33 +11,24 @@ from typing import Any, get_args
 import msgspec
 import pytest
 
+from bmsync.core.codec import FrameDecoder, decode_body, encode
 from bmsync.core.delta import DELTA_MAX_BYTES, MAX_DELTA_OPS, Copy, Literal
 from bmsync.core.errors import ProtocolError
 from bmsync.core.frames import (
     BASE_MISMATCH,
     HOLE_MAX_BYTES,
-    MAX_DEVICE_PATH,
-    MAX_DEVICES,
     MAX_FRAME_BYTES,
     Applied,
     Bye,
     Commit,
-    DeviceMounts,
     ErrorFrame,
     Expect,
     Failure,
     Fetch,
     Frame,
-    FrameDecoder,
-    HaAction,
-    HaAnswer,
-    HaRequest,
     Hello,
     ManifestPart,
     ManifestRequest,
-    MountsReport,
-    MountsRequest,
-    NodeFacts,
     Purpose,
     Put,
     PutAbort,
@@ -47,8 +38,17 @@ from bmsync.core.frames import (
     Refuse,
     ToAgent,
     Welcome,
-    decode_body,
-    encode,
+)
+from bmsync.core.ha_frames import (
+    MAX_DEVICE_PATH,
+    MAX_DEVICES,
+    DeviceMounts,
+    HaAction,
+    HaAnswer,
+    HaRequest,
+    MountsReport,
+    MountsRequest,
+    NodeFacts,
 )
 from bmsync.core.manifest import DIGEST_SIZE, MAX_XATTRS, Entry, Kind, digest_bytes
 from bmsync.core.ops import Delete, Mkdir, Rename, SetMeta, Symlink

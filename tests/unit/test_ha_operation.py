@@ -16,7 +16,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from bmsync.core.errors import HaRefused
-from bmsync.core.frames import HaAction, HaAnswer, NodeFacts
+from bmsync.core.ha_frames import HaAction, HaAnswer, NodeFacts
 from bmsync.core.roles import Role
 from bmsync.ha.operation import RECORD_NAME, Record, last_operation, run_plan
 from bmsync.ha.plans import WHAT, Plan, Step, switchover_plan

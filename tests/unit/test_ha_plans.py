@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bmsync.core.errors import HaRefused
-from bmsync.core.frames import HaAction, NodeFacts
+from bmsync.core.ha_frames import HaAction, NodeFacts
 from bmsync.core.roles import Role
 from bmsync.ha.plans import UNDO, WHAT, Plan, Step, switchover_plan, takeover_plan
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bmsync.core.frames import Refuse, decode_body, encode
+from bmsync.core.codec import decode_body, encode
+from bmsync.core.frames import Refuse
 from bmsync.core.roles import NodeRole, Refusal, RefusalCode, Role, Stamp
 from bmsync.state.roles import RoleStore
 
