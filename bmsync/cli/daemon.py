@@ -10,12 +10,13 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
-from bmsync.cli.daemon_client import NOTHING_CHANGED, RESYNC_TIMEOUT_S, check
+from bmsync.cli.daemon_client import NOTHING_CHANGED, RESYNC_TIMEOUT_S
 from bmsync.config.model import Config
 from bmsync.core.errors import DaemonNotRunning, UsageError
 from bmsync.core.guard import Guard, GuardState
 from bmsync.sender.daemon import run_daemon
 from bmsync.service import control
+from bmsync.service.control import check_answer as check
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.records import Pause, PauseFlag
 from bmsync.state.roles import RoleStore

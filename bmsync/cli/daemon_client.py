@@ -8,8 +8,9 @@ import asyncio
 from typing import Any
 
 from bmsync.config.model import Config
-from bmsync.core.errors import DaemonNotRunning, DaemonRefused
+from bmsync.core.errors import DaemonNotRunning
 from bmsync.service import control
+from bmsync.service.control import check_answer
 
 # pause, resume, promote, demote: asked to change something that did not change
 NOTHING_CHANGED = 1
@@ -27,14 +28,5 @@ def resync_via_daemon(conf: Config, allow_deletes: bool = False) -> dict[str, An
         )
     except DaemonNotRunning:
         return None
-    check(answer, "the daemon refused the resync")
+    check_answer(answer, "the daemon refused the resync")
     return answer
-
-
-def check(answer: dict[str, Any], what: str = "the daemon says") -> None:
-    """A refusal by the daemon raises, with the exit code it gives."""
-    if not answer.get("ok", False):
-        raise DaemonRefused(
-            f"{what}: {answer.get('error', answer)}",
-            int(answer.get("exit_code", DaemonRefused.exit_code)),
-        )

@@ -7,15 +7,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 
 import structlog
 
-from bmsync.cli.daemon_client import NOTHING_CHANGED, check
+from bmsync.cli.daemon_client import NOTHING_CHANGED
 from bmsync.config.model import Config
 from bmsync.core.errors import DaemonNotRunning, UsageError
 from bmsync.service import control
-from bmsync.service.roles import DEMOTE_WAIT_S, END_SESSION_WAIT_S, change_role
+from bmsync.service.control import check_answer as check
+from bmsync.service.roles import DEMOTE_WAIT_S, END_SESSION_WAIT_S, change_role, now_iso
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.lock import SenderLock
 from bmsync.state.roles import RoleStore
@@ -56,7 +56,7 @@ def reset_epoch(conf: Config, args: argparse.Namespace) -> int:
     before = store.load_record(lenient=True)[0]
     after = store.update(
         lambda role: role.reset_seen(epoch),
-        f"{_now()} bmsync reset-epoch from {before.highest_seen} to epoch {epoch}: {reason}",
+        f"{now_iso()} bmsync reset-epoch from {before.highest_seen} to epoch {epoch}: {reason}",
         lenient=True,
     )
     if after == before:
@@ -84,7 +84,3 @@ def reset_epoch(conf: Config, args: argparse.Namespace) -> int:
     with contextlib.suppress(DaemonNotRunning):
         check(asyncio.run(control.request(conf.control_socket, "role", DEMOTE_WAIT_S + 10)))
     return 0
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

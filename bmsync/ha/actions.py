@@ -27,17 +27,17 @@ from bmsync.core.paths import show
 from bmsync.core.roles import Role
 from bmsync.fs.mounts import device_here, read_mounts
 from bmsync.ha.fence import fence
+from bmsync.ha.peer_link import peer_session
 from bmsync.ha.peer_mounts import ask_peer
 from bmsync.ha.runner import run_bounded
 from bmsync.ha.services import run_step
 from bmsync.ha.storage import mount_storage, unmount_storage
 from bmsync.ha.storage_plan import PeerUnknown
 from bmsync.ha.vip_move import held_prefixes, vip_commands, vip_down, vip_up
-from bmsync.link.session import PeerSession
-from bmsync.link.ssh import connect
 from bmsync.link.verify import verify
 from bmsync.service import control
-from bmsync.service.roles import change_role, check_answer
+from bmsync.service.control import check_answer
+from bmsync.service.roles import change_role
 from bmsync.state.records import Pause, PauseFlag
 from bmsync.state.roles import RoleStore
 
@@ -162,15 +162,8 @@ def _drain(conf: Config, operation: str, say: Say) -> None:
 
 
 async def _verify_peer(conf: Config) -> tuple[list[tuple[bytes, list[str]]], int]:
-    peer = conf.require_peer()
-    me = RoleStore(conf.state_dir, conf.node).load()
-    channel = await connect(peer)
-    session = PeerSession(channel, conf.node, me.epoch, me.role)
-    try:
-        await session.open(Purpose.READ)
+    async with peer_session(conf, Purpose.READ) as session:
         found, scan = await verify(session, conf.sync.root, conf.syncset())
-    finally:
-        await session.close()
     return found, len(scan.entries)
 
 

@@ -10,6 +10,7 @@ which step failed, what was undone, and where each node stands now.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,16 +20,15 @@ import msgspec
 import structlog
 
 from bmsync.config.model import Config
-from bmsync.core.errors import BmsyncError, HaRefused
+from bmsync.core.errors import HaRefused
 from bmsync.core.frames import Purpose
 from bmsync.core.ha_frames import HaAction, HaAnswer, NodeFacts
 from bmsync.fs.atomic import write_atomic
 from bmsync.ha.actions import node_facts, perform
+from bmsync.ha.peer_link import peer_session, peer_welcome
 from bmsync.ha.plans import WHAT, Plan, Step
 from bmsync.link.session import PeerSession
-from bmsync.link.ssh import connect
 from bmsync.state.operation import OperationLock
-from bmsync.state.roles import RoleStore
 
 log = structlog.get_logger("bmsync.ha")
 
@@ -185,21 +185,15 @@ class Operation:
     def __init__(self, conf: Config) -> None:
         self.conf = conf
         self._lock = OperationLock(conf.state_dir)
+        self._stack = contextlib.AsyncExitStack()
         self.session: PeerSession | None = None
 
     async def __aenter__(self) -> Operation:
         self._lock.acquire("an HA operation run here")
         try:
-            peer = self.conf.require_peer()
-            me = RoleStore(self.conf.state_dir, self.conf.node).load_record(lenient=True)[0]
-            channel = await connect(peer)
-            session = PeerSession(channel, self.conf.node, me.epoch, me.role)
-            try:
-                await session.open(Purpose.HA)
-            except BaseException:
-                await channel.close()
-                raise
-            self.session = session
+            self.session = await self._stack.enter_async_context(
+                peer_session(self.conf, Purpose.HA)
+            )
         except BaseException:
             self._lock.release()
             raise
@@ -207,8 +201,7 @@ class Operation:
 
     async def __aexit__(self, *_: object) -> None:
         try:
-            if self.session is not None:
-                await self.session.close()
+            await self._stack.aclose()
         finally:
             self._lock.release()
 
@@ -231,19 +224,8 @@ class Operation:
 async def peer_answers(conf: Config) -> str | None:
     """The peer's node id if its agent answers a read-only handshake within
     the connect timeout; None if it cannot be reached."""
-    peer = conf.require_peer()
-    me = RoleStore(conf.state_dir, conf.node).load_record(lenient=True)[0]
-    try:
-        channel = await connect(peer)
-    except BmsyncError as exc:
-        log.info("peer_unreachable", error=str(exc))
+    welcome = await peer_welcome(conf)
+    if isinstance(welcome, str):
+        log.info("peer_unreachable", error=welcome)
         return None
-    session = PeerSession(channel, conf.node, me.epoch, me.role)
-    try:
-        welcome = await asyncio.wait_for(session.open(Purpose.READ), peer.connect_timeout_s)
-    except (BmsyncError, TimeoutError) as exc:
-        log.info("peer_unreachable", error=str(exc) or "no answer")
-        return None
-    finally:
-        await session.close()
     return welcome.node

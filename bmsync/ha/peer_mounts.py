@@ -9,13 +9,10 @@ import asyncio
 import structlog
 
 from bmsync.config.model import Config
-from bmsync.core.errors import BmsyncError, ProtocolError, RoleStateError
+from bmsync.core.errors import BmsyncError, ProtocolError
 from bmsync.core.frames import Purpose
-from bmsync.core.roles import NodeRole
+from bmsync.ha.peer_link import peer_session
 from bmsync.ha.storage_plan import PeerMounts, PeerReport, PeerUnknown
-from bmsync.link.session import PeerSession
-from bmsync.link.ssh import connect
-from bmsync.state.roles import RoleStore
 
 log = structlog.get_logger("bmsync.ha")
 
@@ -30,18 +27,13 @@ async def ask_peer(conf: Config, devices: list[str]) -> PeerReport:
         return PeerUnknown(f"{conf.source} has no 'peer:' section")
     where = f"{conf.peer.user}@{conf.peer.host}:{conf.peer.port}"
     try:
-        me = RoleStore(conf.state_dir, conf.node).load()
-    except (RoleStateError, OSError):
-        me = NodeRole(conf.node)  # a read-only question: any stamp will do
-    try:
-        channel = await connect(conf.peer)
-    except BmsyncError as exc:
-        return PeerUnknown(f"{where}: {exc}")
-    session = PeerSession(channel, conf.node, me.epoch, me.role)
-    try:
-        async with asyncio.timeout(ANSWER_TIMEOUT_S):
-            welcome = await session.open(Purpose.READ)
+        async with (
+            asyncio.timeout(ANSWER_TIMEOUT_S),
+            peer_session(conf, Purpose.READ, ANSWER_TIMEOUT_S) as session,
+        ):
             report = await session.mounts(devices)
+            assert session.peer is not None
+            node = session.peer.node
     except TimeoutError:
         return PeerUnknown(f"{where}: no answer within {ANSWER_TIMEOUT_S:g} s")
     except ProtocolError as exc:
@@ -50,15 +42,13 @@ async def ask_peer(conf: Config, devices: list[str]) -> PeerReport:
         )
     except BmsyncError as exc:
         return PeerUnknown(f"{where}: {exc}")
-    finally:
-        await session.close()
     log.info(
         "peer_mounts",
-        peer=welcome.node,
+        peer=node,
         mounted={d.device: d.mount_points for d in report.devices if d.mount_points},
     )
     return PeerMounts(
-        welcome.node,
+        node,
         mounted={d.device: tuple(d.mount_points) for d in report.devices if d.mount_points},
         absent=tuple(d.device for d in report.devices if not d.present),
     )

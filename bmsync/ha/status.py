@@ -22,7 +22,6 @@ from typing import Any
 
 from bmsync.config.model import Config, StorageConfig
 from bmsync.core.errors import BmsyncError
-from bmsync.core.frames import Purpose
 from bmsync.core.mounts import DeviceHere, Mount, containing, visible_at
 from bmsync.core.observations import VipCheckFailed, VipSeen
 from bmsync.core.storage import CYRUS_PATHS
@@ -30,10 +29,9 @@ from bmsync.fs.mounts import device_here, read_mounts
 from bmsync.ha.fence import fence
 from bmsync.ha.fencing import Outcome
 from bmsync.ha.operation import last_operation
+from bmsync.ha.peer_link import peer_welcome
 from bmsync.ha.services import Ran, run_commands
 from bmsync.ha.vip import observe_vip
-from bmsync.link.session import PeerSession
-from bmsync.link.ssh import connect
 from bmsync.state.roles import RoleStore
 
 
@@ -207,19 +205,10 @@ async def _peer_role(conf: Config) -> dict[str, Any]:
     """The peer's role and epoch, as its agent says at a read-only
     handshake; or why it could not be asked."""
     peer = conf.require_peer()
-    where = f"{peer.user}@{peer.host}:{peer.port}"
-    me = RoleStore(conf.state_dir, conf.node).load_record(lenient=True)[0]
-    try:
-        channel = await connect(peer)
-    except BmsyncError as exc:
-        return {"node": where, "reachable": False, "error": str(exc)}
-    session = PeerSession(channel, conf.node, me.epoch, me.role)
-    try:
-        welcome = await asyncio.wait_for(session.open(Purpose.READ), peer.connect_timeout_s)
-    except (BmsyncError, TimeoutError) as exc:
-        return {"node": where, "reachable": False, "error": str(exc) or "no answer"}
-    finally:
-        await session.close()
+    welcome = await peer_welcome(conf)
+    if isinstance(welcome, str):
+        where = f"{peer.user}@{peer.host}:{peer.port}"
+        return {"node": where, "reachable": False, "error": welcome}
     return {
         "node": welcome.node,
         "reachable": True,

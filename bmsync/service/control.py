@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from bmsync.core.errors import BmsyncError, DaemonNotRunning
+from bmsync.core.errors import BmsyncError, DaemonNotRunning, DaemonRefused
 
 log = structlog.get_logger("bmsync.control")
 
@@ -135,3 +135,12 @@ async def request(path: Path, command: str, timeout_s: float, **args: Any) -> di
     if not isinstance(answer, dict):
         raise BmsyncError(f"the daemon's answer is not an object: {line[:200]!r}")
     return answer
+
+
+def check_answer(answer: dict[str, Any], what: str = "the daemon says") -> None:
+    """A refusal by the daemon raises, with the exit code it gives."""
+    if not answer.get("ok", False):
+        raise DaemonRefused(
+            f"{what}: {answer.get('error', answer)}",
+            int(answer.get("exit_code", DaemonRefused.exit_code)),
+        )

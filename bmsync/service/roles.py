@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from bmsync.config.model import Config
-from bmsync.core.errors import DaemonNotRunning, DaemonRefused
+from bmsync.core.errors import DaemonNotRunning
 from bmsync.core.roles import AlreadyActive, NodeRole, Role
 from bmsync.service import control
+from bmsync.service.control import check_answer
 from bmsync.state.directory import ensure_state_dir
 from bmsync.state.lock import SenderLock
 from bmsync.state.roles import RoleStore
@@ -38,15 +38,6 @@ class RoleChange:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def check_answer(answer: dict[str, Any], what: str = "the daemon says") -> None:
-    """A refusal by the daemon raises, with the exit code it gives."""
-    if not answer.get("ok", False):
-        raise DaemonRefused(
-            f"{what}: {answer.get('error', answer)}",
-            int(answer.get("exit_code", DaemonRefused.exit_code)),
-        )
 
 
 def change_role(conf: Config, change: str, why: str = "") -> RoleChange:
